@@ -1,0 +1,5 @@
+"""``python -m netadapt`` runs the CLI."""
+
+from .cli import main
+
+main()

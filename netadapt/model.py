@@ -1,0 +1,242 @@
+"""Spec -> torch.nn.Module, and weights in and out.
+
+The modules mirror torchvision's layout (``features.N.block.M``, ``classifier.K``,
+``backbone.N`` for LR-ASPP), so a torchvision state_dict *is* a netadapt state_dict:
+checkpoints move between the two without key mapping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import WeightsError
+from .spec import Block, ClassifierHead, LRASPPHead, NetworkSpec
+
+# torchvision's MobileNetV3 BatchNorm settings. Momentum 0.01 makes running statistics
+# lag during short fine-tunes; the training code raises it there, not here.
+BN_EPS = 0.001
+BN_MOMENTUM = 0.01
+
+
+def _activation(name: str) -> nn.Module:
+    return nn.Hardswish() if name == "hswish" else nn.ReLU()
+
+
+class ConvBNAct(nn.Sequential):
+    """conv (no bias) -> BN -> optional activation; indices 0, 1, 2 as in torchvision."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1,
+                 groups: int = 1, dilation: int = 1, act: str | None = None) -> None:
+        padding = (kernel - 1) // 2 * dilation
+        layers: list[nn.Module] = [
+            nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation=dilation,
+                      groups=groups, bias=False),
+            nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM),
+        ]
+        if act is not None:
+            layers.append(_activation(act))
+        super().__init__(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    """pool -> 1x1 (bias) -> ReLU -> 1x1 (bias) -> h-sigmoid -> scale the input."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.relu = nn.ReLU()
+        self.hsigmoid = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.hsigmoid(self.fc2(self.relu(self.fc1(self.avgpool(x)))))
+        return x * gate
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2/V3 bottleneck block built from one spec row."""
+
+    def __init__(self, block: Block, c_in: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        if block.expand:
+            layers.append(ConvBNAct(c_in, block.exp, 1, act=block.act))
+        layers.append(ConvBNAct(block.exp, block.exp, block.kernel, block.stride,
+                                groups=block.exp, dilation=block.dilation, act=block.act))
+        if block.se:
+            layers.append(SqueezeExcite(block.exp, block.squeeze))
+        layers.append(ConvBNAct(block.exp, block.out, 1))  # linear bottleneck: no act
+        self.block = nn.Sequential(*layers)
+        self.residual = block.residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+def _features(spec: NetworkSpec) -> nn.Sequential:
+    s = spec.stem
+    layers: list[nn.Module] = [ConvBNAct(spec.in_channels, s.out, s.kernel, s.stride, act=s.act)]
+    layers += [InvertedResidual(b, c_in) for b, c_in in zip(spec.blocks, spec.block_inputs())]
+    layers.append(ConvBNAct(spec.blocks[-1].out, spec.last_conv.out, 1, act=spec.last_conv.act))
+    return nn.Sequential(*layers)
+
+
+class MobileNetV3(nn.Module):
+    """Classification network: features -> pool -> Linear -> act -> dropout -> Linear."""
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        super().__init__()
+        assert isinstance(spec.head, ClassifierHead)
+        head = spec.head
+        self.features = _features(spec)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Linear(spec.last_conv.out, head.width),
+            _activation(head.act),
+            nn.Dropout(p=head.dropout),
+            nn.Linear(head.width, spec.num_classes),
+        )
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(self.features(x)), 1)
+        return self.classifier(x)
+
+
+class LRASPPHeadModule(nn.Module):
+    """Lite R-ASPP decoder (torchvision's LRASPPHead: global-pool gate)."""
+
+    def __init__(self, low_channels: int, high_channels: int, num_classes: int,
+                 inter: int) -> None:
+        super().__init__()
+        self.cbr = nn.Sequential(
+            nn.Conv2d(high_channels, inter, 1, bias=False),
+            nn.BatchNorm2d(inter),
+            nn.ReLU(),
+        )
+        self.scale = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(high_channels, inter, 1, bias=False),
+            nn.Sigmoid(),
+        )
+        self.low_classifier = nn.Conv2d(low_channels, num_classes, 1)
+        self.high_classifier = nn.Conv2d(inter, num_classes, 1)
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        x = self.cbr(high) * self.scale(high)
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.low_classifier(low) + self.high_classifier(x)
+
+
+class LRASPP(nn.Module):
+    """Segmentation network: MobileNetV3 backbone + Lite R-ASPP, logits at input size."""
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        super().__init__()
+        assert isinstance(spec.head, LRASPPHead)
+        self.backbone = _features(spec)
+        self.low_index = spec.head.low_block + 1  # backbone[0] is the stem
+        self.classifier = LRASPPHeadModule(
+            spec.blocks[spec.head.low_block].out, spec.last_conv.out,
+            spec.num_classes, spec.head.inter,
+        )
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        low = x
+        for i, layer in enumerate(self.backbone):
+            x = layer(x)
+            if i == self.low_index:
+                low = x
+        out = self.classifier(low, x)
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+
+
+def build_model(spec: NetworkSpec) -> nn.Module:
+    """The PyTorch network for a spec, randomly initialised as torchvision does."""
+    return LRASPP(spec) if isinstance(spec.head, LRASPPHead) else MobileNetV3(spec)
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.pt`` file: a plain (torchvision-format) state_dict, or a dict
+    holding one under ``state_dict`` / ``model``. Never unpickles arbitrary objects."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: weights file not found") from None
+    except Exception as exc:  # torch raises many types for corrupt / foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: not a readable PyTorch weights file ({first})") from None
+    if isinstance(data, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(data.get(key), Mapping):
+                data = data[key]
+                break
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor)
+                                                for v in data.values()):
+        raise WeightsError(f"{path}: does not hold a state_dict (a mapping of names to tensors)")
+    return dict(data)
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Strict comparison of key names and shapes; the error names the first mismatch."""
+    expected = model.state_dict()
+    hint = "; was it saved for another spec? pass the spec it was made with"
+    for key, tensor in expected.items():
+        if key not in state:
+            raise WeightsError(f"{source}: missing key {key!r}{hint}")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise WeightsError(
+                f"{source}: {key!r} has shape {list(state[key].shape)}, the spec needs "
+                f"{list(tensor.shape)}{hint}"
+            )
+    for key in state:
+        if key not in expected:
+            raise WeightsError(f"{source}: unexpected key {key!r}{hint}")
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a weights file into ``model`` strictly (names and shapes must all match)."""
+    state = read_state_dict(path)
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Save the state_dict (torchvision format) atomically."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise WeightsError(f"{path}: directory {path.parent} does not exist; create it first")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,96 @@
+"""The command line: what a user sees, and one clean line for every bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from netadapt.cli import app
+from netadapt.model import build_model
+from netadapt.spec import load_spec, save_spec
+
+from .conftest import CONFIGS, randomize_
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def assert_one_line_error(result, fragment: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("error: ") and fragment in lines[-1], result.output
+    assert "Traceback" not in result.output
+
+
+def test_show_prints_blocks_totals_and_groups():
+    result = run("show", str(CONFIGS / "mobilenetv3_large.yaml"))
+    assert result.exit_code == 0, result.output
+    assert "total: 5,483,032 params, 216.59 M MACs" in result.output
+    assert "blocks[14]" in result.output and "blocks[12..14].out" in result.output
+    assert "channel groups (22)" in result.output
+
+
+def test_export_with_weights_writes_a_checked_onnx(tiny_spec, tmp_path):
+    save_spec(tiny_spec, tmp_path / "best.yaml")
+    torch.save(randomize_(build_model(tiny_spec)).state_dict(), tmp_path / "best.pt")
+    result = run("export", str(tmp_path / "best.yaml"))  # weights found beside the spec
+    assert result.exit_code == 0, result.output
+    assert "weights: " in result.output and "parity: onnxruntime matches PyTorch" in result.output
+    assert (tmp_path / "best.onnx").stat().st_size > 0
+
+
+def test_export_without_weights_says_it_is_random(tiny_spec, tmp_path):
+    save_spec(tiny_spec, tmp_path / "s.yaml")
+    result = run("export", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "x.onnx"))
+    assert result.exit_code == 0, result.output
+    assert "randomly initialised" in result.output
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("name: x\nblocks: [\n", "not valid YAML at line"),
+    ("- 1\n- 2\n", "must be a mapping"),
+])
+def test_bad_spec_files_give_one_line(tmp_path, content, fragment):
+    (tmp_path / "bad.yaml").write_text(content)
+    assert_one_line_error(run("show", str(tmp_path / "bad.yaml")), fragment)
+
+
+def test_bad_widths_give_one_line(tiny_dict, tmp_path):
+    tiny_dict["blocks"][2]["exp"] = 50
+    import yaml
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(tiny_dict))
+    assert_one_line_error(run("export", str(tmp_path / "bad.yaml")),
+                          "blocks[2].exp: must be a positive multiple of 8, got 50")
+
+
+def test_weights_for_another_architecture_give_one_line(tmp_path):
+    small = build_model(load_spec(CONFIGS / "mobilenetv3_small.yaml"))
+    torch.save(small.state_dict(), tmp_path / "small.pt")
+    result = run("export", str(CONFIGS / "mobilenetv3_large.yaml"), "--weights",
+                 str(tmp_path / "small.pt"), "-o", str(tmp_path / "l.onnx"))
+    assert_one_line_error(result, "missing key")
+    assert not (tmp_path / "l.onnx").exists()
+
+
+def test_output_in_a_missing_directory_gives_one_line(tiny_spec, tmp_path):
+    save_spec(tiny_spec, tmp_path / "s.yaml")
+    result = run("export", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "no" / "m.onnx"))
+    assert_one_line_error(result, "does not exist; create it first")
+
+
+def test_missing_spec_file_gives_one_line(tmp_path):
+    assert_one_line_error(run("show", str(tmp_path / "none.yaml")), "spec file not found")
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "netadapt", "--help"], capture_output=True,
+                         text=True, check=True)
+    assert "export" in out.stdout and "show" in out.stdout
