@@ -1,0 +1,296 @@
+"""The NetAdapt loop as plain code over injected functions.
+
+    while any Res_j(net) > Bud_j:
+        target = Res(net) - dR_i                        (never below the budget)
+        for each channel group g:
+            child = net with g cut to the widest width meeting the target
+            acc   = evaluate(child)                     (inherit, fine-tune T steps, holdout)
+        net = the best child                            (accuracy, or dAcc / |dRes|)
+
+It does not train, time, print or write anything: it is handed ``predict_ms`` (a
+latency-table lookup) and ``evaluate`` (fine-tune + holdout accuracy), and yields a
+record for every proposal and every iteration. The caller persists them and, to resume,
+hands the records back as ``history``: finished proposals are not evaluated again.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from .cost import count_macs, count_params
+from .errors import NetadaptError
+from .spec import WIDTH_STEP, NetworkSpec
+
+RESOURCES = ("latency_ms", "params", "macs")
+CRITERIA = ("accuracy", "slope")
+
+
+class BudgetError(NetadaptError):
+    """A budget that cannot be parsed or cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Res_j(net) <= limit for one resource (``latency_ms``, ``params`` or ``macs``)."""
+
+    resource: str
+    limit: float
+
+    def __str__(self) -> str:
+        return f"{self.resource} <= {format_resource(self.resource, self.limit)}"
+
+
+_SUFFIX = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
+
+
+def parse_budget(text: str, seed: dict[str, float]) -> Budget:
+    """``20ms``, ``60%`` (of the seed's latency), ``latency=20ms``, ``params=2M``,
+    ``macs=100M``, ``params=50%``."""
+    raw = text.strip()
+    name, _, value = raw.rpartition("=")
+    name = {"": "latency_ms", "latency": "latency_ms", "latency_ms": "latency_ms",
+            "params": "params", "macs": "macs"}.get(name.strip().lower(), "?")
+    if name == "?":
+        raise BudgetError(f"budget {text!r}: unknown resource; use latency (e.g. 20ms or "
+                          f"60%), params=2M or macs=100M")
+    value = value.strip()
+    if value.endswith("%"):
+        number = _number(value[:-1], text)
+        if not 0 < number < 100:
+            raise BudgetError(f"budget {text!r}: a percentage must be in (0, 100)")
+        return Budget(name, seed[name] * number / 100)
+    if name == "latency_ms":
+        match = re.fullmatch(r"([0-9.eE+-]+)\s*(ms|s)", value)
+        if not match:
+            raise BudgetError(f"budget {text!r}: latency needs a unit, e.g. 20ms, 0.02s or 60%")
+        number = _number(match.group(1), text) * (1000.0 if match.group(2) == "s" else 1.0)
+    else:
+        match = re.fullmatch(r"([0-9.eE+-]+)\s*([kKMG]?)", value)
+        if not match:
+            raise BudgetError(f"budget {text!r}: expected a count like 2M, 150k or 50%")
+        number = _number(match.group(1), text) * _SUFFIX[match.group(2)]
+    if number <= 0:
+        raise BudgetError(f"budget {text!r}: must be positive")
+    return Budget(name, number)
+
+
+def _number(text: str, whole: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise BudgetError(f"budget {whole!r}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise BudgetError(f"budget {whole!r}: must be finite")
+    return value
+
+
+def format_resource(resource: str, value: float) -> str:
+    if resource == "latency_ms":
+        return f"{value:.2f} ms"
+    return f"{value / 1e6:.3f} M" if resource == "params" else f"{value / 1e6:.2f} M"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How far each iteration lowers the driving resource, as a fraction of the seed's.
+
+    ``decay``: dR_i = initial x decay^i (the NetAdapt authors' code: 2.5%, 0.96).
+    ``constant``: dR_i = initial (MobileNetV3: 1% of the seed latency per step).
+    """
+
+    initial: float = 0.025
+    decay: float = 0.96
+
+    @classmethod
+    def named(cls, name: str, initial: float | None = None) -> Schedule:
+        if name == "decay":
+            return cls(initial if initial is not None else 0.025, 0.96)
+        if name == "constant":
+            return cls(initial if initial is not None else 0.01, 1.0)
+        raise BudgetError(f"unknown schedule {name!r}; use decay (NetAdapt) or constant "
+                          f"(MobileNetV3)")
+
+    def reduction(self, iteration: int, seed_value: float) -> float:
+        """dR for iteration ``iteration`` (1-based)."""
+        return seed_value * self.initial * self.decay ** (iteration - 1)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One group cut to one width, fine-tuned and scored on the holdout split."""
+
+    iteration: int
+    group: str
+    width_from: int
+    width_to: int
+    spec: NetworkSpec = field(repr=False, compare=False)
+    resources: dict[str, float] = field(compare=False)
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """The proposal chosen in one iteration: the network the next one starts from."""
+
+    iteration: int
+    target: dict[str, float]  # {driving resource: target value}
+    chosen: Proposal
+    score: float  # the criterion's value for the chosen proposal
+
+
+@dataclass(frozen=True)
+class Start:
+    """The seed network: spec, its holdout accuracy and its resources."""
+
+    spec: NetworkSpec
+    accuracy: float
+    resources: dict[str, float]
+
+
+Event = Proposal | Iteration
+Evaluate = Callable[[int, NetworkSpec, str], float]  # (iteration, child spec, group) -> acc
+
+
+def resources_of(spec: NetworkSpec, predict_ms: Callable[[NetworkSpec], float]
+                 ) -> dict[str, float]:
+    return {"latency_ms": predict_ms(spec), "params": float(count_params(spec)),
+            "macs": float(count_macs(spec))}
+
+
+def smallest_reachable(spec: NetworkSpec, predict_ms: Callable[[NetworkSpec], float]
+                       ) -> dict[str, float]:
+    """Resources of the network with every channel group at the minimum width."""
+    smallest = spec.with_fields({path: WIDTH_STEP for g in spec.groups for path in g.fields})
+    return resources_of(smallest, predict_ms)
+
+
+def check_reachable(spec: NetworkSpec, budgets: Sequence[Budget],
+                    predict_ms: Callable[[NetworkSpec], float]) -> None:
+    """Refuse, before any training, a budget below what the smallest network costs."""
+    floor = smallest_reachable(spec, predict_ms)
+    for budget in budgets:
+        if floor[budget.resource] > budget.limit:
+            raise BudgetError(
+                f"budget {budget} is unreachable: the smallest network this search can "
+                f"produce (every channel group at {WIDTH_STEP}) has "
+                f"{format_resource(budget.resource, floor[budget.resource])}; "
+                f"raise the budget to at least that"
+            )
+
+
+def unmet(resources: dict[str, float], budgets: Sequence[Budget]) -> list[Budget]:
+    return [b for b in budgets if resources[b.resource] > b.limit]
+
+
+def propose(spec: NetworkSpec, resource: str, target: float,
+            measure: Callable[[NetworkSpec], float]) -> list[tuple[str, int, NetworkSpec, float]]:
+    """For every group, the widest width whose resource meets ``target``.
+
+    Every candidate width is evaluated: latency is not monotone in channels (a width of
+    8 mod 16 can be slower than 16 more), so no binary search. Returns (group, width,
+    child spec, value) for the groups that can meet the target.
+    """
+    out = []
+    for group in spec.groups:
+        for width in range(group.width - WIDTH_STEP, 0, -WIDTH_STEP):
+            child = spec.with_group_width(group.name, width)
+            value = measure(child)
+            if value <= target:
+                out.append((group.name, width, child, value))
+                break
+    return out
+
+
+def netadapt(
+    start: Start,
+    budgets: Sequence[Budget],
+    predict_ms: Callable[[NetworkSpec], float],
+    evaluate: Evaluate,
+    schedule: Schedule = Schedule(),
+    criterion: str = "accuracy",
+    history: Sequence[Event] = (),
+    max_iterations: int = 1000,
+) -> Iterator[Event]:
+    """Run NetAdapt from ``start`` until every budget is met; yield each new record.
+
+    ``history`` holds records of an earlier, interrupted run of the same search: its
+    iterations are replayed without work and its finished proposals are not
+    re-evaluated. Raises BudgetError when no single-group change can reduce the
+    driving resource any further.
+    """
+    if criterion not in CRITERIA:
+        raise BudgetError(f"unknown criterion {criterion!r}; use accuracy (NetAdapt) or "
+                          f"slope (MobileNetV3: dAcc / |dLatency|)")
+    if not budgets:
+        raise BudgetError("no budget given; e.g. --budget 20ms")
+    measures: dict[str, Callable[[NetworkSpec], float]] = {
+        "latency_ms": predict_ms,
+        "params": lambda s: float(count_params(s)),
+        "macs": lambda s: float(count_macs(s)),
+    }
+    done_iterations = {e.iteration: e for e in history if isinstance(e, Iteration)}
+    done_proposals = {(e.iteration, e.group): e for e in history if isinstance(e, Proposal)}
+    spec, accuracy, resources = start.spec, start.accuracy, dict(start.resources)
+    for iteration in range(1, max_iterations + 1):
+        pending = unmet(resources, budgets)
+        if not pending:
+            return
+        if iteration in done_iterations:  # replay a finished iteration
+            chosen = done_iterations[iteration].chosen
+            spec, accuracy, resources = chosen.spec, chosen.accuracy, dict(chosen.resources)
+            continue
+        driver = pending[0]  # latency first when it is unmet (budgets keep CLI order)
+        resource = driver.resource
+        target = max(resources[resource]
+                     - schedule.reduction(iteration, start.resources[resource]),
+                     driver.limit)
+        candidates = propose(spec, resource, target, measures[resource])
+        if not candidates:  # the step is too large for any single group: take what exists
+            candidates = _largest_reductions(spec, resources[resource], measures[resource])
+        if not candidates:
+            raise BudgetError(
+                f"cannot reduce {resource} below {format_resource(resource, resources[resource])}"
+                f" by shrinking any single channel group; the unmet budget is {driver}")
+        proposals = []
+        for group, width, child, _ in candidates:
+            proposal = done_proposals.get((iteration, group))
+            if proposal is None:
+                proposal = Proposal(
+                    iteration, group, spec.group(group).width, width, child,
+                    resources_of(child, predict_ms), evaluate(iteration, child, group))
+                yield proposal
+            proposals.append(proposal)
+        best, score = _choose(proposals, criterion, accuracy, resources, resource)
+        yield Iteration(iteration, {resource: target}, best, score)
+        spec, accuracy, resources = best.spec, best.accuracy, dict(best.resources)
+    raise BudgetError(f"budgets not met after {max_iterations} iterations")
+
+
+def _largest_reductions(spec: NetworkSpec, current: float,
+                        measure: Callable[[NetworkSpec], float]
+                        ) -> list[tuple[str, int, NetworkSpec, float]]:
+    """Per group, the width with the lowest value, when it is below ``current``."""
+    out = []
+    for group in spec.groups:
+        options = [(measure(c), w, c) for w in range(group.width - WIDTH_STEP, 0, -WIDTH_STEP)
+                   for c in [spec.with_group_width(group.name, w)]]
+        if options:
+            value, width, child = min(options, key=lambda o: (o[0], -o[1]))
+            if value < current:
+                out.append((group.name, width, child, value))
+    return out
+
+
+def _choose(proposals: list[Proposal], criterion: str, accuracy: float,
+            resources: dict[str, float], resource: str) -> tuple[Proposal, float]:
+    """Highest accuracy (NetAdapt), or highest dAcc / |dRes| (MobileNetV3)."""
+    def score(p: Proposal) -> float:
+        if criterion == "accuracy":
+            return p.accuracy
+        saved = abs(resources[resource] - p.resources[resource])
+        return (p.accuracy - accuracy) / max(saved, 1e-12)
+    best = max(proposals, key=lambda p: (score(p), -p.resources[resource]))
+    return best, score(best)
