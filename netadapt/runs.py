@@ -1,0 +1,220 @@
+"""The run directory: resolved config, append-only history, checkpoints, resume.
+
+    RUN/
+      config.json            the resolved config of the command that made the run
+      history.jsonl          append-only journal: one JSON record per line, fsynced
+      history.csv            the same records as a table (rewritten atomically)
+      seed.yaml, seed.pt     the seed network (trained here when no weights were given)
+      iterations/iter_NNN.yaml, .pt   the network chosen by each iteration
+      proposals/iter_NNN/    weights of the running iteration's finished proposals
+      best.yaml, best.pt     the result, after the long-term fine-tune
+      accuracy_vs_latency.png
+
+A kill at any moment loses at most the record being written: files are replaced
+atomically, and a torn last journal line is ignored when the run is read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__
+from .errors import NetadaptError
+from .search import Event, Iteration, Proposal
+from .spec import NetworkSpec, dumps_spec, load_spec
+
+
+class RunError(NetadaptError):
+    """A run directory that cannot be created, written or resumed."""
+
+
+@contextlib.contextmanager
+def _writing(path: Path, run: Path) -> Iterator[None]:
+    """Turn an OS error while writing into one line that says how to recover."""
+    try:
+        yield
+    except OSError as exc:
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        raise RunError(f"cannot write {path}: {reason}; the run is intact up to its last "
+                       f"record: fix that and run `netadapt search --resume {run}`") from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class RunDir:
+    """One search run on disk."""
+
+    path: Path
+
+    # ------------------------------------------------------------------ create / open
+
+    @classmethod
+    def create(cls, path: Path, config: dict[str, Any]) -> RunDir:
+        """A new run directory holding ``config``; refuses to reuse a non-empty one."""
+        if path.exists() and any(path.iterdir()):
+            raise RunError(f"{path} already exists and is not empty; resume it with "
+                           f"`netadapt search --resume {path}` or pick another --out")
+        run = cls(path)
+        with _writing(path, path):
+            path.mkdir(parents=True, exist_ok=True)
+            run._write_json("config.json", {"command": "search", "version": __version__,
+                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                            **config})
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        """An existing run, checked to be a search run of this netadapt version."""
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise RunError(f"{path} is not a netadapt run directory (no config.json)")
+        run = cls(path)
+        config = run.config
+        if config.get("command") != "search":
+            raise RunError(f"{path} was made by `netadapt {config.get('command')}`, not "
+                           f"`netadapt search`; it cannot be resumed as a search")
+        if config.get("version") != __version__:
+            raise RunError(f"{path} was made by netadapt {config.get('version')}; this is "
+                           f"{__version__}: re-run the search with this version")
+        return run
+
+    @property
+    def config(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunError(f"{self.path / 'config.json'}: unreadable ({exc})") from None
+        if not isinstance(data, dict):
+            raise RunError(f"{self.path / 'config.json'}: not a JSON object")
+        return data
+
+    # ------------------------------------------------------------------ journal
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record to the journal (flushed and fsynced before returning)."""
+        path = self.path / "history.jsonl"
+        line = json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n"
+        with _writing(path, self.path), open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete record; a torn last line (a kill mid-write) is dropped."""
+        path = self.path / "history.jsonl"
+        if not path.exists():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):  # torn write: the record never happened
+            lines = lines[:-1]
+            with _writing(path, self.path):
+                _atomic_write_bytes(path, "".join(lines).encode("utf-8"))
+        out = []
+        for i, line in enumerate(lines):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise RunError(f"{path}: line {i + 1} is corrupt (edited by hand?); restore "
+                               f"it or start a new run") from None
+        return out
+
+    def history_table(self) -> pd.DataFrame:
+        """The journal as a table (one row per proposal / iteration / seed / final)."""
+        return pd.DataFrame(self.records())
+
+    def write_csv(self) -> None:
+        path = self.path / "history.csv"
+        with _writing(path, self.path):
+            _atomic_write_bytes(path, self.history_table().to_csv(index=False).encode())
+
+    def events(self, seed: NetworkSpec) -> list[Event]:
+        """The journal's proposals and iterations as search records, specs re-derived
+        from the seed (a proposal = its parent with one group at a new width)."""
+        events: list[Event] = []
+        current = seed
+        pending: dict[tuple[int, str], Proposal] = {}
+        for r in self.records():
+            if r["type"] == "proposal":
+                p = Proposal(r["iteration"], r["group"], r["width_from"], r["width_to"],
+                             current.with_group_width(r["group"], r["width_to"]),
+                             {k: r[k] for k in ("latency_ms", "params", "macs")},
+                             r["accuracy"])
+                pending[(p.iteration, p.group)] = p
+                events.append(p)
+            elif r["type"] == "iteration":
+                chosen = pending[(r["iteration"], r["group"])]
+                events.append(Iteration(r["iteration"], r["target"], chosen, r["score"]))
+                current = chosen.spec
+        return events
+
+    # ------------------------------------------------------------------ files
+
+    def _write_json(self, name: str, data: dict[str, Any]) -> None:
+        _atomic_write_bytes(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
+
+    def write_spec(self, relative: str, spec: NetworkSpec) -> Path:
+        path = self.path / relative
+        with _writing(path, self.path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write_bytes(path, dumps_spec(spec).encode("utf-8"))
+        return path
+
+    def read_spec(self, relative: str) -> NetworkSpec:
+        return load_spec(self.path / relative)
+
+    def weights_path(self, relative: str) -> Path:
+        path = self.path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def save_state(self, relative: str, state: dict[str, Any]) -> Path:
+        """Save a state_dict atomically (a kill never leaves half a checkpoint)."""
+        import io
+
+        import torch
+
+        path = self.weights_path(relative)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with _writing(path, self.path):
+            _atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    def remove(self, relative: str) -> None:
+        target = self.path / relative
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def iteration_name(iteration: int) -> str:
+    return f"iterations/iter_{iteration:03d}"
+
+
+def proposal_name(iteration: int, group: str) -> str:
+    safe = group.replace("[", "").replace("]", "").replace("..", "-").replace("+", "_")
+    return f"proposals/iter_{iteration:03d}/{safe}.pt"
+
