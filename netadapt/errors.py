@@ -19,3 +19,7 @@ class WeightsError(NetadaptError):
 
 class ExportError(NetadaptError):
     """ONNX export failed or the exported model does not match PyTorch."""
+
+
+class DataError(NetadaptError):
+    """A dataset is missing, malformed or too small; the message names the file or folder."""
