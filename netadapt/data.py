@@ -187,8 +187,9 @@ def load_data(source: Path | None, resolution: int, in_channels: int, holdout: i
 # ----------------------------------------------------------------------------- IDX
 
 
-_IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
-               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
+    0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -327,8 +328,8 @@ def _decode_image(path: Path, resolution: int, in_channels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # only ImageFolder data needs Pillow
 
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if in_channels == 1 else "RGB")
+        with Image.open(path) as opened:
+            img = opened.convert("L" if in_channels == 1 else "RGB")
             w, h = img.size
             scale = resolution / min(w, h)
             size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
