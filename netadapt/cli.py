@@ -94,6 +94,130 @@ def export(
                 f"{report.output_scale:.3g})", fg=typer.colors.GREEN)
 
 
+# ----------------------------------------------------------------------------- latency
+
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", "-d", help="Device profile in configs/devices (netadapt devices)")]
+
+
+@command
+def devices() -> None:
+    """List the device profiles and which have a latency table."""
+    from .latency import list_devices
+    from .latency.table import read_table_files
+
+    for dev in list_devices():
+        try:
+            _, meta = read_table_files(dev.name)
+            seeds = ", ".join(s["name"] for s in meta.get("seeds", []))
+            state = (f"{'ESTIMATE ' if meta.get('estimate') else ''}table: {meta['rows']:,} "
+                     f"entries, seeds {seeds}, onnxruntime {meta['runtime']['onnxruntime']}, "
+                     f"{meta['date'][:10]}")
+        except NetadaptError:
+            state = f"no table (netadapt profile --device {dev.name})"
+        typer.echo(f"{dev.name:<10} {dev.runner:<6} {dev.description}")
+        typer.echo(f"{'':<17} {state}")
+
+
+@command
+def profile(
+    device: DeviceOpt,
+    spec: Annotated[list[Path] | None, typer.Option(
+        help="Seed spec(s) whose every reachable width the table must cover (repeatable) "
+        "[default: configs/mobilenetv3_large.yaml]")] = None,
+    validate: Annotated[int, typer.Option(
+        help="Instead of profiling: measure N random reduced variants of each --spec end "
+        "to end and report the table's error (saved beside the table)", min=0)] = 0,
+    fresh: Annotated[bool, typer.Option(
+        help="Start a new table instead of extending the existing one (it is replaced "
+        "only when the new one is complete)")] = False,
+    estimate_from: Annotated[str | None, typer.Option(
+        help="Build an ESTIMATE for --device from this device's table and the published "
+        "latencies in the device profile (no phone needed)")] = None,
+) -> None:
+    """Build or extend a device's latency table (resumable), or validate it."""
+    from .latency import load_device, load_table
+    from .latency import profile as prof
+    from .spec import load_spec
+
+    dev = load_device(device)
+    if estimate_from is not None:
+        if not dev.published:
+            raise NetadaptError(f"device {device}: no published latencies in {dev.path} to "
+                                f"calibrate an estimate; add published: {{SPEC.yaml: ms}}")
+        source = load_table(estimate_from)
+        from .latency.table import read_table_files
+
+        frame, _ = read_table_files(estimate_from)
+        specs = {p: load_spec(p) for p in dev.published}
+        fit = prof.estimate(source, dev, dict(dev.published), specs, frame)
+        typer.secho(f"{device}: ESTIMATE written from {estimate_from} "
+                    f"(entry = {fit['alpha']:.3f} x {estimate_from} + "
+                    f"{fit['beta_ms_per_mmac']:.4f} ms/MMAC)", fg=typer.colors.YELLOW)
+        for name, row in fit["fit"].items():
+            err = row["estimated_ms"] / row["published_ms"] - 1
+            typer.echo(f"  {name:<40} published {row['published_ms']:6.1f} ms  "
+                       f"estimate {row['estimated_ms']:6.1f} ms  ({err:+.1%})")
+        return
+    paths = spec or [Path("configs/mobilenetv3_large.yaml")]
+    seeds = [load_spec(p) for p in paths]
+    if validate:
+        table = load_table(device)
+        for seed in seeds:
+            summary, _frame = prof.validate(table, dev, seed, validate)
+            saved = prof.save_validation(device, summary, _frame)
+            typer.echo(
+                f"{seed.name} on {table.label()}: {validate} variants, median |error| "
+                f"{summary['median_abs_error']:.1%}, max {summary['max_abs_error']:.1%}, "
+                f"within 5% {summary['within_5pct']:.0%}, within 10% "
+                f"{summary['within_10pct']:.0%}, Spearman {summary['spearman']:.3f} "
+                f"(saved {saved})")
+        return
+    try:
+        result = prof.profile(dev, seeds)
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: measured entries are saved in latency_tables/{device}/"
+                    f"journal.csv; run the same command to continue", fg=typer.colors.YELLOW,
+                    err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"{device}: {result.rows:,} entries ({result.measured:,} timed this run, "
+               f"{result.remeasured:,} of them repeats of noisy entries) in "
+               f"{result.seconds / 60:.1f} min")
+    for cal in result.calibration:
+        typer.echo(f"  calibration {cal['seed']}: end to end {cal['seed_e2e_ms']:.2f} ms / "
+                   f"table sum {cal['table_sum_ms']:.2f} ms = factor {cal['factor']:.3f}")
+
+
+@command
+def latency(
+    spec_path: SpecArg,
+    device: Annotated[str, typer.Option(
+        "--device", "-d", help="Device profile with a table (netadapt devices)")] = "pixel",
+    measure: Annotated[bool, typer.Option(
+        help="Also measure end to end on the device and print the error")] = False,
+) -> None:
+    """Predicted latency of a spec on a device, per block; optionally measured."""
+    from .latency import load_device, load_table
+    from .spec import load_spec
+
+    spec = load_spec(spec_path)
+    table = load_table(device)
+    rows = table.breakdown_ms(spec)
+    total = table.predict_ms(spec)
+    est = " ESTIMATE" if table.is_estimate else ""
+    typer.echo(f"{spec.name} on {table.label()}")
+    for name, ms in rows:
+        typer.echo(f"  {name:<12} {ms:8.3f} ms  {ms / total:6.1%}")
+    typer.secho(f"predicted: {total:.2f} ms{est}", bold=True)
+    if measure:
+        from .latency.profile import measure_e2e
+
+        dev = load_device(device)
+        measured, raw = measure_e2e(spec, dev, table)
+        typer.echo(f"measured:  {measured:.2f} ms end to end on the table's scale "
+                   f"(raw median now {raw:.2f} ms); error {total / measured - 1:+.1%}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -23,3 +23,7 @@ class ExportError(NetadaptError):
 
 class DataError(NetadaptError):
     """A dataset is missing, malformed or too small; the message names the file or folder."""
+
+
+class LatencyError(NetadaptError):
+    """A latency table or device is missing, stale or broken; the message says the fix."""

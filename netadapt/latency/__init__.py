@@ -1,0 +1,20 @@
+"""Latency lookup tables: device profiles, onnxruntime runners, the table, prediction.
+
+The search's interface::
+
+    table = load_table("pixel")          # latency_tables/pixel/
+    table.predict_ms(spec)               # float, pure lookup
+    table.breakdown_ms(spec)             # [(layer, ms), ...]
+    table.covers(spec), table.device, table.is_estimate
+
+Modules: graphs (ONNX graphs of entries and networks), measure (round-robin timing,
+also run as a script on ssh boards), runners (local / adb / ssh), devices (profiles),
+table (files, lookup), profile (building, calibration, validation, estimates).
+"""
+
+from .devices import Device, list_devices, load_device
+from .graphs import EntryKey, entry_keys
+from .table import LatencyTable, load_table
+
+__all__ = ["Device", "EntryKey", "LatencyTable", "entry_keys", "list_devices", "load_device",
+           "load_table"]

@@ -1,0 +1,103 @@
+"""Device profiles (configs/devices/*.yaml): where a table is measured and how.
+
+A profile names the runner that reaches the CPU (``local``: onnxruntime in this
+process; ``adb``: an Android phone running onnxruntime_perf_test; ``ssh``: an ARM Linux
+board running netadapt's own timing script with its onnxruntime), the runtime settings
+recorded with every table, and the measurement protocol.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import LatencyError
+
+RUNNERS = ("local", "adb", "ssh")
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: configs/ and latency_tables/
+
+
+def root_dir() -> Path:
+    """Where configs/devices and latency_tables live (NETADAPT_ROOT overrides)."""
+    return Path(os.environ.get("NETADAPT_ROOT", ROOT))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How entries are timed: rounds per chunk, noise threshold, calibration bursts."""
+
+    rounds: int = 10  # timed runs per entry per attempt (round-robin over the chunk)
+    warmup: int = 2
+    chunk: int = 48  # entries timed together, with the reference, in one time window
+    max_spread: float = 0.15  # (p75 - p25) / median above which an entry is re-measured
+    attempts: int = 3  # at most this many attempts per noisy entry
+    calibration_bursts: int = 7
+    calibration_rounds: int = 20
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    runner: str
+    runtime: dict[str, Any]
+    protocol: Protocol
+    options: dict[str, Any] = field(default_factory=dict)  # the runner's own section
+    published: dict[str, float] = field(default_factory=dict)  # spec path -> ms, for estimates
+    path: Path | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Runtime settings as the timing code takes them."""
+        return {"threads": int(self.runtime.get("threads", 1)),
+                "spinning": bool(self.runtime.get("spinning", False)),
+                "optimization": str(self.runtime.get("optimization", "all")),
+                "providers": list(self.runtime.get("providers", ["CPUExecutionProvider"]))}
+
+
+def devices_dir(root: Path | None = None) -> Path:
+    return (root or root_dir()) / "configs" / "devices"
+
+
+def list_devices(root: Path | None = None) -> list[Device]:
+    folder = devices_dir(root)
+    return [load_device(p.stem, root) for p in sorted(folder.glob("*.yaml"))]
+
+
+def load_device(name: str, root: Path | None = None) -> Device:
+    """Read ``configs/devices/NAME.yaml``; errors say which devices exist."""
+    folder = devices_dir(root)
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(folder.glob("*.yaml"))) or "none"
+        raise LatencyError(f"unknown device {name!r} (known: {known}); add "
+                           f"{folder / (name + '.yaml')} to define it")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise LatencyError(f"{path}: not a readable device profile ({exc})") from None
+    if not isinstance(data, dict):
+        raise LatencyError(f"{path}: must be a mapping of fields")
+    runner = data.get("runner")
+    if runner not in RUNNERS:
+        raise LatencyError(f"{path}: runner: must be one of {', '.join(RUNNERS)}, got {runner!r}")
+    proto = data.get("protocol") or {}
+    fields = set(Protocol.__dataclass_fields__)
+    unknown = set(proto) - fields
+    if unknown:
+        raise LatencyError(f"{path}: protocol: unknown field(s) {', '.join(sorted(unknown))} "
+                           f"(allowed: {', '.join(sorted(fields))})")
+    return Device(
+        name=name,
+        description=str(data.get("description", "")),
+        runner=runner,
+        runtime=dict(data.get("runtime") or {}),
+        protocol=Protocol(**proto),
+        options=dict(data.get(runner) or {}),
+        published={str(k): float(v) for k, v in (data.get("published") or {}).items()},
+        path=path,
+    )

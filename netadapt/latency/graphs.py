@@ -1,0 +1,193 @@
+"""ONNX graphs for table entries and whole networks, built directly with onnx.helper.
+
+Building a block this way takes ~2 ms, against ~33 ms for torch.onnx.export (legacy)
+and ~1 s for the dynamo exporter (DESIGN.md section 2), and needs no torch. The graphs
+are node-for-node what torch.onnx.export writes for netadapt.model in eval mode
+(BatchNorm folded into Conv, HardSwish / Relu / HardSigmoid, GlobalAveragePool,
+Flatten, Gemm), so onnxruntime fuses them the same way. Weights are random: latency
+does not depend on their values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..cost import conv_output_size
+from ..spec import ClassifierHead, NetworkSpec
+
+OPSET = 17
+IR_VERSION = 8  # old enough for onnxruntime builds on phones and boards
+# Weights are slices of one pool of normal samples: drawing 2.5 M fresh samples for a
+# head entry took ~30 ms, more than timing it.
+_POOL = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class EntryKey:
+    """One table entry: a piece of the network the runtime executes as a unit.
+
+    ``kind`` is ``stem``, ``block`` (a whole inverted residual), ``last_conv`` (1x1 conv
+    + act + global pool) or ``head`` (Gemm + act + Gemm). Fields a kind lacks are 0 or
+    empty. ``h`` and ``w`` are the entry's *input* resolution.
+    """
+
+    kind: str
+    c_in: int
+    exp: int
+    out: int
+    kernel: int
+    stride: int
+    dilation: int
+    se: bool
+    act: str
+    expand: bool
+    residual: bool
+    h: int
+    w: int
+
+    def label(self) -> str:
+        if self.kind == "block":
+            extra = "".join([" se" if self.se else "", " res" if self.residual else "",
+                             "" if self.expand else " noexp"])
+            return (f"block {self.c_in}->{self.exp}->{self.out} k{self.kernel} s{self.stride}"
+                    f" {self.act}{extra} @{self.h}x{self.w}")
+        if self.kind == "head":
+            return f"head {self.c_in}->{self.exp}->{self.out} {self.act}"
+        return f"{self.kind} {self.c_in}->{self.out} k{self.kernel} s{self.stride} " \
+               f"{self.act} @{self.h}x{self.w}"
+
+
+def entry_keys(spec: NetworkSpec) -> list[tuple[str, EntryKey]]:
+    """(layer name, entry key) for every entry of ``spec``, in network order."""
+    if not isinstance(spec.head, ClassifierHead):
+        from ..errors import LatencyError
+
+        raise LatencyError(f"{spec.name}: latency tables cover classifier heads only; "
+                           f"an lraspp head is not supported yet")
+    h, w = spec.input_size
+    s = spec.stem
+    keys = [("stem", EntryKey("stem", spec.in_channels, 0, s.out, s.kernel, s.stride, 1,
+                              False, s.act, False, False, h, w))]
+    h, w = conv_output_size(h, s.kernel, s.stride), conv_output_size(w, s.kernel, s.stride)
+    for i, (b, c_in) in enumerate(zip(spec.blocks, spec.block_inputs())):
+        keys.append((f"blocks[{i}]", EntryKey("block", c_in, b.exp, b.out, b.kernel, b.stride,
+                                              b.dilation, b.se, b.act, b.expand, b.residual,
+                                              h, w)))
+        h = conv_output_size(h, b.kernel, b.stride, b.dilation)
+        w = conv_output_size(w, b.kernel, b.stride, b.dilation)
+    keys.append(("last_conv", EntryKey("last_conv", spec.blocks[-1].out, 0, spec.last_conv.out,
+                                       1, 1, 1, False, spec.last_conv.act, False, False, h, w)))
+    keys.append(("head", EntryKey("head", spec.last_conv.out, spec.head.width,
+                                  spec.num_classes, 0, 0, 0, False, spec.head.act, False,
+                                  False, 1, 1)))
+    return keys
+
+
+class _Graph:
+    """Accumulates nodes and initializers; names are generated."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.rng = np.random.default_rng(seed)
+        self.count = 0
+
+    def name(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def weight(self, *shape: int) -> str:
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        size = int(np.prod(shape))
+        start = int(self.rng.integers(0, _POOL.size - size)) if size < _POOL.size else 0
+        array = np.resize(_POOL[start:start + size], shape) * np.float32(fan_in ** -0.5)
+        name = self.name("w")
+        self.inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
+        out = self.name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def act(self, x: str, act: str) -> str:
+        return self.node("HardSwish" if act == "hswish" else "Relu", [x])
+
+    def conv(self, x: str, c_in: int, c_out: int, kernel: int, stride: int = 1,
+             dilation: int = 1, groups: int = 1, act: str | None = None) -> str:
+        pad = (kernel - 1) // 2 * dilation
+        y = self.node("Conv", [x, self.weight(c_out, c_in // groups, kernel, kernel),
+                               self.weight(c_out)],
+                      kernel_shape=[kernel, kernel], strides=[stride, stride],
+                      pads=[pad] * 4, dilations=[dilation, dilation], group=groups)
+        return self.act(y, act) if act else y
+
+    def entry(self, x: str, key: EntryKey) -> str:
+        """The nodes of one entry, applied to ``x``."""
+        if key.kind == "stem":
+            return self.conv(x, key.c_in, key.out, key.kernel, key.stride, act=key.act)
+        if key.kind == "block":
+            y = x
+            if key.expand:
+                y = self.conv(y, key.c_in, key.exp, 1, act=key.act)
+            y = self.conv(y, key.exp, key.exp, key.kernel, key.stride, key.dilation,
+                          groups=key.exp, act=key.act)
+            if key.se:
+                from ..spec import make_divisible
+
+                squeeze = make_divisible(key.exp // 4)
+                g = self.node("GlobalAveragePool", [y])
+                g = self.node("Relu", [self.conv(g, key.exp, squeeze, 1)])
+                g = self.node("HardSigmoid", [self.conv(g, squeeze, key.exp, 1)],
+                              alpha=1.0 / 6, beta=0.5)
+                y = self.node("Mul", [y, g])
+            y = self.conv(y, key.exp, key.out, 1)
+            return self.node("Add", [x, y]) if key.residual else y
+        if key.kind == "last_conv":
+            y = self.conv(x, key.c_in, key.out, 1, act=key.act)
+            return self.node("Flatten", [self.node("GlobalAveragePool", [y])], axis=1)
+        if key.kind == "head":
+            y = self.node("Gemm", [x, self.weight(key.exp, key.c_in), self.weight(key.exp)],
+                          transB=1)
+            y = self.act(y, key.act)
+            return self.node("Gemm", [y, self.weight(key.out, key.exp), self.weight(key.out)],
+                             transB=1)
+        raise ValueError(f"unknown entry kind {key.kind!r}")
+
+
+def input_shape(key: EntryKey) -> tuple[int, ...]:
+    return (1, key.c_in) if key.kind == "head" else (1, key.c_in, key.h, key.w)
+
+
+def _model(graph: _Graph, x_shape: tuple[int, ...], y: str, name: str) -> bytes:
+    g = helper.make_graph(
+        graph.nodes, name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)],
+        initializer=graph.inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="netadapt")
+    model.ir_version = IR_VERSION
+    return model.SerializeToString()
+
+
+def entry_model(key: EntryKey, seed: int = 0) -> bytes:
+    """Serialized ONNX model of one entry, input named ``input``."""
+    graph = _Graph(seed)
+    return _model(graph, input_shape(key), graph.entry("input", key), key.kind)
+
+
+def network_model(spec: NetworkSpec, seed: int = 0) -> bytes:
+    """Serialized ONNX model of the whole network (the end-to-end reference)."""
+    graph = _Graph(seed)
+    keys = entry_keys(spec)
+    x = "input"
+    for _, key in keys:
+        x = graph.entry(x, key)
+    return _model(graph, input_shape(keys[0][1]), x, spec.name)

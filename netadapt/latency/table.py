@@ -1,0 +1,312 @@
+"""The latency table: entries on disk (CSV + meta.json), prediction by pure lookup.
+
+Entries are whole inverted-residual blocks, the stem, the last conv (+ global pool) and
+the head, at exact widths: onnxruntime fuses and re-lays-out the ops inside a block, so
+block entries predict the network far better than single ops (DESIGN.md section 2),
+and latency is not monotone in width (the 8-vs-16 sawtooth), so nothing is
+interpolated.
+
+One exception keeps the grid small: a block without residual has three free widths
+(input, expansion, output). Its entries are measured on two exact slices through the
+seed's widths, (c, e, out_seed) and (in_seed, e, o), and other points are composed as
+T(c,e,o) = T(c,e,o_seed) + T(c_seed,e,o) - T(c_seed,e,o_seed): the input width only
+touches the expansion conv and the output width only the projection conv, which do not
+share data but the expanded tensor. scripts/bench_latency.py measures how far that is
+from timing the point itself.
+
+A table's sum is scaled by one calibration factor per seed structure, measured as
+(seed end to end) / (sum of the seed's entries) with both interleaved with a reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import LatencyError, NetadaptError
+from ..spec import NetworkSpec, spec_from_dict
+from .devices import root_dir
+from .graphs import EntryKey, entry_keys
+
+FORMAT = 1
+KEY_COLUMNS = [f.name for f in dataclasses.fields(EntryKey)]
+COLUMNS = KEY_COLUMNS + ["ms", "spread", "n"]
+_BOOL = ("se", "expand", "residual")
+_STR = ("kind", "act")
+
+
+def tables_dir(root: Path | None = None) -> Path:
+    return (root or root_dir()) / "latency_tables"
+
+
+def signature(spec: NetworkSpec) -> str:
+    """What stays fixed while the search shrinks widths: the calibration's key."""
+    blocks = ",".join(f"{b.kernel}{b.stride}{b.dilation}{int(b.se)}{b.act[0]}"
+                      f"{int(b.expand)}{int(b.residual)}" for b in spec.blocks)
+    return (f"{spec.input_size[0]}x{spec.input_size[1]}x{spec.in_channels}/"
+            f"{spec.stem.kernel}{spec.stem.stride}/{blocks}/{spec.num_classes}")
+
+
+def _shape_class(key: EntryKey) -> tuple[Any, ...]:
+    return (key.kernel, key.stride, key.dilation, key.se, key.act, key.h, key.w)
+
+
+def _composed(key: EntryKey) -> bool:
+    """Blocks measured on two slices and composed (see the module docstring)."""
+    return key.kind == "block" and key.expand and not key.residual
+
+
+def _widths(width: int) -> range:
+    return range(8, width + 1, 8)
+
+
+def required_keys(seed: NetworkSpec) -> set[EntryKey]:
+    """Every entry needed to predict any spec the search can reach from ``seed`` (each
+    group shrunk to any multiple of 8 down to 8), with composed blocks' two slices."""
+    group_of = {f: g for g in seed.groups for f in g.fields}
+    keys: set[EntryKey] = set()
+    named = entry_keys(seed)
+    inputs = ["stem.out" if i == 0 else f"blocks[{i - 1}].out" for i in range(len(seed.blocks))]
+    for (_name, key), i in zip(named, range(-1, len(named) - 1)):
+        if key.kind == "stem":
+            keys.update(dataclasses.replace(key, out=o)
+                        for o in _widths(group_of["stem.out"].width))
+        elif key.kind == "block":
+            b = seed.blocks[i]
+            c_range = _widths(group_of[inputs[i]].width)
+            e_range = _widths(group_of[f"blocks[{i}].exp"].width) if b.expand else None
+            o_range = _widths(group_of[f"blocks[{i}].out"].width)
+            if not b.expand and b.residual:
+                keys.update(dataclasses.replace(key, c_in=c, exp=c, out=c) for c in c_range)
+            elif not b.expand:
+                keys.update(dataclasses.replace(key, c_in=c, exp=c, out=o)
+                            for c in c_range for o in o_range)
+            elif b.residual:
+                assert e_range is not None
+                keys.update(dataclasses.replace(key, c_in=c, exp=e, out=c)
+                            for c in c_range for e in e_range)
+            else:
+                assert e_range is not None
+                keys.update(dataclasses.replace(key, c_in=c, exp=e, out=key.out)
+                            for c in c_range for e in e_range)
+                keys.update(dataclasses.replace(key, c_in=key.c_in, exp=e, out=o)
+                            for e in e_range for o in o_range)
+        elif key.kind == "last_conv":
+            last_out = group_of[f"blocks[{len(seed.blocks) - 1}].out"].width
+            keys.update(dataclasses.replace(key, c_in=c, out=o) for c in _widths(last_out)
+                        for o in _widths(seed.last_conv.out))
+        else:
+            keys.update(dataclasses.replace(key, c_in=c, exp=w)
+                        for c in _widths(seed.last_conv.out)
+                        for w in _widths(group_of["head.width"].width))
+    return keys
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype={c: str for c in _STR})
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"missing column(s) {', '.join(missing)}")
+    for c in _BOOL:
+        if frame[c].dtype != bool:
+            frame[c] = frame[c].map({"True": True, "False": False, True: True, False: False})
+    if frame[COLUMNS].isna().any().any():
+        bad = int(frame[COLUMNS].isna().any(axis=1).idxmax())
+        raise ValueError(f"row {bad + 2} is incomplete or malformed")
+    return frame
+
+
+def frame_to_csv(frame: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    frame[COLUMNS].to_csv(buf, index=False, float_format="%.5g")
+    return buf.getvalue()
+
+
+def key_of(row: Any) -> EntryKey:
+    return EntryKey(str(row.kind), int(row.c_in), int(row.exp), int(row.out), int(row.kernel),
+                    int(row.stride), int(row.dilation), bool(row.se), str(row.act),
+                    bool(row.expand), bool(row.residual), int(row.h), int(row.w))
+
+
+@dataclass
+class Calibration:
+    seed: str
+    signature: str
+    factor: float
+
+
+class LatencyTable:
+    """Predicts a spec's latency on one device by summing table entries.
+
+    ``predict_ms`` is a pure lookup (entries are cached per key, whole specs per spec);
+    a spec whose entries are not all in the table raises a LatencyError naming the
+    entry and the command that adds it.
+    """
+
+    def __init__(self, device: str, entries: dict[EntryKey, float], meta: dict[str, Any]
+                 ) -> None:
+        self.device = device
+        self.meta = meta
+        self.is_estimate = bool(meta.get("estimate", False))
+        self._entries = entries
+        self._anchors: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+        self._calibration: dict[str, float] = {}
+        self._seeds: list[NetworkSpec] = []
+        for seed_meta in meta.get("seeds", []):
+            seed = spec_from_dict(seed_meta["spec"])
+            self._seeds.append(seed)
+            self._calibration[signature(seed)] = float(seed_meta.get("factor", 1.0))
+            for _, key in entry_keys(seed):
+                if _composed(key):
+                    self._anchors.setdefault(_shape_class(key), []).append(
+                        (key.c_in, key.out))
+        factors = sorted(self._calibration.values()) or [1.0]
+        self._default_factor = factors[len(factors) // 2]
+        self._resolved: dict[EntryKey, float | None] = {}
+        self._specs: dict[NetworkSpec, float] = {}
+
+    # ------------------------------------------------------------------ lookup
+    @property
+    def seeds(self) -> list[NetworkSpec]:
+        return list(self._seeds)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entry_ms(self, key: EntryKey) -> float | None:
+        """Uncalibrated ms of one entry (exact, or composed from two slices), or None."""
+        if key in self._resolved:
+            return self._resolved[key]
+        value = self._entries.get(key)
+        if value is None and _composed(key):
+            for c0, o0 in self._anchors.get(_shape_class(key), []):
+                a = self._entries.get(dataclasses.replace(key, out=o0))
+                b = self._entries.get(dataclasses.replace(key, c_in=c0))
+                ab = self._entries.get(dataclasses.replace(key, c_in=c0, out=o0))
+                if a is not None and b is not None and ab is not None:
+                    value = max(a + b - ab, 0.5 * min(a, b))
+                    break
+        self._resolved[key] = value
+        return value
+
+    def factor(self, spec: NetworkSpec) -> float:
+        return self._calibration.get(signature(spec), self._default_factor)
+
+    def _entry_list(self, spec: NetworkSpec) -> list[tuple[str, float]]:
+        values = []
+        for name, key in entry_keys(spec):
+            ms = self.entry_ms(key)
+            if ms is None:
+                raise LatencyError(self._missing_message(spec, name, key))
+            values.append((name, ms))
+        return values
+
+    def predict_ms(self, spec: NetworkSpec) -> float:
+        """Predicted latency of ``spec`` in ms (calibrated sum of its entries)."""
+        cached = self._specs.get(spec)
+        if cached is not None:
+            return cached
+        total = self.factor(spec) * sum(ms for _, ms in self._entry_list(spec))
+        if len(self._specs) > 200_000:
+            self._specs.clear()
+        self._specs[spec] = total
+        return total
+
+    def breakdown_ms(self, spec: NetworkSpec) -> list[tuple[str, float]]:
+        """(layer name, calibrated ms) per entry; the values sum to ``predict_ms``."""
+        f = self.factor(spec)
+        return [(name, f * ms) for name, ms in self._entry_list(spec)]
+
+    def covers(self, spec: NetworkSpec) -> bool:
+        try:
+            return all(self.entry_ms(key) is not None for _, key in entry_keys(spec))
+        except NetadaptError:
+            return False
+
+    def missing(self, spec: NetworkSpec) -> list[tuple[str, EntryKey]]:
+        return [(n, k) for n, k in entry_keys(spec) if self.entry_ms(k) is None]
+
+    def _missing_message(self, spec: NetworkSpec, name: str, key: EntryKey) -> str:
+        if self.is_estimate:
+            source = self.meta.get("estimate_of", "local-ref")
+            fix = (f"netadapt profile --device {source} --spec SEED.yaml, then netadapt "
+                   f"profile --device {self.device} --estimate-from {source}")
+        else:
+            fix = f"netadapt profile --device {self.device} --spec SEED.yaml"
+        seeds = ", ".join(s.name for s in self._seeds) or "none"
+        return (f"latency table {self.device!r} has no entry for {spec.name} {name} "
+                f"({key.label()}); it covers seeds {seeds}; add it with: {fix} "
+                f"(SEED.yaml: the spec this one was reduced from)")
+
+    def label(self) -> str:
+        m = self.meta
+        est = "ESTIMATE, " if self.is_estimate else ""
+        rt = m.get("runtime", {})
+        return (f"{self.device} ({est}{m.get('cpu', '?')}, {rt.get('threads', '?')} thread(s), "
+                f"onnxruntime {rt.get('onnxruntime', '?')}, {m.get('date', '?')[:10]})")
+
+
+# ---------------------------------------------------------------------- files
+def table_paths(device: str, root: Path | None = None) -> tuple[Path, Path]:
+    folder = tables_dir(root) / device
+    return folder / "table.csv", folder / "meta.json"
+
+
+def read_table_files(device: str, root: Path | None = None
+                     ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The table's rows and metadata, checked (the CSV's hash must match meta.json)."""
+    csv_path, meta_path = table_paths(device, root)
+    rebuild = f"rebuild it with: netadapt profile --device {device}"
+    if not meta_path.is_file() or not csv_path.is_file():
+        raise LatencyError(f"no latency table for device {device!r} in {csv_path.parent}; "
+                           f"build it with: netadapt profile --device {device}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        data = csv_path.read_bytes()
+    except (OSError, ValueError) as exc:
+        raise LatencyError(f"{meta_path}: unreadable ({exc}); {rebuild}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise LatencyError(f"{meta_path}: not a format-{FORMAT} table; {rebuild}")
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise LatencyError(f"{csv_path}: contents do not match meta.json (truncated, edited "
+                           f"or corrupt); {rebuild}, or restore it (git checkout "
+                           f"latency_tables/{device})")
+    try:
+        frame = _read_csv(csv_path)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise LatencyError(f"{csv_path}: corrupt ({exc}); {rebuild}") from None
+    if len(frame) != meta.get("rows"):
+        raise LatencyError(f"{csv_path}: {len(frame)} rows, meta.json says {meta.get('rows')}; "
+                           f"{rebuild}")
+    return frame, meta
+
+
+def entries_of(frame: pd.DataFrame) -> dict[EntryKey, float]:
+    return {key_of(row): float(row.ms) for row in frame.itertuples(index=False)}
+
+
+def load_table(device: str, root: Path | None = None, check_runtime: bool = True
+               ) -> LatencyTable:
+    """Read latency_tables/DEVICE; LatencyError if missing, corrupt or for another
+    onnxruntime version (tables measured here must match the installed runtime)."""
+    from .devices import load_device
+
+    load_device(device, root)  # unknown device: say which exist
+    frame, meta = read_table_files(device, root)
+    if check_runtime and meta.get("runner") == "local" and not meta.get("estimate"):
+        from .measure import ort
+
+        version = meta.get("runtime", {}).get("onnxruntime")
+        if version != ort.__version__:
+            raise LatencyError(
+                f"latency table {device!r} was measured with onnxruntime {version}, this "
+                f"environment has {ort.__version__}; rebuild it with: netadapt profile "
+                f"--device {device} --fresh")
+    return LatencyTable(device, entries_of(frame), meta)

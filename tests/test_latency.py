@@ -1,0 +1,332 @@
+"""Latency tables: entries, lookup, profiling (real onnxruntime on a tiny spec), resume,
+calibration, validation, device errors and every bad input as one clean line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from netadapt.cli import app
+from netadapt.cost import count_macs
+from netadapt.errors import LatencyError
+from netadapt.latency import LatencyTable, entry_keys, load_device, load_table
+from netadapt.latency import profile as prof
+from netadapt.latency.graphs import entry_model, input_shape, network_model
+from netadapt.latency.measure import time_round_robin
+from netadapt.latency.runners import LocalRunner, parse_perf_test
+from netadapt.latency.table import required_keys, table_paths
+from netadapt.spec import load_spec, save_spec
+
+from .conftest import CONFIGS
+
+cli = CliRunner()
+FAST = """name: {name}
+description: test device
+runner: local
+runtime: {{threads: 1, optimization: all}}
+protocol: {{rounds: 5, warmup: 1, chunk: 64, max_spread: 0.5, attempts: 2,
+           calibration_bursts: 3, calibration_rounds: 8}}
+"""
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    """A checkout-like root with a fast local device, used by the CLI via NETADAPT_ROOT."""
+    devices = tmp_path / "configs" / "devices"
+    devices.mkdir(parents=True)
+    (devices / "fast.yaml").write_text(FAST.format(name="fast"))
+    for name in ("pixel", "rpi4"):
+        (devices / f"{name}.yaml").write_text(
+            (Path(CONFIGS) / "devices" / f"{name}.yaml").read_text())
+    monkeypatch.setenv("NETADAPT_ROOT", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def built(root, tiny_spec):
+    """The fast device's table for the tiny spec, really measured."""
+    prof.profile(load_device("fast"), [tiny_spec], root=root, progress=False, log=lambda _: None)
+    return load_table("fast")
+
+
+def fake_table(spec, value=1.0) -> LatencyTable:
+    entries = {k: value for k in required_keys(spec)}
+    meta = {"seeds": [{"spec": spec.to_dict(), "factor": 1.0}], "runtime": {}}
+    return LatencyTable("fake", entries, meta)
+
+
+def one_line_error(result, fragment: str) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("error: ") and fragment in lines[-1], result.output
+    assert "Traceback" not in result.output
+    return lines[-1]
+
+
+# ---------------------------------------------------------------------- entries
+def test_entries_are_stem_blocks_last_conv_and_head(tiny_spec):
+    names = [n for n, _ in entry_keys(tiny_spec)]
+    assert names == ["stem", "blocks[0]", "blocks[1]", "blocks[2]", "last_conv", "head"]
+
+
+def test_network_graph_runs_in_onnxruntime_with_the_specs_output(tiny_spec):
+    session = ort.InferenceSession(network_model(tiny_spec))
+    (out,) = session.run(None, {"input": np.zeros((1, 3, 32, 32), np.float32)})
+    assert out.shape == (1, tiny_spec.num_classes)
+
+
+def test_entry_graphs_chain_shapes(tiny_spec):
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    for _, key in entry_keys(tiny_spec):
+        assert x.shape == input_shape(key)
+        (x,) = ort.InferenceSession(entry_model(key)).run(None, {"input": x})
+
+
+def test_table_covers_every_width_the_search_can_reach(tiny_spec):
+    table = fake_table(tiny_spec)
+    for group in tiny_spec.groups:
+        for width in range(8, group.width + 1, 8):
+            assert table.covers(tiny_spec.with_group_width(group.name, width)), group.name
+    for variant in prof.random_variants(tiny_spec, 40):
+        assert table.covers(variant)
+
+
+def test_both_seeds_need_a_grid_measurable_in_minutes():
+    large = required_keys(load_spec(CONFIGS / "mobilenetv3_large.yaml"))
+    assert len(large) < 35_000  # the full (in, exp, out) grid would be ~60k entries
+
+
+def test_block_without_residual_is_composed_from_two_exact_slices(tiny_spec):
+    table = fake_table(tiny_spec)
+    key = dict(entry_keys(tiny_spec))["blocks[1]"]  # 16 -> 48 -> 24, no residual
+    table._entries[dataclasses.replace(key, c_in=8, exp=40)] = 3.0  # (c, e, o_seed)
+    table._entries[dataclasses.replace(key, exp=40, out=8)] = 5.0  # (c_seed, e, o)
+    table._entries[dataclasses.replace(key, exp=40)] = 4.0  # (c_seed, e, o_seed)
+    assert table.entry_ms(dataclasses.replace(key, c_in=8, exp=40, out=8)) == 4.0
+
+
+def test_prediction_is_a_sum_of_the_breakdown_times_the_calibration(tiny_spec):
+    table = fake_table(tiny_spec, 0.5)
+    table._calibration = {k: 1.2 for k in table._calibration}
+    assert table.predict_ms(tiny_spec) == pytest.approx(1.2 * 0.5 * 6)
+    breakdown = table.breakdown_ms(tiny_spec)
+    assert sum(ms for _, ms in breakdown) == pytest.approx(table.predict_ms(tiny_spec))
+
+
+def test_missing_entry_names_it_and_the_command_that_adds_it(tiny_spec, tiny_dict):
+    tiny_dict["head"]["width"] = 256
+    from netadapt.spec import spec_from_dict
+
+    wider = spec_from_dict(tiny_dict)
+    table = fake_table(tiny_spec)
+    assert not table.covers(wider)
+    with pytest.raises(LatencyError, match=r"head 64->256->10.*netadapt profile --device fake"):
+        table.predict_ms(wider)
+
+
+def test_prediction_is_cheaper_than_counting_macs(tiny_spec):
+    """>= 10,000 predictions/s in practice (scripts/bench_latency.py prints the rate);
+    here only a relation: a lookup costs no more than the analytic MAC count."""
+    large = load_spec(CONFIGS / "mobilenetv3_large.yaml")
+    variants = prof.random_variants(large, 300)
+    table = fake_table(large)
+    table.predict_ms(variants[0])
+
+    def rate(fn) -> float:
+        t0 = time.perf_counter()
+        for v in variants:
+            fn(v)
+        return time.perf_counter() - t0
+
+    macs = min(rate(count_macs) for _ in range(3))
+    predict = min(rate(table.predict_ms) for _ in range(1))  # first pass: no spec cache
+    assert predict < 2 * macs
+
+
+# ---------------------------------------------------------------------- profiling
+def test_profile_builds_a_table_that_covers_the_seed(built, tiny_spec):
+    assert built.covers(tiny_spec) and not built.is_estimate
+    meta = built.meta
+    assert meta["runtime"]["onnxruntime"] == ort.__version__ and meta["runtime"]["threads"] == 1
+    assert meta["seeds"][0]["name"] == "tiny" and meta["seeds"][0]["factor"] > 0
+    assert meta["cpu"] and meta["date"]
+    assert built.predict_ms(tiny_spec) == pytest.approx(meta["seeds"][0]["seed_e2e_ms"], rel=1e-3)
+    assert not (table_paths("fast")[0].parent / "journal.csv").exists()
+
+
+def test_interrupted_profile_continues_where_it_stopped(root, tiny_spec):
+    device = load_device("fast")
+
+    class Interrupting(LocalRunner):
+        calls = 0
+
+        def time(self, models, rounds, warmup):
+            Interrupting.calls += 1
+            if Interrupting.calls == 3:
+                raise KeyboardInterrupt
+            return super().time(models, rounds, warmup)
+
+    with pytest.raises(KeyboardInterrupt):
+        prof.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None,
+                     runner=Interrupting(device))
+    journal = table_paths("fast")[0].parent / "journal.csv"
+    saved = len(journal.read_text().splitlines()) - 1
+    assert saved == 2 * device.protocol.chunk
+    quiet = sum(float(line.split(",")[-2]) <= device.protocol.max_spread
+                for line in journal.read_text().splitlines()[1:])
+    with open(journal, "a") as f:
+        f.write("block,16,48")  # a kill in the middle of a line
+    result = prof.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None)
+    total = len(required_keys(tiny_spec))
+    assert result.measured - result.remeasured == total - quiet  # noisy ones get retried
+    assert load_table("fast").covers(tiny_spec)
+
+
+def test_profile_extends_a_table_with_another_seed(built, tiny_spec, tiny_dict):
+    from netadapt.spec import spec_from_dict
+
+    tiny_dict["name"] = "tiny_wide"
+    tiny_dict["last_conv"]["out"] = 96
+    wide = spec_from_dict(tiny_dict)
+    assert not built.covers(wide)
+    result = prof.profile(load_device("fast"), [wide], root=built_root(), progress=False,
+                          log=lambda _: None)
+    table = load_table("fast")
+    assert table.covers(wide) and table.covers(tiny_spec)
+    assert result.measured < len(required_keys(wide))  # shared entries are not re-timed
+    assert {s["name"] for s in table.meta["seeds"]} == {"tiny", "tiny_wide"}
+
+
+def built_root() -> Path:
+    return Path(os.environ["NETADAPT_ROOT"])
+
+
+def test_round_robin_timing_ranks_large_above_small():
+    large, small = (load_spec(CONFIGS / f"mobilenetv3_{n}.yaml") for n in ("large", "small"))
+    shape = (1, 3, 224, 224)
+    ms = time_round_robin([(network_model(large), shape), (network_model(small), shape)],
+                          {"threads": 1}, rounds=5, warmup=1)
+    assert np.median(ms[0]) > np.median(ms[1])
+
+
+def test_validate_reports_error_statistics_and_saves_them(built, tiny_spec):
+    summary, frame = prof.validate(built, load_device("fast"), tiny_spec, 8, progress=False,
+                                   rounds=5)
+    assert len(frame) == 8 and set(frame.columns) >= {"predicted_ms", "measured_ms", "error"}
+    for field in ("median_abs_error", "max_abs_error", "within_5pct", "within_10pct",
+                  "spearman"):
+        assert field in summary
+    saved = prof.save_validation("fast", summary, frame)
+    assert json.loads(saved.read_text())["variants"] == 8
+
+
+def test_estimate_reproduces_the_published_numbers_it_was_fitted_to(built, tiny_spec,
+                                                                       tiny_dict, root):
+    from netadapt.latency.table import read_table_files
+    from netadapt.spec import spec_from_dict
+
+    tiny_dict["name"] = "tiny_narrow"
+    tiny_dict["blocks"][1]["exp"] = 24
+    narrow = spec_from_dict(tiny_dict)
+    frame, _ = read_table_files("fast")
+    ratio = built.predict_ms(narrow) / built.predict_ms(tiny_spec)
+    published = {"a": 10.0, "b": 10.0 * ratio}
+    prof.estimate(built, load_device("pixel"), published, {"a": tiny_spec, "b": narrow}, frame,
+                  root=root)
+    pixel = load_table("pixel")
+    assert pixel.is_estimate and "ESTIMATE" in pixel.label()
+    assert pixel.predict_ms(tiny_spec) == pytest.approx(10.0, rel=0.1)
+
+
+# ---------------------------------------------------------------------- devices
+def test_pixel_without_adb_fails_at_once_saying_what_to_connect(root, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    line = one_line_error(cli.invoke(app, ["profile", "--device", "pixel"]), "adb not found")
+    assert "connect the phone" in line
+
+
+def test_pixel_with_no_phone_attached_says_to_connect_it(root, monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    adb = bin_dir / "adb"
+    adb.write_text("#!/bin/sh\necho 'List of devices attached'\necho\n")
+    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    line = one_line_error(cli.invoke(app, ["profile", "--device", "pixel"]), "no phone attached")
+    assert "USB debugging" in line
+
+
+def test_rpi4_without_host_says_to_configure_it(root):
+    one_line_error(cli.invoke(app, ["profile", "--device", "rpi4"]), "no host configured")
+
+
+def test_unknown_device_lists_the_known_ones(root):
+    line = one_line_error(cli.invoke(app, ["latency", str(CONFIGS / "mobilenetv3_small.yaml"),
+                                           "--device", "iphone"]), "unknown device 'iphone'")
+    assert "fast" in line and "pixel" in line
+
+
+def test_perf_test_output_is_parsed_per_round_and_model():
+    out = "\n".join(f"NETADAPT {r} {i}\nMin Latency: {0.001 * (i + 1)} s\nP50 Latency: 1 s"
+                    for r in (1, 2) for i in range(3))
+    ms = parse_perf_test(out, 3, 2)
+    assert ms.shape == (3, 2) and ms[2, 1] == pytest.approx(3.0)
+
+
+# ---------------------------------------------------------------------- bad tables
+def test_missing_table_says_how_to_build_it(root):
+    with pytest.raises(LatencyError, match="netadapt profile --device fast"):
+        load_table("fast")
+
+
+def test_truncated_csv_is_refused_and_left_as_it_was(built, tiny_spec):
+    csv_path, _ = table_paths("fast")
+    text = csv_path.read_text()
+    csv_path.write_text(text[: len(text) // 2])
+    spec_file = built_root() / "tiny.yaml"
+    save_spec(tiny_spec, spec_file)
+    line = one_line_error(cli.invoke(app, ["latency", str(spec_file), "--device", "fast"]),
+                          "truncated")
+    assert "netadapt profile --device fast" in line
+    assert csv_path.read_text() == text[: len(text) // 2]
+
+
+def test_table_from_another_onnxruntime_version_is_refused(built):
+    _, meta_path = table_paths("fast")
+    meta = json.loads(meta_path.read_text())
+    meta["runtime"]["onnxruntime"] = "0.0.1"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(LatencyError, match=r"onnxruntime 0\.0\.1.*--fresh"):
+        load_table("fast")
+
+
+def test_latency_for_a_spec_the_table_lacks_names_the_entry(built):
+    line = one_line_error(cli.invoke(app, ["latency", str(CONFIGS / "mobilenetv3_small.yaml"),
+                                           "--device", "fast"]), "has no entry for")
+    assert "stem" in line and "netadapt profile --device fast" in line
+
+
+# ---------------------------------------------------------------------- CLI
+def test_latency_command_prints_breakdown_and_measures(built, tiny_spec):
+    spec_file = built_root() / "tiny.yaml"
+    save_spec(tiny_spec, spec_file)
+    result = cli.invoke(app, ["latency", str(spec_file), "--device", "fast", "--measure"])
+    assert result.exit_code == 0, result.output
+    for name in ("stem", "blocks[2]", "head", "predicted:", "measured:", "error"):
+        assert name in result.output
+
+
+def test_devices_lists_profiles_and_tables(built):
+    result = cli.invoke(app, ["devices"])
+    assert result.exit_code == 0, result.output
+    assert "fast" in result.output and "seeds tiny" in result.output
+    assert "no table (netadapt profile --device rpi4)" in result.output
