@@ -94,6 +94,99 @@ def export(
                 f"{report.output_scale:.3g})", fg=typer.colors.GREEN)
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    # Finishes on 2 CPU cores in minutes: low training resolution, short fine-tunes.
+    "quick": {},
+    # The papers' scale, for a GPU and ImageNet-size data (an ImageFolder via --data).
+    "paper": {"short_term_steps": 10000, "long_term_steps": 100000, "seed_steps": 0,
+              "resolution": 224, "batch_size": 128, "lr": 0.02, "holdout": 10000,
+              "schedule": "constant", "step": 0.01, "criterion": "slope"},
+}
+
+
+@command
+def search(
+    budget: Annotated[list[str] | None, typer.Option(
+        "--budget", "-b", help="Repeatable: 20ms | 60% (of the seed's latency) | "
+        "params=2M | macs=100M | params=50%")] = None,
+    spec: Annotated[Path | None, typer.Option(
+        help="Seed spec [default: configs/mobilenetv3_large.yaml]")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="Seed weights: netadapt or torchvision state_dict (.pt); without, the seed "
+        "is trained first for --seed-steps")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="Latency table's device (netadapt devices) [default: pixel]")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="IDX directory or ImageFolder tree [default: Fashion-MNIST in "
+        "/usr/share/datasets/fashion-mnist]")] = None,
+    criterion: Annotated[str | None, typer.Option(
+        help="accuracy (NetAdapt) | slope (MobileNetV3: dAcc/|dLatency|)")] = None,
+    schedule: Annotated[str | None, typer.Option(
+        help="constant (MobileNetV3) | decay (NetAdapt: x0.96 per iteration)")] = None,
+    step: Annotated[float | None, typer.Option(
+        help="First reduction per iteration, as a fraction of the seed's value")] = None,
+    short_term_steps: Annotated[int | None, typer.Option(
+        help="T: fine-tuning steps per proposal")] = None,
+    long_term_steps: Annotated[int | None, typer.Option(
+        help="Fine-tuning steps of the final network")] = None,
+    seed_steps: Annotated[int | None, typer.Option(
+        help="Training steps of the seed when no --weights are given")] = None,
+    resolution: Annotated[int | None, typer.Option(
+        help="Training/eval image size (latency is always at the spec's input size)")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate")] = None,
+    holdout: Annotated[int | None, typer.Option(
+        help="Images carved from training to score proposals")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (splits, batches, init)")] = None,
+    torch_device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    preset: Annotated[str, typer.Option(
+        help="quick (CPU, minutes) | paper (T=10000, 224px; for GPUs)")] = "quick",
+    out: Annotated[Path | None, typer.Option(
+        help="Run directory [default: runs/<spec>-<budget>-<time>]")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue an interrupted run directory with its saved config")] = None,
+) -> None:
+    """Run NetAdapt: shrink the seed step by step until every budget is met."""
+    import time
+
+    from .runner import SearchConfig, resume_search, start_search
+
+    if resume is not None:
+        typer.echo(f"resuming {resume} with its saved config")
+        result = resume_search(resume)
+    else:
+        if not budget:
+            raise NetadaptError("no budget given; e.g. --budget 20ms (or --resume RUN_DIR)")
+        if preset not in PRESETS:
+            raise NetadaptError(f"unknown preset {preset!r}; use {' or '.join(PRESETS)}")
+        given = {k: v for k, v in dict(
+            spec=str(spec) if spec else None, weights=weights, device=device, data=data,
+            criterion=criterion, schedule=schedule, step=step,
+            short_term_steps=short_term_steps, long_term_steps=long_term_steps,
+            seed_steps=seed_steps, resolution=resolution, batch_size=batch_size, lr=lr,
+            holdout=holdout, seed=seed, torch_device=torch_device).items() if v is not None}
+        config = SearchConfig(budgets=tuple(budget), **{**PRESETS[preset], **given})
+        if out is None:
+            name = Path(config.spec).stem
+            tag = "_".join(b.replace("=", "").replace("%", "pct") for b in budget)
+            out = Path("runs") / f"{name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+        typer.echo(f"run directory: {out}")
+        result = start_search(config, out)
+    seed_r, final = result.seed, result.final
+    typer.echo(f"\n{'':<16}{'seed':>12}{'result':>12}")
+    typer.echo(f"{'latency (ms)':<16}{seed_r['latency_ms']:>12.2f}{final['latency_ms']:>12.2f}")
+    typer.echo(f"{'params (M)':<16}{seed_r['params'] / 1e6:>12.3f}{final['params'] / 1e6:>12.3f}")
+    typer.echo(f"{'MACs (M)':<16}{seed_r['macs'] / 1e6:>12.2f}{final['macs'] / 1e6:>12.2f}")
+    typer.echo(f"{'holdout acc':<16}{seed_r['accuracy']:>12.4f}{final['accuracy']:>12.4f}")
+    typer.echo(f"{'test acc':<16}{final['seed_test_accuracy']:>12.4f}"
+               f"{final['test_accuracy']:>12.4f}")
+    typer.echo(f"{result.iterations} iterations; budgets met: {final['budgets_met']}; "
+               f"{result.seconds / 60:.1f} min")
+    typer.echo(f"result: {result.run / 'best.yaml'} (+ best.pt); history: "
+               f"{result.run / 'history.csv'}; plot: {result.run / 'accuracy_vs_latency.png'}")
+    typer.echo(f"next: netadapt export {result.run / 'best.yaml'}")
+
+
 # ----------------------------------------------------------------------------- latency
 
 DeviceOpt = Annotated[str, typer.Option(

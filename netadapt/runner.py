@@ -1,0 +1,323 @@
+"""`netadapt search` end to end: wires spec, latency table, data, training and the
+NetAdapt loop to a run directory, and resumes one.
+
+Data flows one way: the config names a seed spec, a device table and data; the loop
+(search.py) decides; this module performs its decisions (fine-tunes, checkpoints) and
+records them (runs.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .errors import NetadaptError
+from .model import build_model, check_state_dict, read_state_dict
+from .prune import inherit_weights
+from .runs import RunDir, iteration_name, proposal_name
+from .search import (
+    Iteration,
+    Proposal,
+    Schedule,
+    Start,
+    check_reachable,
+    format_resource,
+    netadapt,
+    parse_budget,
+    resources_of,
+    unmet,
+)
+from .spec import NetworkSpec, load_spec, spec_from_dict
+
+DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "mobilenetv3_large.yaml"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything that decides a search's result; saved as the run's config.json."""
+
+    budgets: tuple[str, ...]
+    spec: str = str(DEFAULT_SPEC)
+    weights: str | None = None
+    device: str = "pixel"
+    data: str | None = None  # None: the built-in Fashion-MNIST
+    criterion: str = "accuracy"
+    schedule: str = "constant"
+    step: float = 0.06  # fraction of the seed's value removed per iteration
+    short_term_steps: int = 10
+    long_term_steps: int = 300
+    seed_steps: int = 300  # training of the seed when no weights are given
+    resolution: int = 32  # training resolution (latency is always at the spec's size)
+    batch_size: int = 32
+    lr: float = 0.01
+    holdout: int = 500
+    seed: int = 0
+    torch_device: str = "auto"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "budgets": list(self.budgets)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SearchConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise NetadaptError(f"run config has unknown fields {sorted(unknown)}")
+        return cls(**{**data, "budgets": tuple(data["budgets"])})
+
+
+@dataclass
+class SearchResult:
+    run: Path
+    seed: dict[str, Any]
+    final: dict[str, Any]
+    iterations: int
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _torch_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NetadaptError("--torch-device cuda: no CUDA GPU is visible; use cpu or auto")
+    return name
+
+
+def _proposal_seed(seed: int, iteration: int, group: str) -> int:
+    """A per-proposal seed: the same whether the run was interrupted or not."""
+    return zlib.crc32(f"{seed}/{iteration}/{group}".encode())
+
+
+def load_seed_weights(model: torch.nn.Module, path: str, num_classes: int) -> list[str]:
+    """Load a netadapt / torchvision checkpoint strictly, except that output layers made
+    for another class count (e.g. ImageNet's 1000) keep their fresh initialisation.
+    Returns notes for the user."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    reinit = sorted(k for k, t in own.items() if k in state and t.dim() >= 1
+                    and t.shape[0] == num_classes and state[k].shape[0] != num_classes
+                    and state[k].shape[1:] == t.shape[1:])
+    for key in reinit:
+        state[key] = own[key]
+    check_state_dict(model, state, path)
+    model.load_state_dict(state)
+    return [f"re-initialised {', '.join(reinit)}: the checkpoint has another class count"
+            ] if reinit else []
+
+
+class Searcher:
+    """Performs one search in one run directory (new or resumed)."""
+
+    def __init__(self, config: SearchConfig, run: RunDir, seed_spec: NetworkSpec,
+                 predict_ms: Callable[[NetworkSpec], float] | None = None,
+                 progress: bool = True) -> None:
+        from .data import load_data
+        from .latency import load_table
+
+        self.config, self.run, self.progress = config, run, progress
+        self.torch_device = _torch_device(config.torch_device)
+        if predict_ms is None:
+            table = load_table(config.device)
+            predict_ms = table.predict_ms
+        self.predict_ms = predict_ms
+        self.data = load_data(Path(config.data) if config.data else None,
+                              resolution=config.resolution, in_channels=seed_spec.in_channels,
+                              holdout=config.holdout, seed=config.seed)
+        self.seed_spec = dataclasses.replace(seed_spec, num_classes=self.data.num_classes)
+        seed_resources = resources_of(self.seed_spec, predict_ms)
+        self.budgets = [parse_budget(b, seed_resources) for b in config.budgets]
+        check_reachable(self.seed_spec, self.budgets, predict_ms)
+        self.schedule = Schedule.named(config.schedule, config.step)
+        self._parent: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    # ------------------------------------------------------------------ phases
+
+    def run_all(self) -> SearchResult:
+        started = time.time()
+        records = self.run.records()
+        seed_record = next((r for r in records if r["type"] == "seed"), None)
+        if seed_record is None:
+            seed_record = self._prepare_seed()
+        start = Start(self.seed_spec, seed_record["accuracy"],
+                      {k: seed_record[k] for k in ("latency_ms", "params", "macs")})
+        final = next((r for r in records if r["type"] == "final"), None)
+        history = self.run.events(self.seed_spec)
+        iterations = [e for e in history if isinstance(e, Iteration)]
+        if final is None:
+            iterations += self._loop(start, history)
+            final = self._long_term(start, iterations)
+        self.run.write_csv()
+        self._plot()
+        return SearchResult(self.run.path, seed_record, final, len(iterations),
+                            time.time() - started)
+
+    def _prepare_seed(self) -> dict[str, Any]:
+        from .train import evaluate, train_seed
+
+        cfg = self.config
+        notes: list[str] = []
+        if cfg.weights:
+            model = build_model(self.seed_spec)
+            notes = load_seed_weights(model, cfg.weights, self.seed_spec.num_classes)
+        else:  # from scratch a larger LR than fine-tuning's pays off
+            model = train_seed(self.seed_spec, self.data, steps=cfg.seed_steps, lr=cfg.lr * 5,
+                               batch_size=cfg.batch_size, seed=cfg.seed,
+                               device=self.torch_device,
+                               progress=self._bar("train seed", cfg.seed_steps))
+        self.run.write_spec("seed.yaml", self.seed_spec)
+        self.run.save_state("seed.pt", model.state_dict())
+        accuracy = evaluate(model, self.data.holdout, batch_size=256, device=self.torch_device)
+        record = {"type": "seed", "accuracy": accuracy, "trained_steps": 0 if cfg.weights
+                  else cfg.seed_steps, "notes": notes,
+                  **resources_of(self.seed_spec, self.predict_ms)}
+        self.run.append(record)
+        return record
+
+    def _parent_state(self, iteration: int) -> dict[str, torch.Tensor]:
+        """Weights of the network iteration ``iteration`` starts from (cached)."""
+        if self._parent is None or self._parent[0] != iteration:
+            name = "seed.pt" if iteration == 1 else f"{iteration_name(iteration - 1)}.pt"
+            self._parent = (iteration, read_state_dict(self.run.path / name))
+        return self._parent[1]
+
+    def _parent_spec(self, iteration: int) -> NetworkSpec:
+        return self.seed_spec if iteration == 1 else \
+            self.run.read_spec(f"{iteration_name(iteration - 1)}.yaml")
+
+    def _evaluate(self, iteration: int, child: NetworkSpec, group: str) -> float:
+        """Inherit the largest-norm filters, fine-tune T steps, score on the holdout."""
+        from .train import evaluate, finetune
+
+        cfg = self.config
+        state = inherit_weights(self._parent_spec(iteration), self._parent_state(iteration),
+                                child)
+        model = build_model(child)
+        model.load_state_dict(state)
+        finetune(model, self.data, steps=cfg.short_term_steps, lr=cfg.lr,
+                 batch_size=cfg.batch_size, seed=_proposal_seed(cfg.seed, iteration, group),
+                 device=self.torch_device)
+        self.run.save_state(proposal_name(iteration, group), model.state_dict())
+        return evaluate(model, self.data.holdout, batch_size=256, device=self.torch_device)
+
+    def _loop(self, start: Start, history: list) -> list[Iteration]:
+        chosen: list[Iteration] = []
+        bar = tqdm(desc="proposals", unit="proposal", disable=not self.progress, leave=False)
+        started = time.time()
+        for event in netadapt(start, self.budgets, self.predict_ms, self._evaluate,
+                              self.schedule, self.config.criterion, history):
+            if isinstance(event, Proposal):
+                self.run.append({
+                    "type": "proposal", "iteration": event.iteration, "group": event.group,
+                    "width_from": event.width_from, "width_to": event.width_to,
+                    **event.resources, "accuracy": event.accuracy,
+                    "seconds": round(time.time() - started, 2)})
+                bar.update()
+                bar.set_postfix_str(f"iter {event.iteration} {event.group} "
+                                    f"acc {event.accuracy:.3f}")
+            else:
+                self._promote(event)
+                chosen.append(event)
+                if self.progress:
+                    c = event.chosen
+                    latency = format_resource("latency_ms", c.resources["latency_ms"])
+                    tqdm.write(f"iteration {event.iteration}: {c.group} {c.width_from}->"
+                               f"{c.width_to}, {latency}, holdout {c.accuracy:.4f}")
+            started = time.time()
+        bar.close()
+        return chosen
+
+    def _promote(self, event: Iteration) -> None:
+        """Make the chosen proposal the iteration's network, then record it."""
+        p = event.chosen
+        source = self.run.path / proposal_name(p.iteration, p.group)
+        self.run.write_spec(f"{iteration_name(p.iteration)}.yaml", p.spec)
+        self.run.save_state(f"{iteration_name(p.iteration)}.pt", read_state_dict(source))
+        self.run.append({"type": "iteration", "iteration": event.iteration,
+                         "target": event.target, "group": p.group,
+                         "width_from": p.width_from, "width_to": p.width_to,
+                         **p.resources, "accuracy": p.accuracy, "score": event.score})
+        self.run.remove(str(Path(proposal_name(p.iteration, p.group)).parent))
+        self.run.write_csv()
+        self._plot()
+
+    def _long_term(self, start: Start, iterations: list[Iteration]) -> dict[str, Any]:
+        from .train import evaluate, finetune
+
+        cfg = self.config
+        if iterations:
+            spec = iterations[-1].chosen.spec
+            state = read_state_dict(self.run.path / f"{iteration_name(len(iterations))}.pt")
+        else:
+            spec, state = self.seed_spec, read_state_dict(self.run.path / "seed.pt")
+        model = build_model(spec)
+        model.load_state_dict(state)
+        finetune(model, self.data, steps=cfg.long_term_steps, lr=cfg.lr,
+                 batch_size=cfg.batch_size, seed=_proposal_seed(cfg.seed, 0, "long-term"),
+                 device=self.torch_device,
+                 progress=self._bar("long-term fine-tune", cfg.long_term_steps))
+        self.run.write_spec("best.yaml", spec)
+        self.run.save_state("best.pt", model.state_dict())
+        seed_model = build_model(self.seed_spec)
+        seed_model.load_state_dict(read_state_dict(self.run.path / "seed.pt"))
+        resources = resources_of(spec, self.predict_ms)
+        record = {
+            "type": "final", "iteration": len(iterations), **resources,
+            "accuracy": evaluate(model, self.data.holdout, 256, self.torch_device),
+            "test_accuracy": evaluate(model, self.data.test, 256, self.torch_device),
+            "seed_test_accuracy": evaluate(seed_model, self.data.test, 256, self.torch_device),
+            "budgets_met": not unmet(resources, self.budgets),
+        }
+        self.run.append(record)
+        return record
+
+    # ------------------------------------------------------------------ output
+
+    def _bar(self, desc: str, total: int) -> Callable[[int, float], None] | None:
+        """A tqdm bar fed by the trainer's (step, loss) callback; None when quiet."""
+        if not self.progress or total <= 0:
+            return None
+        bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+
+        def update(step: int, loss: float) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix_str(f"loss {loss:.3f}", refresh=False)
+            if step >= total:
+                bar.close()
+        return update
+
+    def _plot(self) -> None:
+        from .report import plot_history
+
+        plot_history(self.run.history_table(), self.run.path / "accuracy_vs_latency.png",
+                     self.budgets)
+
+
+def start_search(config: SearchConfig, out: Path, **kwargs: Any) -> SearchResult:
+    """A new search in a new run directory (the seed spec is copied into it)."""
+    seed_spec = load_spec(config.spec)
+    run = RunDir.create(out, {"search": config.to_json(), "seed_spec": seed_spec.to_dict()})
+    try:
+        searcher = Searcher(config, run, seed_spec, **kwargs)
+    except NetadaptError:
+        shutil.rmtree(out, ignore_errors=True)  # nothing happened: leave no half-made run
+        raise
+    return searcher.run_all()
+
+
+def resume_search(path: Path, **kwargs: Any) -> SearchResult:
+    """Continue an interrupted search from its last finished proposal, with the run's
+    own config and seed spec (later edits to the spec file do not leak in)."""
+    run = RunDir.open(path)
+    config = SearchConfig.from_json(run.config.get("search", {}))
+    seed_spec = spec_from_dict(run.config["seed_spec"])
+    return Searcher(config, run, seed_spec, **kwargs).run_all()

@@ -1,0 +1,132 @@
+"""`netadapt search` end to end on a tiny spec and a tiny IDX dataset: real training,
+real checkpoints, a real kill -9 and resume."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from netadapt.model import build_model, load_weights
+from netadapt.runner import SearchConfig, resume_search, start_search
+from netadapt.spec import load_spec
+
+from .conftest import TINY
+from .test_search import fake_ms
+
+
+def write_idx(directory: Path, n_train: int = 240, n_test: int = 80, seed: int = 0) -> Path:
+    """A learnable 3-class IDX dataset: each class is a bright bar in another place."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 3, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 4 + 8 * label: 10 + 8 * label, 4:24] = 250
+        header = np.array([0x803, n, 28, 28], dtype=">i4").tobytes()
+        with gzip.open(directory / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(header + images.tobytes())
+        with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(np.array([0x801, n], dtype=">i4").tobytes() + labels.tobytes())
+    return directory
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The config of a tiny search, and one uninterrupted run of it to compare with."""
+    tmp_path = tmp_path_factory.mktemp("search")
+    spec_path = tmp_path / "tiny.yaml"
+    spec_path.write_text(yaml.safe_dump(TINY))
+    data = write_idx(tmp_path / "data")
+    budget = fake_ms(load_spec(spec_path)) * 0.75
+    config = SearchConfig(budgets=(f"{budget:.4f}ms",), spec=str(spec_path), data=str(data),
+                          device="fake", step=0.1, short_term_steps=3, long_term_steps=4,
+                          seed_steps=6, resolution=16, batch_size=16, holdout=40,
+                          torch_device="cpu")
+    start_search(config, tmp_path / "full", predict_ms=fake_ms, progress=False)
+    return tmp_path, config
+
+
+def test_a_search_leaves_a_complete_run_directory(setup):
+    tmp_path, config = setup
+    run = tmp_path / "full"
+    result = resume_search(run, predict_ms=fake_ms, progress=False)  # finished: no work
+    assert result.final["budgets_met"] and result.iterations >= 1
+    best = load_spec(run / "best.yaml")
+    assert fake_ms(best) <= float(config.budgets[0][:-2])
+    load_weights(build_model(best), run / "best.pt")  # weights fit the spec, strictly
+    for i in range(1, result.iterations + 1):
+        load_weights(build_model(load_spec(run / f"iterations/iter_{i:03d}.yaml")),
+                     run / f"iterations/iter_{i:03d}.pt")
+    history = (run / "history.csv").read_text().splitlines()
+    assert history[0].startswith("type,") and len(history) > 3
+    assert (run / "accuracy_vs_latency.png").stat().st_size > 1000
+    assert not any((run / "proposals").glob("*/*.pt"))  # losers cleaned up
+    config_json = json.loads((run / "config.json").read_text())
+    assert config_json["search"]["budgets"] == list(config.budgets)
+    assert 0 <= result.final["test_accuracy"] <= 1
+
+
+def test_an_interrupted_search_resumes_to_the_same_result(setup, monkeypatch):
+    tmp_path, config = setup
+    from netadapt import runner
+    original = runner.Searcher._evaluate
+    calls = {"n": 0}
+
+    def crash_on_fifth(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of an iteration
+        return original(self, *args)
+
+    monkeypatch.setattr(runner.Searcher, "_evaluate", crash_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        start_search(config, tmp_path / "cut", predict_ms=fake_ms, progress=False)
+    monkeypatch.setattr(runner.Searcher, "_evaluate", original)
+    resume_search(tmp_path / "cut", predict_ms=fake_ms, progress=False)
+    assert (tmp_path / "cut" / "best.yaml").read_text() == \
+        (tmp_path / "full" / "best.yaml").read_text()
+    full = torch.load(tmp_path / "full" / "best.pt")
+    cut = torch.load(tmp_path / "cut" / "best.pt")
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_kill_dash_nine_at_a_random_moment_then_resume(setup):
+    tmp_path, config = setup
+    script = tmp_path / "go.py"
+    script.write_text(
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from netadapt.runner import SearchConfig, resume_search, start_search\n"
+        "from tests.test_search import fake_ms\n"
+        f"config = SearchConfig.from_json(json.loads({json.dumps(json.dumps(config.to_json()))}))\n"
+        "run = Path(sys.argv[2])\n"
+        "if sys.argv[1] == 'start':\n"
+        "    start_search(config, run, predict_ms=fake_ms, progress=False)\n"
+        "else:\n"
+        "    resume_search(run, predict_ms=fake_ms, progress=False)\n")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), "start", str(run)], env=env)
+    journal = run / "history.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_text().count('"proposal"') >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run([sys.executable, str(script), "resume", str(run)], env=env, check=True)
+    assert (run / "best.yaml").read_text() == (tmp_path / "full" / "best.yaml").read_text()
