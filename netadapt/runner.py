@@ -25,6 +25,7 @@ from .model import build_model, check_state_dict, read_state_dict
 from .prune import inherit_weights
 from .runs import RunDir, iteration_name, proposal_name
 from .search import (
+    CRITERIA,
     Iteration,
     Proposal,
     Schedule,
@@ -62,6 +63,26 @@ class SearchConfig:
     holdout: int = 500
     seed: int = 0
     torch_device: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Refuse bad options before any data is read or any step is trained."""
+        if self.criterion not in CRITERIA:
+            raise NetadaptError(f"--criterion {self.criterion!r}: use accuracy (NetAdapt) or "
+                                f"slope (MobileNetV3: dAcc / |dLatency|)")
+        Schedule.named(self.schedule, self.step)
+        if not 0 < self.step < 1:
+            raise NetadaptError(f"--step {self.step}: must be a fraction in (0, 1), e.g. 0.05")
+        for budget in self.budgets:  # syntax only: percentages need the seed's values
+            parse_budget(budget, {"latency_ms": 1.0, "params": 1.0, "macs": 1.0})
+        for name in ("short_term_steps", "long_term_steps", "seed_steps"):
+            if getattr(self, name) < 0:
+                raise NetadaptError(f"--{name.replace('_', '-')}: must be >= 0")
+        for name in ("resolution", "batch_size", "holdout"):
+            if getattr(self, name) <= 0:
+                raise NetadaptError(f"--{name.replace('_', '-')}: must be positive")
+        if self.torch_device not in ("auto", "cpu", "cuda") and \
+                not self.torch_device.startswith("cuda:"):
+            raise NetadaptError(f"--torch-device {self.torch_device!r}: use auto, cpu or cuda")
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "budgets": list(self.budgets)}

@@ -94,3 +94,22 @@ def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "netadapt", "--help"], capture_output=True,
                          text=True, check=True)
     assert "export" in out.stdout and "show" in out.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ([], "no budget given"),
+    (["--budget", "20parsecs"], "latency needs a unit"),
+    (["--budget", "flops=3M"], "unknown resource"),
+    (["--budget", "20ms", "--criterion", "best"], "--criterion 'best'"),
+    (["--budget", "20ms", "--schedule", "linear"], "unknown schedule 'linear'"),
+    (["--budget", "20ms", "--preset", "huge"], "unknown preset 'huge'"),
+])
+def test_bad_search_options_are_refused_before_any_work(tmp_path, args, fragment):
+    result = run("search", *args, "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_something_that_is_not_a_run_is_refused(tmp_path):
+    assert_one_line_error(run("search", "--resume", str(tmp_path)),
+                          "not a netadapt run directory")
