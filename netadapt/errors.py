@@ -27,3 +27,7 @@ class DataError(NetadaptError):
 
 class LatencyError(NetadaptError):
     """A latency table or device is missing, stale or broken; the message says the fix."""
+
+
+class TrainError(NetadaptError):
+    """A training option is invalid (steps, learning rate, optimizer, device, classes)."""
