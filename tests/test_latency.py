@@ -114,6 +114,18 @@ def test_block_without_residual_is_composed_from_two_exact_slices(tiny_spec):
     assert table.entry_ms(dataclasses.replace(key, c_in=8, exp=40, out=8)) == 4.0
 
 
+def test_head_for_another_number_of_classes_swaps_the_last_gemm(tiny_spec):
+    table = fake_table(tiny_spec, 1.0)
+    for key in list(table._entries):
+        if key.kind == "classifier":
+            table._entries[key] = key.out / 1000  # linear in classes
+    ten = dataclasses.replace(tiny_spec, num_classes=10)
+    other = dataclasses.replace(tiny_spec, num_classes=550)
+    assert table.covers(ten) and table.covers(other)
+    head = {n: ms for n, ms in table.breakdown_ms(other)}["head"]
+    assert head == pytest.approx(1.0 - 0.01 + 0.55)  # seed has 10 classes
+
+
 def test_prediction_is_a_sum_of_the_breakdown_times_the_calibration(tiny_spec):
     table = fake_table(tiny_spec, 0.5)
     table._calibration = {k: 1.2 for k in table._calibration}
@@ -330,3 +342,31 @@ def test_devices_lists_profiles_and_tables(built):
     assert result.exit_code == 0, result.output
     assert "fast" in result.output and "seeds tiny" in result.output
     assert "no table (netadapt profile --device rpi4)" in result.output
+
+
+# ---------------------------------------------------------------------- shipped tables
+@pytest.fixture(scope="module")
+def shipped():
+    from netadapt.latency.devices import ROOT
+
+    return {name: load_table(name, root=ROOT) for name in ("pixel", "local-ref")}
+
+
+@pytest.mark.parametrize("seed", ["mobilenetv3_large", "mobilenetv3_small"])
+def test_shipped_tables_cover_every_single_group_reduction_of_both_seeds(shipped, seed):
+    spec = load_spec(CONFIGS / f"{seed}.yaml")
+    for table in shipped.values():
+        for group in spec.groups:
+            for width in range(8, group.width + 1, 8):
+                assert table.covers(spec.with_group_width(group.name, width)), group.name
+        assert table.covers(dataclasses.replace(spec, num_classes=10))  # Fashion-MNIST
+
+
+def test_shipped_pixel_table_is_an_estimate_matching_the_published_latencies(shipped):
+    pixel = shipped["pixel"]
+    assert pixel.is_estimate and "ESTIMATE" in pixel.label()
+    assert not shipped["local-ref"].is_estimate
+    for name, published in [("large", 51.0), ("large_075", 39.0), ("small", 15.8),
+                            ("small_075", 12.8)]:
+        spec = load_spec(CONFIGS / f"mobilenetv3_{name}.yaml")
+        assert pixel.predict_ms(spec) == pytest.approx(published, rel=0.10), name

@@ -32,8 +32,10 @@ class EntryKey:
     """One table entry: a piece of the network the runtime executes as a unit.
 
     ``kind`` is ``stem``, ``block`` (a whole inverted residual), ``last_conv`` (1x1 conv
-    + act + global pool) or ``head`` (Gemm + act + Gemm). Fields a kind lacks are 0 or
-    empty. ``h`` and ``w`` are the entry's *input* resolution.
+    + act + global pool) or ``head`` (Gemm + act + Gemm to ``out`` classes). Fields a
+    kind lacks are 0 or empty. ``h`` and ``w`` are the entry's *input* resolution.
+    ``classifier`` (the last Gemm alone, ``c_in`` -> ``out`` classes) is never a layer
+    of a network: it lets a head measured for one number of classes predict another.
     """
 
     kind: str
@@ -58,6 +60,8 @@ class EntryKey:
                     f" {self.act}{extra} @{self.h}x{self.w}")
         if self.kind == "head":
             return f"head {self.c_in}->{self.exp}->{self.out} {self.act}"
+        if self.kind == "classifier":
+            return f"classifier {self.c_in}->{self.out}"
         return f"{self.kind} {self.c_in}->{self.out} k{self.kernel} s{self.stride} " \
                f"{self.act} @{self.h}x{self.w}"
 
@@ -157,11 +161,16 @@ class _Graph:
             y = self.act(y, key.act)
             return self.node("Gemm", [y, self.weight(key.out, key.exp), self.weight(key.out)],
                              transB=1)
+        if key.kind == "classifier":
+            return self.node("Gemm", [x, self.weight(key.out, key.c_in), self.weight(key.out)],
+                             transB=1)
         raise ValueError(f"unknown entry kind {key.kind!r}")
 
 
 def input_shape(key: EntryKey) -> tuple[int, ...]:
-    return (1, key.c_in) if key.kind == "head" else (1, key.c_in, key.h, key.w)
+    if key.kind in ("head", "classifier"):
+        return (1, key.c_in)
+    return (1, key.c_in, key.h, key.w)
 
 
 def _model(graph: _Graph, x_shape: tuple[int, ...], y: str, name: str) -> bytes:

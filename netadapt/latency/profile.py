@@ -398,6 +398,8 @@ def entry_macs(key: EntryKey) -> int:
     """Multiply-accumulates of one entry (as netadapt.cost counts them)."""
     if key.kind == "head":
         return key.c_in * key.exp + key.exp * key.out
+    if key.kind == "classifier":
+        return key.c_in * key.out
     if key.kind == "last_conv":
         return key.c_in * key.out * key.h * key.w
     ho = conv_output_size(key.h, key.kernel, key.stride, key.dilation)

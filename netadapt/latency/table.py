@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..errors import LatencyError, NetadaptError
@@ -36,6 +37,11 @@ from .devices import root_dir
 from .graphs import EntryKey, entry_keys
 
 FORMAT = 1
+# Numbers of classes whose last Gemm every table measures: a head measured for the seed's
+# classes predicts any other number by swapping that Gemm (ImageNet, CIFAR-100,
+# Fashion-MNIST / CIFAR-10); others are interpolated linearly in the classes, the one
+# dimension the search never changes.
+CLASSES = (10, 100, 1000)
 KEY_COLUMNS = [f.name for f in dataclasses.fields(EntryKey)]
 COLUMNS = KEY_COLUMNS + ["ms", "spread", "n"]
 _BOOL = ("se", "expand", "residual")
@@ -51,7 +57,7 @@ def signature(spec: NetworkSpec) -> str:
     blocks = ",".join(f"{b.kernel}{b.stride}{b.dilation}{int(b.se)}{b.act[0]}"
                       f"{int(b.expand)}{int(b.residual)}" for b in spec.blocks)
     return (f"{spec.input_size[0]}x{spec.input_size[1]}x{spec.in_channels}/"
-            f"{spec.stem.kernel}{spec.stem.stride}/{blocks}/{spec.num_classes}")
+            f"{spec.stem.kernel}{spec.stem.stride}/{blocks}")
 
 
 def _shape_class(key: EntryKey) -> tuple[Any, ...]:
@@ -106,7 +112,13 @@ def required_keys(seed: NetworkSpec) -> set[EntryKey]:
             keys.update(dataclasses.replace(key, c_in=c, exp=w)
                         for c in _widths(seed.last_conv.out)
                         for w in _widths(group_of["head.width"].width))
+            keys.update(classifier_key(w, k) for w in _widths(group_of["head.width"].width)
+                        for k in sorted({*CLASSES, seed.num_classes}))
     return keys
+
+
+def classifier_key(width: int, classes: int) -> EntryKey:
+    return EntryKey("classifier", width, 0, classes, 0, 0, 0, False, "linear", False, False, 1, 1)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -159,9 +171,12 @@ class LatencyTable:
         self._anchors: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
         self._calibration: dict[str, float] = {}
         self._seeds: list[NetworkSpec] = []
+        self._seed_classes: list[int] = []
         for seed_meta in meta.get("seeds", []):
             seed = spec_from_dict(seed_meta["spec"])
             self._seeds.append(seed)
+            if seed.num_classes not in self._seed_classes:
+                self._seed_classes.append(seed.num_classes)
             self._calibration[signature(seed)] = float(seed_meta.get("factor", 1.0))
             for _, key in entry_keys(seed):
                 if _composed(key):
@@ -193,8 +208,32 @@ class LatencyTable:
                 if a is not None and b is not None and ab is not None:
                     value = max(a + b - ab, 0.5 * min(a, b))
                     break
+        if value is None and key.kind == "head":
+            value = self._other_classes(key)
+        if value is None and key.kind == "classifier":
+            value = self._interpolated_classes(key)
         self._resolved[key] = value
         return value
+
+    def _other_classes(self, key: EntryKey) -> float | None:
+        """head(c, w, k) = head(c, w, k0) - classifier(w, k0) + classifier(w, k)."""
+        for k0 in self._seed_classes:
+            head = self._entries.get(dataclasses.replace(key, out=k0))
+            old = self.entry_ms(classifier_key(key.exp, k0))
+            new = self.entry_ms(classifier_key(key.exp, key.out))
+            if head is not None and old is not None and new is not None:
+                return max(head - old + new, 0.5 * head)
+        return None
+
+    def _interpolated_classes(self, key: EntryKey) -> float | None:
+        known = sorted((k.out, ms) for k, ms in self._entries.items()
+                       if k.kind == "classifier" and k.c_in == key.c_in)
+        if len(known) < 2:
+            return None
+        ks = [k for k, _ in known]
+        i = min(max(1, int(np.searchsorted(ks, key.out))), len(ks) - 1)
+        (k0, m0), (k1, m1) = known[i - 1], known[i]
+        return max(m0 + (m1 - m0) * (key.out - k0) / (k1 - k0), 0.0)
 
     def factor(self, spec: NetworkSpec) -> float:
         return self._calibration.get(signature(spec), self._default_factor)
@@ -247,9 +286,12 @@ class LatencyTable:
 
     def label(self) -> str:
         m = self.meta
-        est = "ESTIMATE, " if self.is_estimate else ""
         rt = m.get("runtime", {})
-        return (f"{self.device} ({est}{m.get('cpu', '?')}, {rt.get('threads', '?')} thread(s), "
+        if self.is_estimate:
+            source = m.get("estimate_of", "?")
+            return (f"{self.device} (ESTIMATE: {m.get('description', '?')}; {source} "
+                    f"measurements fitted to published latencies, {m.get('date', '?')[:10]})")
+        return (f"{self.device} ({m.get('cpu', '?')}, {rt.get('threads', '?')} thread(s), "
                 f"onnxruntime {rt.get('onnxruntime', '?')}, {m.get('date', '?')[:10]})")
 
 
