@@ -92,6 +92,10 @@ def export(
     typer.secho(f"parity: onnxruntime matches PyTorch on random input: max |diff| = "
                 f"{report.max_abs_diff:.2e} <= {report.tolerance:g} (outputs up to "
                 f"{report.output_scale:.3g})", fg=typer.colors.GREEN)
+    from .runner import run_budget_report
+
+    for line in run_budget_report(spec_path, spec):
+        typer.echo(line)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -145,6 +149,9 @@ def search(
         help="Run directory [default: runs/<spec>-<budget>-<time>]")] = None,
     resume: Annotated[Path | None, typer.Option(
         help="Continue an interrupted run directory with its saved config")] = None,
+    compare: Annotated[bool, typer.Option(
+        "--compare", help="Also train the baselines at the same budgets and print the "
+        "comparison")] = False,
 ) -> None:
     """Run NetAdapt: shrink the seed step by step until every budget is met."""
     import time
@@ -165,7 +172,8 @@ def search(
             short_term_steps=short_term_steps, long_term_steps=long_term_steps,
             seed_steps=seed_steps, resolution=resolution, batch_size=batch_size, lr=lr,
             holdout=holdout, seed=seed, torch_device=torch_device).items() if v is not None}
-        config = SearchConfig(budgets=tuple(budget), **{**PRESETS[preset], **given})
+        config = SearchConfig(budgets=tuple(budget), compare=compare,
+                              **{**PRESETS[preset], **given})
         if out is None:
             name = Path(config.spec).stem
             tag = "_".join(b.replace("=", "").replace("%", "pct") for b in budget)
@@ -185,6 +193,52 @@ def search(
     typer.echo(f"result: {result.run / 'best.yaml'} (+ best.pt); history: "
                f"{result.run / 'history.csv'}; plot: {result.run / 'accuracy_vs_latency.png'}")
     typer.echo(f"next: netadapt export {result.run / 'best.yaml'}")
+    if any(r.get("type") == "baseline" for r in result.baselines):
+        _print_comparison(result.run, measure=False)
+
+
+def _print_comparison(run_dir: Path, measure: bool) -> None:
+    from .report import comparison_text, measure_here_ms
+    from .runner import comparison
+    from .spec import load_spec
+
+    table = comparison(run_dir)
+    if measure:
+        present = table["spec"].astype(bool)
+        specs = [load_spec(run_dir / p) for p in table.loc[present, "spec"]]
+        table.loc[present, "measured_ms"] = measure_here_ms(specs)
+    typer.echo(f"\nthe search beside the baselines (same budgets, seed weights and "
+               f"fine-tuning steps):\n{comparison_text(table.drop(columns='spec'))}")
+    ours = table[table["network"] == "netadapt"]["test_accuracy"].iloc[0]
+    others = table[~table["network"].isin(["seed", "netadapt"])]["test_accuracy"].dropna()
+    if not others.empty:
+        best = others.max()
+        verdict = "beats" if ours > best else ("ties" if ours == best else "LOSES TO")
+        typer.echo(f"netadapt {verdict} the best baseline on test accuracy: {ours:.4f} vs "
+                   f"{best:.4f}")
+
+
+@command
+def baseline(
+    run_dir: Annotated[Path, typer.Argument(help="A finished search run directory")],
+) -> None:
+    """Train the simple answers at the run's budgets (width multiplier, uniform pruning,
+    input resolution) from its seed weights, and compare them with the search."""
+    from .runner import baselines_for_run
+
+    baselines_for_run(run_dir)
+    _print_comparison(run_dir, measure=False)
+
+
+@command
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A search run directory")],
+    measure: Annotated[bool, typer.Option(
+        help="Also time every network end to end on this machine (onnxruntime, "
+        "interleaved)")] = False,
+) -> None:
+    """The seed, the search's result and the baselines of a run in one table."""
+    _print_comparison(run_dir, measure=measure)
 
 
 # ----------------------------------------------------------------------------- latency
@@ -267,7 +321,7 @@ def profile(
                 f"(saved {saved})")
         return
     try:
-        result = prof.profile(dev, seeds)
+        result = prof.profile(dev, seeds, fresh=fresh)
     except KeyboardInterrupt:
         typer.secho(f"interrupted: measured entries are saved in latency_tables/{device}/"
                     f"journal.csv; run the same command to continue", fg=typer.colors.YELLOW,
@@ -306,9 +360,12 @@ def latency(
         from .latency.profile import measure_e2e
 
         dev = load_device(device)
-        measured, raw = measure_e2e(spec, dev, table)
-        typer.echo(f"measured:  {measured:.2f} ms end to end on the table's scale "
-                   f"(raw median now {raw:.2f} ms); error {total / measured - 1:+.1%}")
+        got = measure_e2e(spec, dev, table)
+        typer.echo(f"measured:  {got['raw_ms']:.2f} ms end to end now (median); error "
+                   f"{total / got['raw_ms'] - 1:+.1%} (host drift included)")
+        if "vs_seed_ms" in got:
+            typer.echo(f"           {got['vs_seed_ms']:.2f} ms relative to {got['seed']} "
+                       f"timed in the same runs; error {total / got['vs_seed_ms'] - 1:+.1%}")
 
 
 def main() -> None:

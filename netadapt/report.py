@@ -36,6 +36,10 @@ def plot_history(history: pd.DataFrame, path: Path, budgets: Sequence[Budget] = 
     if not kinds["final"].empty:
         ax.scatter(kinds["final"]["latency_ms"], kinds["final"]["accuracy"], s=80, marker="*",
                    color="tab:red", zorder=3, label="result (long-term fine-tuned)")
+    baselines = history[history["type"] == "baseline"]
+    for _, row in baselines.dropna(subset=["accuracy"]).iterrows():
+        ax.scatter(row["latency_ms"], row["accuracy"], marker="s", s=40, zorder=3,
+                   label=f"baseline: {row['name']}")
     for budget in budgets:
         if budget.resource == "latency_ms":
             ax.axvline(budget.limit, color="tab:red", ls="--", lw=1, label="latency budget")
@@ -48,3 +52,36 @@ def plot_history(history: pd.DataFrame, path: Path, budgets: Sequence[Budget] = 
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def measure_here_ms(specs: Sequence[object], bursts: int = 5, rounds: int = 20) -> list[float]:
+    """End-to-end latency of each spec on this machine's CPU (the ``local`` device
+    profile), all timed in one round-robin so host drift hits them alike; the median
+    over ``bursts`` bursts of ``rounds`` runs each."""
+    import numpy as np
+
+    from .latency import load_device
+    from .latency.graphs import entry_keys, input_shape, network_model
+    from .latency.runners import make_runner
+
+    runner = make_runner(load_device("local"))
+    runner.check()
+    models = [(network_model(s), input_shape(entry_keys(s)[0][1]))  # type: ignore[arg-type]
+              for s in specs]
+    medians = [np.median(runner.time(models, rounds, warmup=2), axis=1) for _ in range(bursts)]
+    return [float(v) for v in np.median(np.stack(medians), axis=0)]
+
+
+def comparison_text(table: pd.DataFrame) -> str:
+    """The comparison table as aligned text, with units in the headers."""
+    shown = table.copy()
+    shown["params"] = (shown["params"] / 1e6).round(3)
+    shown["macs"] = (shown["macs"] / 1e6).round(1)
+    shown["latency_ms"] = shown["latency_ms"].round(2)
+    for column in ("accuracy", "test_accuracy"):
+        shown[column] = shown[column].round(4)
+    if "measured_ms" in shown:
+        shown["measured_ms"] = shown["measured_ms"].round(2)
+    shown = shown.rename(columns={"latency_ms": "pred_ms", "params": "params_M",
+                                  "macs": "MACs_M", "accuracy": "holdout", "test_accuracy": "test"})
+    return shown.astype(object).where(shown.notna(), "").to_string(index=False)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -58,11 +59,12 @@ class SearchConfig:
     long_term_steps: int = 300
     seed_steps: int = 300  # training of the seed when no weights are given
     resolution: int = 32  # training resolution (latency is always at the spec's size)
-    batch_size: int = 32
+    batch_size: int = 64  # on CPU a step costs about the same at 32 or 64 (op overhead)
     lr: float = 0.01
     holdout: int = 500
     seed: int = 0
     torch_device: str = "auto"
+    compare: bool = False  # also train the baselines (width multiplier, uniform, resolution)
 
     def __post_init__(self) -> None:
         """Refuse bad options before any data is read or any step is trained."""
@@ -103,7 +105,7 @@ class SearchResult:
     final: dict[str, Any]
     iterations: int
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    baselines: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _torch_device(name: str) -> str:
@@ -177,10 +179,11 @@ class Searcher:
         if final is None:
             iterations += self._loop(start, history)
             final = self._long_term(start, iterations)
+        baselines = self.run_baselines() if self.config.compare else []
         self.run.write_csv()
         self._plot()
         return SearchResult(self.run.path, seed_record, final, len(iterations),
-                            time.time() - started)
+                            time.time() - started, baselines)
 
     def _prepare_seed(self) -> dict[str, Any]:
         from .train import evaluate, train_seed
@@ -301,6 +304,54 @@ class Searcher:
         self.run.append(record)
         return record
 
+    def run_baselines(self) -> list[dict[str, Any]]:
+        """Width multiplier, uniform pruning and input resolution at the same budgets,
+        from the same seed weights, fine-tuned as long as the search's winner.
+        Finished baselines (journal records) are not trained again."""
+        from .baseline import BASELINES
+        from .data import load_data
+        from .train import evaluate, finetune
+
+        cfg = self.config
+        done = {r["name"]: r for r in self.run.records() if r["type"] == "baseline"}
+        seed_state = read_state_dict(self.run.path / "seed.pt")
+        for name, make in BASELINES.items():
+            if name in done:
+                continue
+            found = make(self.seed_spec, self.budgets, self.predict_ms)
+            if found is None:
+                record: dict[str, Any] = {
+                    "type": "baseline", "name": name,
+                    "note": "no setting meets the budgets (or the latency table lacks it)"}
+            else:
+                model = build_model(found.spec)
+                model.load_state_dict(inherit_weights(self.seed_spec, seed_state, found.spec)
+                                      if found.spec.input_size == self.seed_spec.input_size
+                                      else seed_state)
+                data = self.data
+                if found.spec.input_size != self.seed_spec.input_size:
+                    # Train at the same fraction of the seed's resolution as the latency.
+                    res = max(8, round(cfg.resolution * found.spec.input_size[0]
+                                       / self.seed_spec.input_size[0]))
+                    data = load_data(Path(cfg.data) if cfg.data else None, resolution=res,
+                                     in_channels=found.spec.in_channels,
+                                     holdout=cfg.holdout, seed=cfg.seed)
+                finetune(model, data, steps=cfg.long_term_steps, lr=cfg.lr,
+                         batch_size=cfg.batch_size,
+                         seed=_proposal_seed(cfg.seed, 0, "long-term"),
+                         device=self.torch_device,
+                         progress=self._bar(f"baseline {name}", cfg.long_term_steps))
+                self.run.write_spec(f"baselines/{name}.yaml", found.spec)
+                self.run.save_state(f"baselines/{name}.pt", model.state_dict())
+                record = {"type": "baseline", "name": name, "knob": found.knob,
+                          **found.resources,
+                          "accuracy": evaluate(model, data.holdout, 256, self.torch_device),
+                          "test_accuracy": evaluate(model, data.test, 256, self.torch_device)}
+            self.run.append(record)
+        self.run.write_csv()
+        self._plot()
+        return [r for r in self.run.records() if r["type"] == "baseline"]
+
     # ------------------------------------------------------------------ output
 
     def _bar(self, desc: str, total: int) -> Callable[[int, float], None] | None:
@@ -321,6 +372,73 @@ class Searcher:
 
         plot_history(self.run.history_table(), self.run.path / "accuracy_vs_latency.png",
                      self.budgets)
+
+
+def baselines_for_run(path: Path, **kwargs: Any) -> list[dict[str, Any]]:
+    """Train the baselines of a finished search run (its seed, data, budgets, steps)."""
+    run = RunDir.open(path)
+    if not any(r["type"] == "final" for r in run.records()):
+        raise NetadaptError(f"{path}: the search has not finished; run "
+                            f"`netadapt search --resume {path}` first")
+    config = SearchConfig.from_json(run.config["search"])
+    seed_spec = spec_from_dict(run.config["seed_spec"])
+    return Searcher(config, run, seed_spec, **kwargs).run_baselines()
+
+
+def comparison(path: Path) -> pd.DataFrame:
+    """Seed, the search's result and every baseline of a run, side by side."""
+    records = RunDir.open(path).records()
+    final = next((r for r in records if r["type"] == "final"), None)
+    if final is None:
+        raise NetadaptError(f"{path}: the search has not finished; run "
+                            f"`netadapt search --resume {path}` first")
+    seed = next(r for r in records if r["type"] == "seed")
+    rows = [{"network": "seed", "setting": "", "spec": "seed.yaml", **seed,
+             "test_accuracy": final["seed_test_accuracy"]},
+            {"network": "netadapt", "setting": f"{final['iteration']} iterations",
+             "spec": "best.yaml", **final}]
+    rows += [{"network": r["name"], "setting": r.get("knob", r.get("note", "")),
+              "spec": f"baselines/{r['name']}.yaml" if "knob" in r else "", **r}
+             for r in records if r["type"] == "baseline"]
+    columns = ["network", "setting", "latency_ms", "params", "macs", "accuracy",
+               "test_accuracy", "spec"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def run_budget_report(spec_path: Path, spec: NetworkSpec) -> list[str]:
+    """For a spec inside a search run directory (``RUN/best.yaml``, ``RUN/iterations/..``):
+    its predicted latency on the run's device against the run's budgets, and for a
+    device that runs here (``local`` runner) the latency measured end to end now.
+    Empty when the spec is not part of a run."""
+    from .latency import load_device, load_table
+    from .latency.profile import measure_e2e
+
+    run_path = next((p for p in (spec_path.parent, spec_path.parent.parent)
+                     if (p / "config.json").is_file()), None)
+    if run_path is None:
+        return []
+    run = RunDir.open(run_path)
+    config = SearchConfig.from_json(run.config["search"])
+    seed_spec = spec_from_dict(run.config["seed_spec"])
+    table = load_table(config.device)
+    seed = resources_of(dataclasses.replace(seed_spec, num_classes=spec.num_classes),
+                        table.predict_ms)
+    resources = resources_of(spec, table.predict_ms)
+    where = f"{table.device}{' (ESTIMATE)' if table.is_estimate else ''}"
+    lines = []
+    for budget in (parse_budget(b, seed) for b in config.budgets):
+        value = resources[budget.resource]
+        verdict = "within" if value <= budget.limit else "OVER"
+        lines.append(f"{budget.resource} on {where}: "
+                     f"{format_resource(budget.resource, value)} predicted, {verdict} the "
+                     f"budget {format_resource(budget.resource, budget.limit)}")
+    device = load_device(config.device)
+    if device.runner == "local":
+        measured = measure_e2e(spec, device, table)
+        ms = measured.get("vs_seed_ms", measured["raw_ms"])
+        lines.append(f"measured here end to end: {ms:.2f} ms (raw median "
+                     f"{measured['raw_ms']:.2f} ms)")
+    return lines
 
 
 def start_search(config: SearchConfig, out: Path, **kwargs: Any) -> SearchResult:

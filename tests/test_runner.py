@@ -130,3 +130,27 @@ def test_kill_dash_nine_at_a_random_moment_then_resume(setup):
     proc.wait()
     subprocess.run([sys.executable, str(script), "resume", str(run)], env=env, check=True)
     assert (run / "best.yaml").read_text() == (tmp_path / "full" / "best.yaml").read_text()
+
+
+def test_baselines_meet_the_budget_and_sit_beside_the_search(setup):
+    from typer.testing import CliRunner
+
+    from netadapt.cli import app
+    from netadapt.runner import baselines_for_run, comparison
+
+    tmp_path, config = setup
+    run = tmp_path / "full"
+    records = baselines_for_run(run, predict_ms=fake_ms, progress=False)
+    budget = float(config.budgets[0][:-2])
+    trained = [r for r in records if "knob" in r]
+    assert {r["name"] for r in records} == {"width_multiplier", "uniform_pruning", "resolution"}
+    assert len(trained) >= 2 and all(r["latency_ms"] <= budget for r in trained)
+    for r in trained:  # each is a normal spec + weights that export accepts
+        load_weights(build_model(load_spec(run / f"baselines/{r['name']}.yaml")),
+                     run / f"baselines/{r['name']}.pt")
+    table = comparison(run)
+    assert list(table["network"][:2]) == ["seed", "netadapt"] and len(table) == 5
+    assert baselines_for_run(run, predict_ms=fake_ms, progress=False) == records  # no rework
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "uniform_pruning" in result.output and "the best baseline" in result.output
