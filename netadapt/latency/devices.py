@@ -35,8 +35,10 @@ class Protocol:
     chunk: int = 48  # entries timed together, with the reference, in one time window
     max_spread: float = 0.15  # (p75 - p25) / median above which an entry is re-measured
     attempts: int = 3  # at most this many attempts per noisy entry
-    calibration_bursts: int = 7
+    calibration_bursts: int = 6  # final bursts: seed + 8 calibration variants each
     calibration_rounds: int = 20
+    calibration_every: int = 25  # chunks between bursts of the seeds during profiling
+    calibration_variants: int = 24  # random reduced variants the factor is fitted to
 
 
 @dataclass(frozen=True)

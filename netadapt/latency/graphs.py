@@ -10,8 +10,7 @@ does not depend on their values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -27,8 +26,7 @@ IR_VERSION = 8  # old enough for onnxruntime builds on phones and boards
 _POOL = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class EntryKey:
+class EntryKey(NamedTuple):
     """One table entry: a piece of the network the runtime executes as a unit.
 
     ``kind`` is ``stem``, ``block`` (a whole inverted residual), ``last_conv`` (1x1 conv

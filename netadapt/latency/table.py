@@ -20,10 +20,10 @@ A table's sum is scaled by one calibration factor per seed structure, measured a
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..cost import conv_output_size
 from ..errors import LatencyError, NetadaptError
-from ..spec import NetworkSpec, spec_from_dict
+from ..spec import Block, ClassifierHead, NetworkSpec, spec_from_dict
 from .devices import root_dir
 from .graphs import EntryKey, entry_keys
 
@@ -42,7 +43,7 @@ FORMAT = 1
 # Fashion-MNIST / CIFAR-10); others are interpolated linearly in the classes, the one
 # dimension the search never changes.
 CLASSES = (10, 100, 1000)
-KEY_COLUMNS = [f.name for f in dataclasses.fields(EntryKey)]
+KEY_COLUMNS = list(EntryKey._fields)
 COLUMNS = KEY_COLUMNS + ["ms", "spread", "n"]
 _BOOL = ("se", "expand", "residual")
 _STR = ("kind", "act")
@@ -58,6 +59,51 @@ def signature(spec: NetworkSpec) -> str:
                       f"{int(b.expand)}{int(b.residual)}" for b in spec.blocks)
     return (f"{spec.input_size[0]}x{spec.input_size[1]}x{spec.in_channels}/"
             f"{spec.stem.kernel}{spec.stem.stride}/{blocks}")
+
+
+def layer_tuples(spec: NetworkSpec) -> Iterator[tuple[Any, ...]]:
+    """Cheap per-layer cache keys (the spec's own frozen rows + input width and size),
+    in entry_keys order: building all EntryKeys costs more than the whole lookup."""
+    h, w = spec.input_size
+    stem = spec.stem
+    yield (spec.in_channels, stem, h, w)
+    h, w = conv_output_size(h, stem.kernel, stem.stride), conv_output_size(w, stem.kernel,
+                                                                          stem.stride)
+    c_in = stem.out
+    for b in spec.blocks:
+        yield (b, c_in, h, w)
+        if b.stride != 1:  # 'same' padding: stride 1 keeps the size, at any dilation
+            h = conv_output_size(h, b.kernel, b.stride, b.dilation)
+            w = conv_output_size(w, b.kernel, b.stride, b.dilation)
+        c_in = b.out
+    yield ("last", c_in, spec.last_conv, h, w)
+    yield ("head", spec.last_conv.out, spec.head, spec.num_classes)
+
+
+def key_for_layer(layer: tuple[Any, ...]) -> EntryKey:
+    """The EntryKey of one layer_tuples item (the same key entry_keys builds)."""
+    first = layer[0]
+    if first == "last":
+        _, c_in, last, h, w = layer
+        return EntryKey("last_conv", c_in, 0, last.out, 1, 1, 1, False, last.act, False, False,
+                        h, w)
+    if first == "head":
+        _, c_in, head, classes = layer
+        return EntryKey("head", c_in, head.width, classes, 0, 0, 0, False, head.act, False,
+                        False, 1, 1)
+    if isinstance(first, Block):
+        b, c_in, h, w = layer
+        return EntryKey("block", c_in, b.exp, b.out, b.kernel, b.stride, b.dilation, b.se,
+                        b.act, b.expand, b.residual, h, w)
+    in_channels, stem, h, w = layer
+    return EntryKey("stem", in_channels, 0, stem.out, stem.kernel, stem.stride, 1, False,
+                    stem.act, False, False, h, w)
+
+
+def _structure(spec: NetworkSpec) -> tuple[Any, ...]:
+    return (spec.input_size, spec.in_channels, spec.stem.kernel, spec.stem.stride,
+            tuple((b.kernel, b.stride, b.dilation, b.se, b.act, b.expand, b.residual)
+                  for b in spec.blocks))
 
 
 def _shape_class(key: EntryKey) -> tuple[Any, ...]:
@@ -82,7 +128,7 @@ def required_keys(seed: NetworkSpec) -> set[EntryKey]:
     inputs = ["stem.out" if i == 0 else f"blocks[{i - 1}].out" for i in range(len(seed.blocks))]
     for (_name, key), i in zip(named, range(-1, len(named) - 1)):
         if key.kind == "stem":
-            keys.update(dataclasses.replace(key, out=o)
+            keys.update(key._replace(out=o)
                         for o in _widths(group_of["stem.out"].width))
         elif key.kind == "block":
             b = seed.blocks[i]
@@ -90,26 +136,26 @@ def required_keys(seed: NetworkSpec) -> set[EntryKey]:
             e_range = _widths(group_of[f"blocks[{i}].exp"].width) if b.expand else None
             o_range = _widths(group_of[f"blocks[{i}].out"].width)
             if not b.expand and b.residual:
-                keys.update(dataclasses.replace(key, c_in=c, exp=c, out=c) for c in c_range)
+                keys.update(key._replace(c_in=c, exp=c, out=c) for c in c_range)
             elif not b.expand:
-                keys.update(dataclasses.replace(key, c_in=c, exp=c, out=o)
+                keys.update(key._replace(c_in=c, exp=c, out=o)
                             for c in c_range for o in o_range)
             elif b.residual:
                 assert e_range is not None
-                keys.update(dataclasses.replace(key, c_in=c, exp=e, out=c)
+                keys.update(key._replace(c_in=c, exp=e, out=c)
                             for c in c_range for e in e_range)
             else:
                 assert e_range is not None
-                keys.update(dataclasses.replace(key, c_in=c, exp=e, out=key.out)
+                keys.update(key._replace(c_in=c, exp=e, out=key.out)
                             for c in c_range for e in e_range)
-                keys.update(dataclasses.replace(key, c_in=key.c_in, exp=e, out=o)
+                keys.update(key._replace(c_in=key.c_in, exp=e, out=o)
                             for e in e_range for o in o_range)
         elif key.kind == "last_conv":
             last_out = group_of[f"blocks[{len(seed.blocks) - 1}].out"].width
-            keys.update(dataclasses.replace(key, c_in=c, out=o) for c in _widths(last_out)
+            keys.update(key._replace(c_in=c, out=o) for c in _widths(last_out)
                         for o in _widths(seed.last_conv.out))
         else:
-            keys.update(dataclasses.replace(key, c_in=c, exp=w)
+            keys.update(key._replace(c_in=c, exp=w)
                         for c in _widths(seed.last_conv.out)
                         for w in _widths(group_of["head.width"].width))
             keys.update(classifier_key(w, k) for w in _widths(group_of["head.width"].width)
@@ -186,6 +232,8 @@ class LatencyTable:
         self._default_factor = factors[len(factors) // 2]
         self._resolved: dict[EntryKey, float | None] = {}
         self._specs: dict[NetworkSpec, float] = {}
+        self._layers: dict[tuple[Any, ...], float] = {}
+        self._factors: dict[tuple[Any, ...], float] = {}
 
     # ------------------------------------------------------------------ lookup
     @property
@@ -202,9 +250,9 @@ class LatencyTable:
         value = self._entries.get(key)
         if value is None and _composed(key):
             for c0, o0 in self._anchors.get(_shape_class(key), []):
-                a = self._entries.get(dataclasses.replace(key, out=o0))
-                b = self._entries.get(dataclasses.replace(key, c_in=c0))
-                ab = self._entries.get(dataclasses.replace(key, c_in=c0, out=o0))
+                a = self._entries.get(key._replace(out=o0))
+                b = self._entries.get(key._replace(c_in=c0))
+                ab = self._entries.get(key._replace(c_in=c0, out=o0))
                 if a is not None and b is not None and ab is not None:
                     value = max(a + b - ab, 0.5 * min(a, b))
                     break
@@ -218,7 +266,7 @@ class LatencyTable:
     def _other_classes(self, key: EntryKey) -> float | None:
         """head(c, w, k) = head(c, w, k0) - classifier(w, k0) + classifier(w, k)."""
         for k0 in self._seed_classes:
-            head = self._entries.get(dataclasses.replace(key, out=k0))
+            head = self._entries.get(key._replace(out=k0))
             old = self.entry_ms(classifier_key(key.exp, k0))
             new = self.entry_ms(classifier_key(key.exp, key.out))
             if head is not None and old is not None and new is not None:
@@ -252,10 +300,29 @@ class LatencyTable:
         cached = self._specs.get(spec)
         if cached is not None:
             return cached
-        total = self.factor(spec) * sum(ms for _, ms in self._entry_list(spec))
+        if not isinstance(spec.head, ClassifierHead):
+            entry_keys(spec)  # raises: heads other than classifiers are not supported
+        layers = self._layers
+        total = 0.0
+        for layer in layer_tuples(spec):  # one dict lookup per layer once warm
+            ms = layers.get(layer)
+            if ms is None:
+                ms = self.entry_ms(key_for_layer(layer))
+                if ms is None:
+                    self._entry_list(spec)  # raises, naming the layer and the fix
+                    raise AssertionError("unreachable")
+                layers[layer] = ms
+            total += ms
+        return self._remember(spec, total)
+
+    def _remember(self, spec: NetworkSpec, entries_ms: float) -> float:
+        structure = _structure(spec)
+        factor = self._factors.get(structure)
+        if factor is None:
+            factor = self._factors[structure] = self.factor(spec)
         if len(self._specs) > 200_000:
             self._specs.clear()
-        self._specs[spec] = total
+        total = self._specs[spec] = factor * entries_ms
         return total
 
     def breakdown_ms(self, spec: NetworkSpec) -> list[tuple[str, float]]:
