@@ -40,6 +40,7 @@ from .search import (
 )
 from .spec import NetworkSpec, load_spec, spec_from_dict
 
+BN_BATCHES = 4  # batches that re-estimate BN statistics before a proposal is scored
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "mobilenetv3_large.yaml"
 
 
@@ -60,7 +61,7 @@ class SearchConfig:
     seed_steps: int = 300  # training of the seed when no weights are given
     resolution: int = 32  # training resolution (latency is always at the spec's size)
     batch_size: int = 64  # on CPU a step costs about the same at 32 or 64 (op overhead)
-    lr: float = 0.01
+    lr: float = 0.02  # fine-tuning (SGD); the seed trains from scratch at 5x this
     holdout: int = 500
     seed: int = 0
     torch_device: str = "auto"
@@ -220,16 +221,20 @@ class Searcher:
 
     def _evaluate(self, iteration: int, child: NetworkSpec, group: str) -> float:
         """Inherit the largest-norm filters, fine-tune T steps, score on the holdout."""
-        from .train import evaluate, finetune
+        from .train import evaluate, finetune, recalibrate_bn
 
         cfg = self.config
         state = inherit_weights(self._parent_spec(iteration), self._parent_state(iteration),
                                 child)
         model = build_model(child)
         model.load_state_dict(state)
+        seed = _proposal_seed(cfg.seed, iteration, group)
         finetune(model, self.data, steps=cfg.short_term_steps, lr=cfg.lr,
-                 batch_size=cfg.batch_size, seed=_proposal_seed(cfg.seed, iteration, group),
-                 device=self.torch_device)
+                 batch_size=cfg.batch_size, seed=seed, device=self.torch_device)
+        # A few hundred steps leave BN running statistics behind the new weights; measure
+        # them afresh so that proposals are compared on their weights, not on stale BN.
+        recalibrate_bn(model, self.data, BN_BATCHES, batch_size=cfg.batch_size, seed=seed,
+                       device=self.torch_device)
         self.run.save_state(proposal_name(iteration, group), model.state_dict())
         return evaluate(model, self.data.holdout, batch_size=256, device=self.torch_device)
 
