@@ -14,7 +14,7 @@ fine-tunes it as long as the search's winner, so the comparison is fair.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .errors import NetadaptError
@@ -34,13 +34,17 @@ class BaselineSpec:
     resources: dict[str, float]
 
 
-def _meets(spec: NetworkSpec, budgets: Sequence[Budget], predict_ms: Predict
-           ) -> dict[str, float] | None:
-    try:
-        resources = resources_of(spec, predict_ms)
-    except NetadaptError:  # a width or size the latency table does not cover
-        return None
-    return None if unmet(resources, budgets) else resources
+def _first_meeting(name: str, candidates: Iterator[tuple[str, NetworkSpec]],
+                   budgets: Sequence[Budget], predict_ms: Predict) -> BaselineSpec | None:
+    """The first (knob, spec) candidate that meets every budget, largest first."""
+    for knob, spec in candidates:
+        try:
+            resources = resources_of(spec, predict_ms)
+        except NetadaptError:  # a width or input size the latency table does not cover
+            continue
+        if not unmet(resources, budgets):
+            return BaselineSpec(name, knob, spec, resources)
+    return None
 
 
 def width_multiplier(seed: NetworkSpec, budgets: Sequence[Budget], predict_ms: Predict
@@ -48,56 +52,39 @@ def width_multiplier(seed: NetworkSpec, budgets: Sequence[Budget], predict_ms: P
     """The largest multiplier (steps of 0.01) whose scaled network meets every budget.
 
     Widths are capped at the seed's, so weights can be inherited from it."""
-    for hundredths in range(100, 4, -1):
-        mult = hundredths / 100
-        scaled = seed.scaled(mult)
-        capped = scaled.with_fields({
-            path: min(_width(scaled, path), g.width) for g in seed.groups for path in g.fields})
-        resources = _meets(capped, budgets, predict_ms)
-        if resources is not None:
-            return BaselineSpec("width_multiplier", f"x{mult:.2f}",
-                                dataclasses.replace(capped, name=f"{seed.name}_x{mult:.2f}"),
-                                resources)
-    return None
+    def candidates() -> Iterator[tuple[str, NetworkSpec]]:
+        for hundredths in range(100, 4, -1):
+            scaled = seed.scaled(hundredths / 100)
+            widths = {g.name: g.width for g in scaled.groups}
+            yield f"x{hundredths / 100:.2f}", dataclasses.replace(seed.with_fields({
+                path: min(widths[g.name], g.width) for g in seed.groups for path in g.fields}),
+                name=f"{seed.name}_x{hundredths / 100:.2f}")
+    return _first_meeting("width_multiplier", candidates(), budgets, predict_ms)
 
 
 def uniform_pruning(seed: NetworkSpec, budgets: Sequence[Budget], predict_ms: Predict
                     ) -> BaselineSpec | None:
     """Every channel group cut by the same fraction (rounded to 8, at least 8): the
     smallest fraction (steps of 1%) that meets every budget."""
-    for percent in range(0, 100):
-        keep = 1 - percent / 100
-        values = {path: max(WIDTH_STEP, int(round(g.width * keep / WIDTH_STEP)) * WIDTH_STEP)
-                  for g in seed.groups for path in g.fields}
-        spec = seed.with_fields(values)
-        resources = _meets(spec, budgets, predict_ms)
-        if resources is not None:
-            return BaselineSpec("uniform_pruning", f"-{percent}%",
-                                dataclasses.replace(spec, name=f"{seed.name}_uniform{percent}"),
-                                resources)
-    return None
+    def candidates() -> Iterator[tuple[str, NetworkSpec]]:
+        for percent in range(0, 100):
+            keep = 1 - percent / 100
+            yield f"-{percent}%", dataclasses.replace(seed.with_fields({
+                path: max(WIDTH_STEP, round(g.width * keep / WIDTH_STEP) * WIDTH_STEP)
+                for g in seed.groups for path in g.fields}), name=f"{seed.name}_uniform{percent}")
+    return _first_meeting("uniform_pruning", candidates(), budgets, predict_ms)
 
 
 def resolution(seed: NetworkSpec, budgets: Sequence[Budget], predict_ms: Predict
                ) -> BaselineSpec | None:
     """The largest square input size (multiple of 16, >= 32) meeting every budget."""
     side = min(seed.input_size)
-    for size in range(side - side % 16, 31, -16):
-        spec = dataclasses.replace(seed, input_size=(size, size),
-                                   name=f"{seed.name}_{size}px")
-        resources = _meets(spec, budgets, predict_ms)
-        if resources is not None:
-            return BaselineSpec("resolution", f"{size}x{size}", spec, resources)
-    return None
+    candidates = ((f"{size}x{size}", dataclasses.replace(
+        seed, input_size=(size, size), name=f"{seed.name}_{size}px"))
+        for size in range(side - side % 16, 31, -16))
+    return _first_meeting("resolution", candidates, budgets, predict_ms)
 
 
 BASELINES = {"width_multiplier": width_multiplier, "uniform_pruning": uniform_pruning,
              "resolution": resolution}
 
-
-def _width(spec: NetworkSpec, path: str) -> int:
-    """The value of a width field (``blocks[3].exp``) of ``spec``."""
-    for g in spec.groups:
-        if path in g.fields:
-            return g.width
-    raise NetadaptError(f"{path}: not a width field of {spec.name}")

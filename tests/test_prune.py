@@ -54,14 +54,6 @@ CASES = {
         "removals": [(128, 64, ["classifier.0.weight"], [("classifier.3.weight", 1)])],
     },
 }
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine
-    OpenMP threads waiting for each other made these tests 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 CASES["all groups at once"] = {

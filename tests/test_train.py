@@ -26,14 +26,6 @@ from .conftest import randomize_
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine
-    OpenMP threads waiting for each other made these tests 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def easy_split(name: str, n: int, seed: int, size: int = 16) -> Split:

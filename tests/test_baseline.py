@@ -1,0 +1,42 @@
+"""The simple answers: each is the least-shrunk setting of its knob that meets the budget."""
+
+from __future__ import annotations
+
+from netadapt.baseline import resolution, uniform_pruning, width_multiplier
+from netadapt.search import Budget
+from netadapt.spec import load_spec
+
+from .conftest import CONFIGS
+from .test_search import fake_ms
+
+LARGE = load_spec(CONFIGS / "mobilenetv3_large.yaml")
+BUDGET = [Budget("latency_ms", fake_ms(LARGE) * 0.5)]
+
+
+def test_width_multiplier_is_the_largest_that_meets_the_budget():
+    found = width_multiplier(LARGE, BUDGET, fake_ms)
+    assert found is not None and found.resources["latency_ms"] <= BUDGET[0].limit
+    mult = float(found.knob[1:])
+    assert fake_ms(LARGE.scaled(mult + 0.01)) > BUDGET[0].limit
+    assert found.spec.head == LARGE.head  # head kept, as in the paper
+    assert all(b.exp <= s.exp and b.out <= s.out for b, s in zip(found.spec.blocks, LARGE.blocks))
+
+
+def test_uniform_pruning_cuts_every_group_by_the_same_fraction():
+    found = uniform_pruning(LARGE, BUDGET, fake_ms)
+    assert found is not None and found.resources["latency_ms"] <= BUDGET[0].limit
+    keep = 1 - int(found.knob[1:-1]) / 100
+    for before, after in zip(LARGE.groups, found.spec.groups):
+        assert after.width == max(8, round(before.width * keep / 8) * 8)
+
+
+def test_resolution_keeps_widths_and_shrinks_the_input():
+    found = resolution(LARGE, BUDGET, fake_ms)
+    assert found is not None and found.spec.blocks == LARGE.blocks
+    size = found.spec.input_size[0]
+    assert size % 16 == 0 and size < 224 and found.resources["latency_ms"] <= BUDGET[0].limit
+
+
+def test_a_budget_no_setting_meets_gives_none():
+    assert width_multiplier(LARGE, [Budget("latency_ms", 1e-6)], fake_ms) is None
+    assert resolution(LARGE, [Budget("params", 10.0)], fake_ms) is None
