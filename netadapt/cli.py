@@ -6,8 +6,9 @@ own errors become a one-line message and exit code 1 (typer uses 2 for usage err
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -98,6 +99,17 @@ def export(
         typer.echo(line)
 
 
+@contextlib.contextmanager
+def _resumable(run_dir: Path) -> Iterator[None]:
+    """Ctrl-C: say how to continue instead of printing a traceback (exit code 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.secho(f"\ninterrupted: everything finished so far is saved; continue with "
+                    f"`netadapt search --resume {run_dir}`", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Finishes on 2 CPU cores in minutes: low training resolution, short fine-tunes.
     "quick": {},
@@ -160,7 +172,8 @@ def search(
 
     if resume is not None:
         typer.echo(f"resuming {resume} with its saved config")
-        result = resume_search(resume)
+        with _resumable(resume):
+            result = resume_search(resume)
     else:
         if not budget:
             raise NetadaptError("no budget given; e.g. --budget 20ms (or --resume RUN_DIR)")
@@ -179,7 +192,8 @@ def search(
             tag = "_".join(b.replace("=", "").replace("%", "pct") for b in budget)
             out = Path("runs") / f"{name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
         typer.echo(f"run directory: {out}")
-        result = start_search(config, out)
+        with _resumable(out):
+            result = start_search(config, out)
     seed_r, final = result.seed, result.final
     typer.echo(f"\n{'':<16}{'seed':>12}{'result':>12}")
     typer.echo(f"{'latency (ms)':<16}{seed_r['latency_ms']:>12.2f}{final['latency_ms']:>12.2f}")

@@ -161,6 +161,9 @@ class Searcher:
         seed_resources = resources_of(self.seed_spec, predict_ms)
         self.budgets = [parse_budget(b, seed_resources) for b in config.budgets]
         check_reachable(self.seed_spec, self.budgets, predict_ms)
+        if config.weights and not (run.path / "seed.pt").exists():  # fail before any work
+            load_seed_weights(build_model(self.seed_spec), config.weights,
+                              self.seed_spec.num_classes)
         self.schedule = Schedule.named(config.schedule, config.step)
         self._parent: tuple[int, dict[str, torch.Tensor]] | None = None
 

@@ -3,6 +3,7 @@ real checkpoints, a real kill -9 and resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -21,7 +22,7 @@ from netadapt.model import build_model, load_weights
 from netadapt.runner import SearchConfig, resume_search, start_search
 from netadapt.spec import load_spec
 
-from .conftest import TINY
+from .conftest import CONFIGS, TINY
 from .test_search import fake_ms
 
 
@@ -154,3 +155,22 @@ def test_baselines_meet_the_budget_and_sit_beside_the_search(setup):
     result = CliRunner().invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
     assert "uniform_pruning" in result.output and "the best baseline" in result.output
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"data": "/nonexistent/data"}, "/nonexistent/data"),
+    ({"budgets": ("0.001ms",)}, "unreachable"),
+    ({"weights": "WRONG"}, "missing key"),
+])
+def test_bad_runs_fail_before_any_work_and_leave_nothing(setup, tmp_path, change, fragment):
+    from netadapt.errors import NetadaptError
+
+    _, config = setup
+    if change.get("weights") == "WRONG":
+        other = build_model(load_spec(CONFIGS / "mobilenetv3_small.yaml"))
+        torch.save(other.state_dict(), tmp_path / "small.pt")
+        change = {"weights": str(tmp_path / "small.pt")}
+    bad = dataclasses.replace(config, **change)
+    with pytest.raises(NetadaptError, match=fragment):
+        start_search(bad, tmp_path / "run", predict_ms=fake_ms, progress=False)
+    assert not (tmp_path / "run").exists()
