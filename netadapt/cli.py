@@ -271,9 +271,9 @@ def devices() -> None:
         try:
             _, meta = read_table_files(dev.name)
             seeds = ", ".join(s["name"] for s in meta.get("seeds", []))
-            state = (f"{'ESTIMATE ' if meta.get('estimate') else ''}table: {meta['rows']:,} "
-                     f"entries, seeds {seeds}, onnxruntime {meta['runtime']['onnxruntime']}, "
-                     f"{meta['date'][:10]}")
+            source = (f"ESTIMATE table from {meta.get('estimate_of')}" if meta.get("estimate")
+                      else f"table (onnxruntime {meta['runtime']['onnxruntime']})")
+            state = f"{source}: {meta['rows']:,} entries, seeds {seeds}, {meta['date'][:10]}"
         except NetadaptError:
             state = f"no table (netadapt profile --device {dev.name})"
         typer.echo(f"{dev.name:<10} {dev.runner:<6} {dev.description}")
@@ -375,7 +375,7 @@ def latency(
 
         dev = load_device(device)
         got = measure_e2e(spec, dev, table)
-        typer.echo(f"measured:  {got['raw_ms']:.2f} ms end to end now (median); error "
+        typer.echo(f"measured:  {got['raw_ms']:.2f} ms end to end now (fast-tail); error "
                    f"{total / got['raw_ms'] - 1:+.1%} (host drift included)")
         if "vs_seed_ms" in got:
             typer.echo(f"           {got['vs_seed_ms']:.2f} ms relative to {got['seed']} "

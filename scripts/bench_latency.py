@@ -79,6 +79,59 @@ def composition_error(device: str, points: int = 40) -> dict[str, float]:
             "max_error_as_share_of_network": float(np.max(shares))}
 
 
+def op_models(model: bytes) -> list[tuple[bytes, tuple[int, ...]]]:
+    """Every node of a network as its own one-node model (second data inputs of Add / Mul
+    become constants): what a table of single ops would time."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.shape_inference.infer_shapes(onnx.load_from_string(model))
+    shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
+              for v in [*m.graph.value_info, *m.graph.input, *m.graph.output]}
+    inits = {i.name: i for i in m.graph.initializer}
+    out = []
+    for node in m.graph.node:
+        data = [i for i in node.input if i not in inits]
+        consts = [inits[i] for i in node.input if i in inits]
+        for extra in data[1:]:
+            consts.append(numpy_helper.from_array(
+                np.ones(shapes[extra], np.float32), extra))
+        g = helper.make_graph(
+            [node], "op", [helper.make_tensor_value_info(data[0], TensorProto.FLOAT,
+                                                         list(shapes[data[0]]))],
+            [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)],
+            initializer=consts)
+        om = helper.make_model(g, opset_imports=list(m.opset_import))
+        om.ir_version = m.ir_version
+        out.append((om.SerializeToString(), shapes[data[0]]))
+    return out
+
+
+def granularity(device: str, variants: int = 6) -> dict[str, dict[str, float]]:
+    """Sum of single ops / end to end and sum of blocks / end to end, all timed in one
+    round-robin, for each seed and a few reduced variants: the bias of each granularity
+    and how constant it is (what one calibration factor can remove)."""
+    runner = make_runner(load_device(device))
+    out = {}
+    for name, path in SEEDS.items():
+        seed = load_spec(path)
+        ops_ratio, blocks_ratio = [], []
+        for spec in [seed, *prof.random_variants(seed, variants, rng_seed=77)]:
+            net = network_model(spec)
+            shape = input_shape(entry_keys(spec)[0][1])
+            blocks = [(entry_model(k), input_shape(k)) for _, k in entry_keys(spec)]
+            ops = op_models(net)
+            ms = prof.fast_ms(runner.time([(net, shape), *blocks, *ops], 20, 2))
+            blocks_ratio.append(ms[1:1 + len(blocks)].sum() / ms[0])
+            ops_ratio.append(ms[1 + len(blocks):].sum() / ms[0])
+        out[name] = {"ops_over_e2e_mean": float(np.mean(ops_ratio)),
+                     "ops_over_e2e_cv": float(np.std(ops_ratio) / np.mean(ops_ratio)),
+                     "blocks_over_e2e_mean": float(np.mean(blocks_ratio)),
+                     "blocks_over_e2e_cv": float(np.std(blocks_ratio) / np.mean(blocks_ratio)),
+                     "networks": variants + 1, "ops": len(op_models(network_model(seed)))}
+    return out
+
+
 def prediction_rate(device: str, n: int = 10_000) -> float:
     table = load_table(device)
     variants = prof.random_variants(load_spec(SEEDS["large"]), n, rng_seed=7)
@@ -146,6 +199,12 @@ def main() -> None:
                  f"median {comp['median_block_error']:.1%} of the block, max "
                  f"{comp['max_block_error']:.1%}; max {comp['max_error_as_share_of_network']:.2%}"
                  f" of the network", f"{comp['points']} points"))
+    results["granularity"] = gran = granularity(args.device)
+    for name, g in gran.items():
+        rows.append((f"granularity {name}: sum / end to end",
+                     f"{g['ops']} single ops {g['ops_over_e2e_mean']:.2f} (cv "
+                     f"{g['ops_over_e2e_cv']:.1%}), blocks {g['blocks_over_e2e_mean']:.2f} "
+                     f"(cv {g['blocks_over_e2e_cv']:.1%})", f"{g['networks']} networks"))
     results["predictions_per_s"] = rate = prediction_rate(args.device)
     rows.append(("predictions per second", f"{rate:,.0f}", "target >= 10,000"))
     results["torch_export_over_helper"] = ratio = exporter_check(args.device)

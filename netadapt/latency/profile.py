@@ -484,9 +484,10 @@ def save_validation(device: str, summary: dict[str, Any], frame: pd.DataFrame,
 def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable,
                 runner: Runner | None = None, bursts: int = 5, rounds: int = 20
                 ) -> dict[str, float]:
-    """``spec`` end to end, now: ``raw_ms`` (median over bursts), and ``vs_seed_ms``
-    (relative to the table's seed of the same structure timed in the same round-robin,
-    x that seed's latency at calibration: drift cancels), when there is such a seed."""
+    """``spec`` end to end, now: ``raw_ms`` (fast-tail time, median over bursts), and
+    ``vs_seed_ms`` (relative to the table's seed of the same structure timed in the same
+    round-robin, x that seed's latency at calibration: drift cancels), when there is
+    such a seed."""
     runner = runner or make_runner(device)
     runner.check()
     shape = input_shape(entry_keys(spec)[0][1])
