@@ -155,6 +155,8 @@ def search(
         help="Images carved from training to score proposals")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (splits, batches, init)")] = None,
     torch_device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads for training [default: 1; 0 = torch's default]")] = None,
     preset: Annotated[str, typer.Option(
         help="quick (CPU, minutes) | paper (T=10000, 224px; for GPUs)")] = "quick",
     out: Annotated[Path | None, typer.Option(
@@ -184,7 +186,8 @@ def search(
             criterion=criterion, schedule=schedule, step=step,
             short_term_steps=short_term_steps, long_term_steps=long_term_steps,
             seed_steps=seed_steps, resolution=resolution, batch_size=batch_size, lr=lr,
-            holdout=holdout, seed=seed, torch_device=torch_device).items() if v is not None}
+            holdout=holdout, seed=seed, torch_device=torch_device,
+            threads=threads).items() if v is not None}
         config = SearchConfig(budgets=tuple(budget), compare=compare,
                               **{**PRESETS[preset], **given})
         if out is None:
@@ -208,7 +211,7 @@ def search(
                f"{result.run / 'history.csv'}; plot: {result.run / 'accuracy_vs_latency.png'}")
     typer.echo(f"next: netadapt export {result.run / 'best.yaml'}")
     if any(r.get("type") == "baseline" for r in result.baselines):
-        _print_comparison(result.run, measure=False)
+        _print_comparison(result.run, measure=True)
 
 
 def _print_comparison(run_dir: Path, measure: bool) -> None:
@@ -241,7 +244,7 @@ def baseline(
     from .runner import baselines_for_run
 
     baselines_for_run(run_dir)
-    _print_comparison(run_dir, measure=False)
+    _print_comparison(run_dir, measure=True)
 
 
 @command
@@ -249,7 +252,7 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="A search run directory")],
     measure: Annotated[bool, typer.Option(
         help="Also time every network end to end on this machine (onnxruntime, "
-        "interleaved)")] = False,
+        "interleaved; a few seconds)")] = True,
 ) -> None:
     """The seed, the search's result and the baselines of a run in one table."""
     _print_comparison(run_dir, measure=measure)

@@ -155,6 +155,7 @@ def test_baselines_meet_the_budget_and_sit_beside_the_search(setup):
     result = CliRunner().invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
     assert "uniform_pruning" in result.output and "the best baseline" in result.output
+    assert "measured_ms" in result.output  # timed end to end here, interleaved
 
 
 @pytest.mark.parametrize("change, fragment", [
