@@ -156,9 +156,10 @@ class Searcher:
         self.torch_device = _torch_device(config.torch_device)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
+        self.table_label = f"{config.device} (injected predictor)"
         if predict_ms is None:
             table = load_table(config.device)
-            predict_ms = table.predict_ms
+            predict_ms, self.table_label = table.predict_ms, table.label()
         self.predict_ms = predict_ms
         self.data = load_data(Path(config.data) if config.data else None,
                               resolution=config.resolution, in_channels=seed_spec.in_channels,
@@ -170,6 +171,9 @@ class Searcher:
         if config.weights and not (run.path / "seed.pt").exists():  # fail before any work
             load_seed_weights(build_model(self.seed_spec), config.weights,
                               self.seed_spec.num_classes)
+        if "data" not in run.config:  # resolved once, recorded with the run's config
+            run.update_config({"data": self.data.description,
+                               "latency_table": self.table_label})
         self.schedule = Schedule.named(config.schedule, config.step)
         self._parent: tuple[int, dict[str, torch.Tensor]] | None = None
 

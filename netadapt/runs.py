@@ -100,6 +100,11 @@ class RunDir:
                            f"{__version__}: re-run the search with this version")
         return run
 
+    def update_config(self, values: dict[str, Any]) -> None:
+        """Add resolved facts (data splits, latency table) to config.json, atomically."""
+        with _writing(self.path / "config.json", self.path):
+            self._write_json("config.json", {**self.config, **values})
+
     @property
     def config(self) -> dict[str, Any]:
         try:
