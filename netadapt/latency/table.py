@@ -14,8 +14,12 @@ touches the expansion conv and the output width only the projection conv, which 
 share data but the expanded tensor. scripts/bench_latency.py measures how far that is
 from timing the point itself.
 
-A table's sum is scaled by one calibration factor per seed structure, measured as
-(seed end to end) / (sum of the seed's entries) with both interleaved with a reference.
+The number of classes is not searched: a head is measured for the seed's classes and
+its last Gemm alone for 10, 100 and 1000 classes (CLASSES), so any other count is a
+swap of that Gemm.
+
+A table's sum is scaled by one calibration factor per seed structure (profile.calibrate:
+fitted to the seed and reduced variants timed end to end).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -191,13 +194,6 @@ def key_of(row: Any) -> EntryKey:
     return EntryKey(str(row.kind), int(row.c_in), int(row.exp), int(row.out), int(row.kernel),
                     int(row.stride), int(row.dilation), bool(row.se), str(row.act),
                     bool(row.expand), bool(row.residual), int(row.h), int(row.w))
-
-
-@dataclass
-class Calibration:
-    seed: str
-    signature: str
-    factor: float
 
 
 class LatencyTable:
