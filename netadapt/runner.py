@@ -253,7 +253,22 @@ class Searcher:
 
     def _loop(self, start: Start, history: list) -> list[Iteration]:
         chosen: list[Iteration] = []
-        bar = tqdm(desc="proposals", unit="proposal", disable=not self.progress, leave=False)
+        # Overall progress: how much of the first budget's gap has been closed (with ETA).
+        budget = self.budgets[0]
+        now = dict(start.resources)
+        for event in history:
+            if isinstance(event, Iteration):
+                now = dict(event.chosen.resources)
+        gap = max(start.resources[budget.resource] - budget.limit, 1e-9)
+        unit = "ms" if budget.resource == "latency_ms" else budget.resource  # params, macs
+        overall = tqdm(total=round(gap, 3), desc=f"{unit} to budget", unit=unit,
+                       disable=not self.progress, position=0,
+                       initial=round(min(gap, start.resources[budget.resource]
+                                         - now[budget.resource]), 3),
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} "
+                                  "{unit} [{elapsed}<{remaining}]")
+        bar = tqdm(desc="proposals", unit="proposal", disable=not self.progress, leave=False,
+                   position=1)
         started = time.time()
         for event in netadapt(start, self.budgets, self.predict_ms, self._evaluate,
                               self.schedule, self.config.criterion, history):
@@ -269,6 +284,8 @@ class Searcher:
             else:
                 self._promote(event)
                 chosen.append(event)
+                done = start.resources[budget.resource] - event.chosen.resources[budget.resource]
+                overall.update(round(min(gap, done), 3) - overall.n)
                 if self.progress:
                     c = event.chosen
                     latency = format_resource("latency_ms", c.resources["latency_ms"])
@@ -276,6 +293,7 @@ class Searcher:
                                f"{c.width_to}, {latency}, holdout {c.accuracy:.4f}")
             started = time.time()
         bar.close()
+        overall.close()
         return chosen
 
     def _promote(self, event: Iteration) -> None:
