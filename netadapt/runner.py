@@ -105,6 +105,8 @@ class SearchConfig:
 
 @dataclass
 class SearchResult:
+    """What a finished search reports: its seed, final and baseline records."""
+
     run: Path
     seed: dict[str, Any]
     final: dict[str, Any]

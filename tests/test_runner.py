@@ -175,3 +175,19 @@ def test_bad_runs_fail_before_any_work_and_leave_nothing(setup, tmp_path, change
     with pytest.raises(NetadaptError, match=fragment):
         start_search(bad, tmp_path / "run", predict_ms=fake_ms, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_imagenet_weights_load_into_a_ten_class_seed_with_a_fresh_classifier(tmp_path):
+    from netadapt.runner import load_seed_weights
+
+    spec = load_spec(CONFIGS / "mobilenetv3_small.yaml")
+    imagenet = build_model(spec)
+    torch.save(imagenet.state_dict(), tmp_path / "imagenet.pt")
+    ten = build_model(dataclasses.replace(spec, num_classes=10))
+    fresh = ten.state_dict()["classifier.3.weight"].clone()
+    notes = load_seed_weights(ten, str(tmp_path / "imagenet.pt"), 10)
+    assert notes and "classifier.3.weight" in notes[0] and "classifier.3.bias" in notes[0]
+    state = ten.state_dict()
+    assert torch.equal(state["classifier.3.weight"], fresh)
+    assert torch.equal(state["features.1.block.0.0.weight"],
+                       imagenet.state_dict()["features.1.block.0.0.weight"])
