@@ -191,3 +191,24 @@ def test_imagenet_weights_load_into_a_ten_class_seed_with_a_fresh_classifier(tmp
     assert torch.equal(state["classifier.3.weight"], fresh)
     assert torch.equal(state["features.1.block.0.0.weight"],
                        imagenet.state_dict()["features.1.block.0.0.weight"])
+
+
+def test_export_of_a_runs_result_checks_the_runs_budget(setup, monkeypatch):
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from netadapt import latency
+    from netadapt.cli import app
+
+    tmp_path, config = setup
+    table = SimpleNamespace(device="fake", is_estimate=True, predict_ms=fake_ms)
+    monkeypatch.setattr(latency, "load_table", lambda device: table)
+    monkeypatch.setattr(latency, "load_device", lambda device: SimpleNamespace(runner="adb"))
+    out = tmp_path / "best.onnx"
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "full" / "best.yaml"),
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "weights: " in result.output and out.stat().st_size > 0
+    assert "latency_ms on fake (ESTIMATE)" in result.output
+    assert "predicted, within the budget" in result.output
