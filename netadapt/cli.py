@@ -46,81 +46,6 @@ SpecArg = Annotated[Path, typer.Argument(
 
 
 @command
-def show(spec_path: SpecArg) -> None:
-    """Print a spec: one row per block with widths, params and MACs; totals; groups."""
-    from .cost import count_macs, count_params, spec_table
-    from .spec import load_spec
-
-    spec = load_spec(spec_path)
-    typer.echo(f"{spec.name}: {spec.task}, input {spec.in_channels}x"
-               f"{spec.input_size[0]}x{spec.input_size[1]}, {spec.num_classes} classes")
-    typer.echo(spec_table(spec).to_string(index=False))
-    typer.echo(f"total: {count_params(spec):,} params, {count_macs(spec) / 1e6:.2f} M MACs")
-    typer.echo(f"\nchannel groups ({len(spec.groups)}), each shrinkable by the search:")
-    for g in spec.groups:
-        typer.echo(f"  {g.name:<22} {g.kind:<11} {g.width:>5}  {', '.join(g.fields)}")
-
-
-@command
-def export(
-    spec_path: SpecArg,
-    weights: Annotated[Path | None, typer.Option(
-        "--weights", "-w", help="State dict (.pt); default: <spec>.pt beside the spec "
-        "if it exists, else random initialisation")] = None,
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="ONNX file to write; default: the spec's path with .onnx")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 14 for HardSwish)", min=14)] = 17,
-) -> None:
-    """Export a spec (+ weights) to ONNX and check onnxruntime against PyTorch."""
-    from .export import export_onnx
-    from .model import build_model, load_weights
-    from .spec import load_spec
-
-    spec = load_spec(spec_path)
-    model = build_model(spec)
-    beside = spec_path.with_suffix(".pt")
-    if weights is None and beside.is_file():
-        weights = beside
-    if weights is not None:
-        load_weights(model, weights)
-        typer.echo(f"weights: {weights}")
-    else:
-        typer.secho("weights: none given, exporting the randomly initialised network "
-                    "(pass --weights W.pt for trained weights)", fg=typer.colors.YELLOW)
-    output = output or spec_path.with_suffix(".onnx")
-    report = export_onnx(model, spec, output, opset=opset)
-    typer.echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset})")
-    typer.secho(f"parity: onnxruntime matches PyTorch on random input: max |diff| = "
-                f"{report.max_abs_diff:.2e} <= {report.tolerance:g} (outputs up to "
-                f"{report.output_scale:.3g})", fg=typer.colors.GREEN)
-    from .runner import run_budget_report
-
-    for line in run_budget_report(spec_path, spec):
-        typer.echo(line)
-
-
-@contextlib.contextmanager
-def _resumable(run_dir: Path) -> Iterator[None]:
-    """Ctrl-C: say how to continue instead of printing a traceback (exit code 130)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        typer.secho(f"\ninterrupted: everything finished so far is saved; continue with "
-                    f"`netadapt search --resume {run_dir}`", fg=typer.colors.YELLOW, err=True)
-        raise typer.Exit(130) from None
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Finishes on 2 CPU cores in minutes: low training resolution, short fine-tunes.
-    "quick": {},
-    # The papers' scale, for a GPU and ImageNet-size data (an ImageFolder via --data).
-    "paper": {"short_term_steps": 10000, "long_term_steps": 100000, "seed_steps": 0,
-              "resolution": 224, "batch_size": 128, "lr": 0.02, "holdout": 10000,
-              "schedule": "constant", "step": 0.01, "criterion": "slope"},
-}
-
-
-@command
 def search(
     budget: Annotated[list[str] | None, typer.Option(
         "--budget", "-b", help="Repeatable: 20ms | 60% (of the seed's latency) | "
@@ -262,6 +187,81 @@ def report(
 
 DeviceOpt = Annotated[str, typer.Option(
     "--device", "-d", help="Device profile in configs/devices (netadapt devices)")]
+
+
+@command
+def export(
+    spec_path: SpecArg,
+    weights: Annotated[Path | None, typer.Option(
+        "--weights", "-w", help="State dict (.pt); default: <spec>.pt beside the spec "
+        "if it exists, else random initialisation")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="ONNX file to write; default: the spec's path with .onnx")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 14 for HardSwish)", min=14)] = 17,
+) -> None:
+    """Export a spec (+ weights) to ONNX and check onnxruntime against PyTorch."""
+    from .export import export_onnx
+    from .model import build_model, load_weights
+    from .spec import load_spec
+
+    spec = load_spec(spec_path)
+    model = build_model(spec)
+    beside = spec_path.with_suffix(".pt")
+    if weights is None and beside.is_file():
+        weights = beside
+    if weights is not None:
+        load_weights(model, weights)
+        typer.echo(f"weights: {weights}")
+    else:
+        typer.secho("weights: none given, exporting the randomly initialised network "
+                    "(pass --weights W.pt for trained weights)", fg=typer.colors.YELLOW)
+    output = output or spec_path.with_suffix(".onnx")
+    report = export_onnx(model, spec, output, opset=opset)
+    typer.echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset})")
+    typer.secho(f"parity: onnxruntime matches PyTorch on random input: max |diff| = "
+                f"{report.max_abs_diff:.2e} <= {report.tolerance:g} (outputs up to "
+                f"{report.output_scale:.3g})", fg=typer.colors.GREEN)
+    from .runner import run_budget_report
+
+    for line in run_budget_report(spec_path, spec):
+        typer.echo(line)
+
+
+@contextlib.contextmanager
+def _resumable(run_dir: Path) -> Iterator[None]:
+    """Ctrl-C: say how to continue instead of printing a traceback (exit code 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.secho(f"\ninterrupted: everything finished so far is saved; continue with "
+                    f"`netadapt search --resume {run_dir}`", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Finishes on 2 CPU cores in minutes: low training resolution, short fine-tunes.
+    "quick": {},
+    # The papers' scale, for a GPU and ImageNet-size data (an ImageFolder via --data).
+    "paper": {"short_term_steps": 10000, "long_term_steps": 100000, "seed_steps": 0,
+              "resolution": 224, "batch_size": 128, "lr": 0.02, "holdout": 10000,
+              "schedule": "constant", "step": 0.01, "criterion": "slope"},
+}
+
+
+@command
+def show(spec_path: SpecArg) -> None:
+    """Print a spec: one row per block with widths, params and MACs; totals; groups."""
+    from .cost import count_macs, count_params, spec_table
+    from .spec import load_spec
+
+    spec = load_spec(spec_path)
+    typer.echo(f"{spec.name}: {spec.task}, input {spec.in_channels}x"
+               f"{spec.input_size[0]}x{spec.input_size[1]}, {spec.num_classes} classes")
+    typer.echo(spec_table(spec).to_string(index=False))
+    typer.echo(f"total: {count_params(spec):,} params, {count_macs(spec) / 1e6:.2f} M MACs")
+    typer.echo(f"\nchannel groups ({len(spec.groups)}), each shrinkable by the search:")
+    for g in spec.groups:
+        typer.echo(f"  {g.name:<22} {g.kind:<11} {g.width:>5}  {', '.join(g.fields)}")
 
 
 @command
