@@ -45,6 +45,27 @@ SpecArg = Annotated[Path, typer.Argument(
     help="Network spec (YAML), e.g. configs/mobilenetv3_large.yaml")]
 
 
+@contextlib.contextmanager
+def _resumable(run_dir: Path) -> Iterator[None]:
+    """Ctrl-C: say how to continue instead of printing a traceback (exit code 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.secho(f"\ninterrupted: everything finished so far is saved; continue with "
+                    f"`netadapt search --resume {run_dir}`", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Finishes on 2 CPU cores in minutes: low training resolution, short fine-tunes.
+    "quick": {},
+    # The papers' scale, for a GPU and ImageNet-size data (an ImageFolder via --data).
+    "paper": {"short_term_steps": 10000, "long_term_steps": 100000, "seed_steps": 0,
+              "resolution": 224, "batch_size": 128, "lr": 0.02, "holdout": 10000,
+              "schedule": "constant", "step": 0.01, "criterion": "slope"},
+}
+
+
 @command
 def search(
     budget: Annotated[list[str] | None, typer.Option(
@@ -226,26 +247,6 @@ def export(
     for line in run_budget_report(spec_path, spec):
         typer.echo(line)
 
-
-@contextlib.contextmanager
-def _resumable(run_dir: Path) -> Iterator[None]:
-    """Ctrl-C: say how to continue instead of printing a traceback (exit code 130)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        typer.secho(f"\ninterrupted: everything finished so far is saved; continue with "
-                    f"`netadapt search --resume {run_dir}`", fg=typer.colors.YELLOW, err=True)
-        raise typer.Exit(130) from None
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Finishes on 2 CPU cores in minutes: low training resolution, short fine-tunes.
-    "quick": {},
-    # The papers' scale, for a GPU and ImageNet-size data (an ImageFolder via --data).
-    "paper": {"short_term_steps": 10000, "long_term_steps": 100000, "seed_steps": 0,
-              "resolution": 224, "batch_size": 128, "lr": 0.02, "holdout": 10000,
-              "schedule": "constant", "step": 0.01, "criterion": "slope"},
-}
 
 
 @command
