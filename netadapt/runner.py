@@ -87,6 +87,10 @@ class SearchConfig:
         for name in ("resolution", "batch_size", "holdout"):
             if getattr(self, name) <= 0:
                 raise NetadaptError(f"--{name.replace('_', '-')}: must be positive")
+        if self.weights is None and self.seed_steps == 0:
+            raise NetadaptError("no --weights and --seed-steps 0: the seed would be untrained; "
+                                "pass --weights W.pt (e.g. torchvision ImageNet weights) or "
+                                "--seed-steps N")
         if self.torch_device not in ("auto", "cpu", "cuda") and \
                 not self.torch_device.startswith("cuda:"):
             raise NetadaptError(f"--torch-device {self.torch_device!r}: use auto, cpu or cuda")
