@@ -161,7 +161,7 @@ def search(
 
 
 def _print_comparison(run_dir: Path, measure: bool) -> None:
-    from .report import comparison_text, measure_here_ms
+    from .report import comparison_text, measure_here_ms, verdict
     from .runner import comparison
     from .spec import load_spec
 
@@ -172,13 +172,7 @@ def _print_comparison(run_dir: Path, measure: bool) -> None:
         table.loc[present, "measured_ms"] = measure_here_ms(specs)
     typer.echo(f"\nthe search beside the baselines (same budgets, seed weights and "
                f"fine-tuning steps):\n{comparison_text(table.drop(columns='spec'))}")
-    ours = table[table["network"] == "netadapt"]["test_accuracy"].iloc[0]
-    others = table[~table["network"].isin(["seed", "netadapt"])]["test_accuracy"].dropna()
-    if not others.empty:
-        best = others.max()
-        verdict = "beats" if ours > best else ("ties" if ours == best else "LOSES TO")
-        typer.echo(f"netadapt {verdict} the best baseline on test accuracy: {ours:.4f} vs "
-                   f"{best:.4f}")
+    typer.echo(verdict(table))
 
 
 @command

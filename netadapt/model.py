@@ -7,6 +7,7 @@ checkpoints move between the two without key mapping.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import WeightsError
+from .files import write_bytes_atomic
 from .spec import Block, ClassifierHead, LRASPPHead, NetworkSpec
 
 # torchvision's MobileNetV3 BatchNorm settings. Momentum 0.01 makes running statistics
@@ -231,12 +233,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
 def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Save the state_dict (torchvision format) atomically."""
+    save_state_dict(model.state_dict(), path)
+
+
+def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Save a state_dict atomically (a kill never leaves half a checkpoint)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise WeightsError(f"{path}: directory {path.parent} does not exist; create it first")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    write_bytes_atomic(path, buffer.getvalue())

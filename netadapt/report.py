@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from .files import write_bytes_atomic
 from .search import Budget
 
 
@@ -48,10 +49,10 @@ def plot_history(history: pd.DataFrame, path: Path, budgets: Sequence[Budget] = 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def measure_here_ms(specs: Sequence[object], bursts: int = 5, rounds: int = 20) -> list[float]:
@@ -85,3 +86,17 @@ def comparison_text(table: pd.DataFrame) -> str:
     shown = shown.rename(columns={"latency_ms": "pred_ms", "params": "params_M",
                                   "macs": "MACs_M", "accuracy": "holdout", "test_accuracy": "test"})
     return shown.astype(object).where(shown.notna(), "").to_string(index=False)
+
+
+def verdict(table: pd.DataFrame) -> str:
+    """One plain line: did the search beat the best baseline on test accuracy?"""
+    ours = float(table.loc[table["network"] == "netadapt", "test_accuracy"].iloc[0])
+    others = table[~table["network"].isin(["seed", "netadapt"])].dropna(
+        subset=["test_accuracy"])
+    if others.empty:
+        return "no baseline could meet the budgets"
+    best = others.loc[others["test_accuracy"].idxmax()]
+    word = "beats" if ours > best["test_accuracy"] else (
+        "ties" if ours == best["test_accuracy"] else "LOSES TO")
+    return (f"netadapt {word} the best baseline ({best['network']}) on test accuracy: "
+            f"{ours:.4f} vs {best['test_accuracy']:.4f}")

@@ -12,7 +12,7 @@ import dataclasses
 import shutil
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from .prune import inherit_weights
 from .runs import RunDir, iteration_name, proposal_name
 from .search import (
     CRITERIA,
+    Budget,
     Iteration,
     Proposal,
     Schedule,
@@ -149,6 +150,13 @@ def load_seed_weights(model: torch.nn.Module, path: str, num_classes: int) -> li
             ] if reinit else []
 
 
+def resolve_budgets(texts: Sequence[str], seed: NetworkSpec,
+                    predict_ms: Callable[[NetworkSpec], float]) -> list[Budget]:
+    """Budgets as given on the command line, percentages taken of ``seed``'s values."""
+    seed_resources = resources_of(seed, predict_ms)
+    return [parse_budget(text, seed_resources) for text in texts]
+
+
 class Searcher:
     """Performs one search in one run directory (new or resumed)."""
 
@@ -171,8 +179,7 @@ class Searcher:
                               resolution=config.resolution, in_channels=seed_spec.in_channels,
                               holdout=config.holdout, seed=config.seed)
         self.seed_spec = dataclasses.replace(seed_spec, num_classes=self.data.num_classes)
-        seed_resources = resources_of(self.seed_spec, predict_ms)
-        self.budgets = [parse_budget(b, seed_resources) for b in config.budgets]
+        self.budgets = resolve_budgets(config.budgets, self.seed_spec, predict_ms)
         check_reachable(self.seed_spec, self.budgets, predict_ms)
         if config.weights and not (run.path / "seed.pt").exists():  # fail before any work
             load_seed_weights(build_model(self.seed_spec), config.weights,
@@ -181,7 +188,7 @@ class Searcher:
             run.update_config({"data": self.data.description,
                                "latency_table": self.table_label})
         self.schedule = Schedule.named(config.schedule, config.step)
-        self._parent: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._parent_cache: tuple[int, NetworkSpec, dict[str, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ phases
 
@@ -227,24 +234,24 @@ class Searcher:
         self.run.append(record)
         return record
 
-    def _parent_state(self, iteration: int) -> dict[str, torch.Tensor]:
-        """Weights of the network iteration ``iteration`` starts from (cached)."""
-        if self._parent is None or self._parent[0] != iteration:
-            name = "seed.pt" if iteration == 1 else f"{iteration_name(iteration - 1)}.pt"
-            self._parent = (iteration, read_state_dict(self.run.path / name))
-        return self._parent[1]
-
-    def _parent_spec(self, iteration: int) -> NetworkSpec:
-        return self.seed_spec if iteration == 1 else \
-            self.run.read_spec(f"{iteration_name(iteration - 1)}.yaml")
+    def _parent(self, iteration: int) -> tuple[NetworkSpec, dict[str, torch.Tensor]]:
+        """Spec and weights of the network iteration ``iteration`` starts from, read once
+        per iteration (every proposal of the iteration inherits from them)."""
+        if self._parent_cache is None or self._parent_cache[0] != iteration:
+            if iteration == 1:
+                spec, name = self.seed_spec, "seed.pt"
+            else:
+                spec = self.run.read_spec(f"{iteration_name(iteration - 1)}.yaml")
+                name = f"{iteration_name(iteration - 1)}.pt"
+            self._parent_cache = (iteration, spec, read_state_dict(self.run.path / name))
+        return self._parent_cache[1], self._parent_cache[2]
 
     def _evaluate(self, iteration: int, child: NetworkSpec, group: str) -> float:
         """Inherit the largest-norm filters, fine-tune T steps, score on the holdout."""
         from .train import evaluate, finetune, recalibrate_bn
 
         cfg = self.config
-        state = inherit_weights(self._parent_spec(iteration), self._parent_state(iteration),
-                                child)
+        state = inherit_weights(*self._parent(iteration), child)
         model = build_model(child)
         model.load_state_dict(state)
         seed = _proposal_seed(cfg.seed, iteration, group)
@@ -305,9 +312,8 @@ class Searcher:
     def _promote(self, event: Iteration) -> None:
         """Make the chosen proposal the iteration's network, then record it."""
         p = event.chosen
-        source = self.run.path / proposal_name(p.iteration, p.group)
         self.run.write_spec(f"{iteration_name(p.iteration)}.yaml", p.spec)
-        self.run.save_state(f"{iteration_name(p.iteration)}.pt", read_state_dict(source))
+        self.run.copy(proposal_name(p.iteration, p.group), f"{iteration_name(p.iteration)}.pt")
         self.run.append({"type": "iteration", "iteration": event.iteration,
                          "target": event.target, "group": p.group,
                          "width_from": p.width_from, "width_to": p.width_to,
@@ -463,12 +469,12 @@ def run_budget_report(spec_path: Path, spec: NetworkSpec) -> list[str]:
     config = SearchConfig.from_json(run.config["search"])
     seed_spec = spec_from_dict(run.config["seed_spec"])
     table = load_table(config.device)
-    seed = resources_of(dataclasses.replace(seed_spec, num_classes=spec.num_classes),
-                        table.predict_ms)
+    budgets = resolve_budgets(config.budgets, dataclasses.replace(
+        seed_spec, num_classes=spec.num_classes), table.predict_ms)
     resources = resources_of(spec, table.predict_ms)
     where = f"{table.device}{' (ESTIMATE)' if table.is_estimate else ''}"
     lines = []
-    for budget in (parse_budget(b, seed) for b in config.budgets):
+    for budget in budgets:
         value = resources[budget.resource]
         verdict = "within" if value <= budget.limit else "OVER"
         lines.append(f"{budget.resource} on {where}: "

@@ -31,6 +31,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import NetadaptError
+from .files import write_bytes_atomic
 from .search import Event, Iteration, Proposal
 from .spec import NetworkSpec, dumps_spec, load_spec
 
@@ -48,18 +49,6 @@ def _writing(path: Path, run: Path) -> Iterator[None]:
         reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
         raise RunError(f"cannot write {path}: {reason}; the run is intact up to its last "
                        f"record: fix that and run `netadapt search --resume {run}`") from None
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -135,7 +124,7 @@ class RunDir:
         if lines and not lines[-1].endswith("\n"):  # torn write: the record never happened
             lines = lines[:-1]
             with _writing(path, self.path):
-                _atomic_write_bytes(path, "".join(lines).encode("utf-8"))
+                write_bytes_atomic(path, "".join(lines).encode("utf-8"))
         out = []
         for i, line in enumerate(lines):
             try:
@@ -152,7 +141,7 @@ class RunDir:
     def write_csv(self) -> None:
         path = self.path / "history.csv"
         with _writing(path, self.path):
-            _atomic_write_bytes(path, self.history_table().to_csv(index=False).encode())
+            write_bytes_atomic(path, self.history_table().to_csv(index=False).encode())
 
     def events(self, seed: NetworkSpec) -> list[Event]:
         """The journal's proposals and iterations as search records, specs re-derived
@@ -177,13 +166,13 @@ class RunDir:
     # ------------------------------------------------------------------ files
 
     def _write_json(self, name: str, data: dict[str, Any]) -> None:
-        _atomic_write_bytes(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
+        write_bytes_atomic(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
 
     def write_spec(self, relative: str, spec: NetworkSpec) -> Path:
         path = self.path / relative
         with _writing(path, self.path):
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_bytes(path, dumps_spec(spec).encode("utf-8"))
+            write_bytes_atomic(path, dumps_spec(spec).encode("utf-8"))
         return path
 
     def read_spec(self, relative: str) -> NetworkSpec:
@@ -196,16 +185,18 @@ class RunDir:
 
     def save_state(self, relative: str, state: dict[str, Any]) -> Path:
         """Save a state_dict atomically (a kill never leaves half a checkpoint)."""
-        import io
-
-        import torch
+        from .model import save_state_dict
 
         path = self.weights_path(relative)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
         with _writing(path, self.path):
-            _atomic_write_bytes(path, buffer.getvalue())
+            save_state_dict(state, path)
         return path
+
+    def copy(self, source: str, target: str) -> None:
+        """Copy a file of the run atomically (e.g. a proposal's weights to its iteration)."""
+        path = self.weights_path(target)
+        with _writing(path, self.path):
+            write_bytes_atomic(path, (self.path / source).read_bytes())
 
     def remove(self, relative: str) -> None:
         target = self.path / relative

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import SpecError
+from .files import write_text_atomic
 
 ACTIVATIONS = ("relu", "hswish")
 HEAD_TYPES = ("classifier", "lraspp")
@@ -306,23 +306,10 @@ def dumps_spec(spec: NetworkSpec) -> str:
 
 def save_spec(spec: NetworkSpec, path: str | os.PathLike[str]) -> None:
     """Write a spec atomically (a crash never leaves half a file)."""
-    write_text_atomic(Path(path), dumps_spec(spec))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory, then rename over ``path``."""
+    path = Path(path)
     if not path.parent.is_dir():
         raise SpecError(f"{path}: directory {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, dumps_spec(spec))
 
 
 def _mapping(data: Any, where: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from netadapt.errors import NetadaptError
-from netadapt.report import comparison_text
+from netadapt.report import comparison_text, verdict
 from netadapt.runner import SearchConfig, comparison, resume_search, start_search
 
 
@@ -74,17 +74,7 @@ def main() -> None:
     print("\n" + comparison_text(everything.drop(columns="spec")))
     print()
     for budget, table in zip(args.budgets, tables):
-        ours = float(table.loc[table["network"] == "netadapt", "test_accuracy"].iloc[0])
-        others = table[~table["network"].isin(["seed", "netadapt"])].dropna(
-            subset=["test_accuracy"])
-        if others.empty:
-            print(f"{budget}: no baseline could meet the budget")
-            continue
-        best = others.loc[others["test_accuracy"].idxmax()]
-        verdict = "beats" if ours > best["test_accuracy"] else (
-            "ties" if ours == best["test_accuracy"] else "LOSES TO")
-        print(f"{budget}: netadapt {verdict} the best baseline ({best['network']}): "
-              f"test {ours:.4f} vs {best['test_accuracy']:.4f}")
+        print(f"{budget}: {verdict(table)}")
     everything.to_csv(args.out / "summary.csv", index=False)
     print(f"\nsummary: {args.out / 'summary.csv'}")
 

@@ -29,7 +29,8 @@ import pandas as pd
 
 from ..cost import conv_output_size
 from ..errors import LatencyError
-from ..spec import NetworkSpec, make_divisible, spec_from_dict, write_text_atomic
+from ..files import write_text_atomic
+from ..spec import NetworkSpec, make_divisible, spec_from_dict
 from .devices import Device
 from .graphs import EntryKey, entry_keys, entry_model, input_shape, network_model
 from .runners import Model, Runner, make_runner
