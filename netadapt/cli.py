@@ -297,6 +297,7 @@ def profile(
     """Build or extend a device's latency table (resumable), or validate it."""
     from .latency import load_device, load_table
     from .latency import profile as prof
+    from .latency.estimate import estimate
     from .spec import load_spec
 
     dev = load_device(device)
@@ -309,7 +310,7 @@ def profile(
 
         frame, _ = read_table_files(estimate_from)
         specs = {p: load_spec(p) for p in dev.published}
-        fit = prof.estimate(source, dev, dict(dev.published), specs, frame)
+        fit = estimate(source, dev, dict(dev.published), specs, frame)
         typer.secho(f"{device}: ESTIMATE written from {estimate_from} "
                     f"(entry = {fit['alpha']:.3f} x {estimate_from} + "
                     f"{fit['beta_ms_per_mmac']:.4f} ms/MMAC)", fg=typer.colors.YELLOW)

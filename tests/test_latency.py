@@ -20,6 +20,7 @@ from netadapt.cost import count_macs
 from netadapt.errors import LatencyError
 from netadapt.latency import LatencyTable, entry_keys, load_device, load_table
 from netadapt.latency import profile as prof
+from netadapt.latency.estimate import estimate
 from netadapt.latency.graphs import entry_model, input_shape, network_model
 from netadapt.latency.measure import time_round_robin
 from netadapt.latency.runners import LocalRunner, parse_perf_test
@@ -265,8 +266,8 @@ def test_estimate_reproduces_the_published_numbers_it_was_fitted_to(built, tiny_
     frame, _ = read_table_files("fast")
     ratio = built.predict_ms(narrow) / built.predict_ms(tiny_spec)
     published = {"a": 10.0, "b": 10.0 * ratio}
-    prof.estimate(built, load_device("pixel"), published, {"a": tiny_spec, "b": narrow}, frame,
-                  root=root)
+    estimate(built, load_device("pixel"), published, {"a": tiny_spec, "b": narrow}, frame,
+             root=root)
     pixel = load_table("pixel")
     assert pixel.is_estimate and "ESTIMATE" in pixel.label()
     assert pixel.predict_ms(tiny_spec) == pytest.approx(10.0, rel=0.1)

@@ -9,7 +9,8 @@ The search's interface::
 
 Modules: graphs (ONNX graphs of entries and networks), measure (round-robin timing,
 also run as a script on ssh boards), runners (local / adb / ssh), devices (profiles),
-table (files, lookup), profile (building, calibration, validation, estimates).
+table (files, lookup), profile (building, calibration, validation), estimate (tables
+for devices we cannot reach).
 """
 
 from .devices import Device, list_devices, load_device
