@@ -2,20 +2,22 @@
 
 ``local`` calls onnxruntime in this process; ``adb`` pushes the models and
 onnxruntime_perf_test to an Android phone and runs them pinned to a big core; ``ssh``
-copies the models and netadapt's timing script (measure.py) to a Linux board and runs
-it with the board's onnxruntime. Every runner returns milliseconds shaped
+streams the models and netadapt's timing script (measure.py) to a Linux board and runs
+them with the board's onnxruntime. Every runner returns milliseconds shaped
 (models, rounds), round r timing each model once, so a reference model in the list
 sees the same drift as the entries next to it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 import re
 import shlex
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Protocol as TypingProtocol
@@ -158,10 +160,17 @@ class AdbRunner:
             f"cd {self.remote} && for r in $(seq 1 {rounds}); do "
             f"for i in $(seq 0 {n - 1}); do f=$(printf 'chunk/m%04d.onnx' $i); "
             f"echo {self.MARK} $r $i; {perf} -r {1 + warmup} $f /dev/null 2>&1 "
-            f"| grep -E 'P50 Latency|Min Latency|Average inference'; done; done")
+            f"| grep -E 'P50 Latency|Min Latency|Average inference'; done; done; true")
+        # true: grep's status for the last model is not the loop's; a run that printed
+        # no latency is found (and named) by the parser instead
         out = _run(self._cmd("shell", script), "adb shell onnxruntime_perf_test",
                    timeout=3600)
-        return parse_perf_test(out, n, rounds, self.MARK)
+        try:
+            return parse_perf_test(out, n, rounds, self.MARK)
+        except LatencyError as exc:
+            by_hand = f"cd {self.remote} && {perf} -r 1 chunk/m0000.onnx /dev/null"
+            raise LatencyError(f"{exc}; run it by hand to see why: adb shell "
+                               f"{shlex.quote(by_hand)}") from None
 
     def runtime_version(self) -> str:
         out = _run(self._cmd("shell", f"cd {self.remote} && ./onnxruntime_perf_test -h 2>&1 "
@@ -205,64 +214,138 @@ def parse_perf_test(out: str, n: int, rounds: int, mark: str = AdbRunner.MARK) -
     if np.isnan(ms).any():
         missing = int(np.isnan(ms).sum())
         raise LatencyError(f"onnxruntime_perf_test: {missing} of {n * rounds} runs printed no "
-                           f"latency; run it by hand on the phone to see why")
+                           f"latency")
     return ms
 
 
 class SshRunner:
-    """A Linux board over ssh, timing with measure.py and the board's onnxruntime."""
+    """A Linux board over ssh, timing with measure.py and the board's onnxruntime.
+
+    Only ``ssh`` is needed here and only python3 with onnxruntime and numpy (and tar)
+    on the board. One ssh call per chunk: the models and the job go to the board as a
+    tar stream on stdin, measure.py times them there, its JSON answer comes back on
+    stdout. Key-based login only (BatchMode): a password prompt would hang a long run.
+    """
+
+    MARK = "NETADAPT-ORT"
+    # Run by the board's python: the runtime's version, or why it cannot be imported.
+    PROBE = ("import sys\n"
+             "try:\n"
+             "    import numpy, onnxruntime\n"
+             "except Exception as exc:\n"
+             "    print('NETADAPT-NO', type(exc).__name__ + ':', exc)\n"
+             "    sys.exit(3)\n"
+             "print('NETADAPT-ORT', onnxruntime.__version__)\n")
 
     def __init__(self, device: Device) -> None:
         self.device = device
         opts = device.options
         self.host = opts.get("host")
+        self.port = opts.get("port")
+        self.identity = opts.get("identity")
         self.python = str(opts.get("python") or "python3")
         self.remote = str(opts.get("remote_dir") or "/tmp/netadapt")
         self.ssh_options = [str(o) for o in opts.get("ssh_options") or []]
         self._version: str | None = None
 
-    def _ssh(self, command: str, what: str, timeout: float = 600) -> str:
-        return _run(["ssh", *self.ssh_options, str(self.host), command], what, timeout)
+    @property
+    def _where(self) -> str:
+        return str(self.device.path or "the device profile")
+
+    def ssh_argv(self, command: str) -> list[str]:
+        """The ssh command line that runs ``command`` on the board."""
+        argv = ["ssh", *self.ssh_options]
+        if self.port:
+            argv += ["-p", str(self.port)]
+        if self.identity:
+            argv += ["-i", str(Path(str(self.identity)).expanduser()), "-o", "IdentitiesOnly=yes"]
+        return [*argv, str(self.host), command]
+
+    def _ssh(self, command: str, what: str, stdin: bytes = b"",
+             timeout: float = 600) -> subprocess.CompletedProcess[bytes]:
+        """Run ``command`` on the board; ssh's own failures (exit 255) become one line
+        naming the fix, the command's exit status is the caller's to judge."""
+        try:
+            done = subprocess.run(self.ssh_argv(command), input=stdin, capture_output=True,
+                                  timeout=timeout)
+        except FileNotFoundError:
+            raise LatencyError(f"device {self.device.name}: ssh not found; install "
+                               f"openssh-client") from None
+        except subprocess.TimeoutExpired:
+            raise LatencyError(f"device {self.device.name}: {what} on {self.host} gave no "
+                               f"answer within {timeout:.0f} s") from None
+        if done.returncode == 255:
+            raise self._ssh_failure(_last_line(done.stderr))
+        return done
+
+    def _ssh_failure(self, line: str) -> LatencyError:
+        name, host, where = self.device.name, self.host, self._where
+        port = f" -p {self.port}" if self.port else ""
+        if "Permission denied" in line or "Too many authentication failures" in line:
+            key = f" -i {self.identity}" if self.identity else ""
+            return LatencyError(
+                f"device {name}: {host} refused the key login ({line}); install your public "
+                f"key on the board (ssh-copy-id{key}{port} {host}) or fix identity: in {where}")
+        if "Host key verification failed" in line or "host key" in line.lower():
+            return LatencyError(
+                f"device {name}: the host key of {host} is unknown or changed ({line}); "
+                f"log in once by hand (ssh{port} {host}) to check and accept it")
+        return LatencyError(
+            f"device {name}: cannot reach {host}{port and ' port ' + str(self.port)} ({line}); "
+            f"is the board on and its sshd running? check host: and port: in {where}")
 
     def check(self) -> None:
-        where = self.device.path or "the device profile"
+        """Log in, check the board's onnxruntime, install measure.py: one ssh call."""
+        name = self.device.name
         if not self.host:
             raise LatencyError(
-                f"device {self.device.name}: no host configured; set host: user@board in "
-                f"{where} (key-based ssh login; python3 with onnxruntime on the board)")
-        if shutil.which("ssh") is None or shutil.which("scp") is None:
-            raise LatencyError(f"device {self.device.name}: ssh/scp not found; install "
-                               f"openssh-client")
-        out = self._ssh(f"{self.python} -c 'import onnxruntime, numpy; "
-                        f"print(onnxruntime.__version__)' && mkdir -p {self.remote}",
-                        f"ssh {self.host} (is onnxruntime installed on the board?)", 60)
-        self._version = out.strip().splitlines()[-1] if out.strip() else "unknown"
-        _run(["scp", *self.ssh_options, measure.__file__, f"{self.host}:{self.remote}/measure.py"],
-             "scp measure.py")
+                f"device {name}: no host configured; set host: user@board in {self._where} "
+                f"(key-based ssh login; python3 with onnxruntime on the board)")
+        if shutil.which("ssh") is None:
+            raise LatencyError(f"device {name}: ssh not found; install openssh-client")
+        command = (f"{self.python} -c {shlex.quote(self.PROBE)} && mkdir -p {self.remote} "
+                   f"&& cat > {self.remote}/measure.py")
+        done = self._ssh(command, "the onnxruntime check", Path(measure.__file__).read_bytes(),
+                         timeout=120)
+        out = done.stdout.decode(errors="replace")
+        fix = (f"install it there ({self.python} -m pip install onnxruntime numpy) or set "
+               f"python: in {self._where} to a python that has it")
+        if done.returncode == 127:
+            raise LatencyError(f"device {name}: {self.python!r} not found on {self.host}; "
+                               f"set python: in {self._where} to the board's python3 with "
+                               f"onnxruntime and numpy")
+        if done.returncode == 3 or "NETADAPT-NO" in out:
+            why = out.split("NETADAPT-NO", 1)[-1].strip() or _last_line(done.stderr)
+            raise LatencyError(f"device {name}: no usable onnxruntime for {self.python} on "
+                               f"{self.host} ({why}); {fix}")
+        if done.returncode != 0 or self.MARK not in out:
+            raise LatencyError(f"device {name}: checking {self.python} on {self.host} failed "
+                               f"(exit {done.returncode}: {_last_line(done.stderr)}); {fix}, "
+                               f"and make sure {self.remote} is writable")
+        self._version = out.split(self.MARK, 1)[1].split()[0]
 
     def time(self, models: list[Model], rounds: int, warmup: int) -> np.ndarray:
         if self._version is None:
             self.check()
-        with tempfile.TemporaryDirectory() as tmp:
-            chunk = Path(tmp) / "chunk"
-            chunk.mkdir()
-            job_models = []
-            for i, (model, shape) in enumerate(models):
-                (chunk / f"m{i:04d}.onnx").write_bytes(model)
-                job_models.append({"file": f"{self.remote}/chunk/m{i:04d}.onnx",
-                                   "shape": list(shape)})
-            job = {"settings": self.device.settings, "rounds": rounds, "warmup": warmup,
-                   "models": job_models}
-            (chunk / "job.json").write_text(json.dumps(job))
-            self._ssh(f"rm -rf {self.remote}/chunk", "ssh rm")
-            _run(["scp", "-r", *self.ssh_options, str(chunk), f"{self.host}:{self.remote}/"],
-                 "scp models")
-        out = self._ssh(f"cd {self.remote} && {self.python} measure.py chunk/job.json",
-                        "ssh measure.py", timeout=3600)
+        job_models = [{"file": f"chunk/m{i:04d}.onnx", "shape": list(shape)}
+                      for i, (_, shape) in enumerate(models)]
+        job = {"settings": self.device.settings, "rounds": rounds, "warmup": warmup,
+               "models": job_models}
+        files = {f"m{i:04d}.onnx": model for i, (model, _) in enumerate(models)}
+        files["job.json"] = json.dumps(job).encode()
+        command = (f"cd {self.remote} && rm -rf chunk && mkdir chunk && tar -xf - -C chunk "
+                   f"&& {self.python} measure.py chunk/job.json")
+        done = self._ssh(command, "measure.py", _tar(files), timeout=3600)
+        if done.returncode != 0:
+            raise LatencyError(
+                f"device {self.device.name}: measure.py on {self.host} failed (exit "
+                f"{done.returncode}: {_last_line(done.stderr)}); what was measured is kept, "
+                f"run the same command to continue")
         try:
-            return np.asarray(json.loads(out)["ms"], dtype=float)
+            return np.asarray(json.loads(done.stdout)["ms"], dtype=float)
         except (ValueError, KeyError) as exc:
-            raise LatencyError(f"ssh measure.py: unreadable answer ({exc})") from None
+            raise LatencyError(f"device {self.device.name}: unreadable answer from measure.py "
+                               f"on {self.host} ({exc})") from None
 
     def runtime_version(self) -> str:
         if self._version is None:
@@ -270,8 +353,26 @@ class SshRunner:
         return str(self._version)
 
     def cpu_model(self) -> str:
-        out = self._ssh("grep -m1 -E 'model name|Model' /proc/cpuinfo; uname -m", "ssh cpuinfo")
-        return " ".join(out.split())
+        done = self._ssh("grep -m1 -E 'model name|Model' /proc/cpuinfo; uname -m; nproc",
+                         "reading /proc/cpuinfo")
+        return " ".join(done.stdout.decode(errors="replace").replace("model name", "").split())
+
+
+def _last_line(stderr: bytes | str) -> str:
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar archive of ``files`` (name -> content), in memory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def make_runner(device: Device) -> Runner:
