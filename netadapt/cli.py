@@ -278,6 +278,36 @@ def devices() -> None:
         typer.echo(f"{'':<17} {state}")
 
 
+def _estimate(dev: Any, source_name: str) -> None:
+    """`profile --estimate-from`: fit the phone model, write the table, print the fit
+    and each published point's leave-one-out error."""
+    import numpy as np
+
+    from .latency import load_table
+    from .latency.estimate import estimate, published_points
+    from .latency.table import read_table_files
+
+    if not dev.published:
+        raise NetadaptError(f"device {dev.name}: no published latencies in {dev.path} to "
+                            f"fit an estimate to; add published: {{SPEC.yaml [xMULT]: ms}}")
+    source = load_table(source_name)
+    frame, _ = read_table_files(source_name)
+    points = published_points(dict(dev.published))
+    fit = estimate(source, dev, dict(dev.published), {p.label: p.spec for p in points}, frame)
+    typer.secho(f"{dev.name}: ESTIMATE written (the {source_name} table's entries, priced by "
+                f"a phone model fitted to {len(points)} published latencies)",
+                fg=typer.colors.YELLOW)
+    typer.echo(f"  entry_ms = {fit.formula()}")
+    typer.echo(f"  {'network':<40}{'published':>10}{'fit':>16}{'leave-one-out':>18}")
+    for p, f, lo, fe, le in zip(points, fit.fitted_ms, fit.loo_ms, fit.fit_errors,
+                                fit.loo_errors):
+        typer.echo(f"  {p.label:<40}{p.ms:>7.1f} ms{f:>8.1f} ({fe:+5.1%}){lo:>10.1f} ({le:+5.1%})")
+    worst = float(np.abs(fit.loo_errors).max())
+    typer.echo(f"  leave-one-out: max |error| {worst:.1%}, median "
+               f"{float(np.median(np.abs(fit.loo_errors))):.1%} (each point predicted by a fit "
+               f"without it)")
+
+
 @command
 def profile(
     device: DeviceOpt,
@@ -297,27 +327,11 @@ def profile(
     """Build or extend a device's latency table (resumable), or validate it."""
     from .latency import load_device, load_table
     from .latency import profile as prof
-    from .latency.estimate import estimate
     from .spec import load_spec
 
     dev = load_device(device)
     if estimate_from is not None:
-        if not dev.published:
-            raise NetadaptError(f"device {device}: no published latencies in {dev.path} to "
-                                f"calibrate an estimate; add published: {{SPEC.yaml: ms}}")
-        source = load_table(estimate_from)
-        from .latency.table import read_table_files
-
-        frame, _ = read_table_files(estimate_from)
-        specs = {p: load_spec(p) for p in dev.published}
-        fit = estimate(source, dev, dict(dev.published), specs, frame)
-        typer.secho(f"{device}: ESTIMATE written from {estimate_from} "
-                    f"(entry = {fit['alpha']:.3f} x {estimate_from} + "
-                    f"{fit['beta_ms_per_mmac']:.4f} ms/MMAC)", fg=typer.colors.YELLOW)
-        for name, row in fit["fit"].items():
-            err = row["estimated_ms"] / row["published_ms"] - 1
-            typer.echo(f"  {name:<40} published {row['published_ms']:6.1f} ms  "
-                       f"estimate {row['estimated_ms']:6.1f} ms  ({err:+.1%})")
+        _estimate(dev, estimate_from)
         return
     paths = spec or [Path("configs/mobilenetv3_large.yaml")]
     seeds = [load_spec(p) for p in paths]

@@ -1,10 +1,40 @@
-"""A latency table for a device we cannot reach (a phone with none attached): derived
-from a measured table's entries and the device's published end-to-end latencies, and
-labelled ESTIMATE wherever it is shown."""
+"""A latency table for a device we cannot reach (a phone with none attached), labelled
+ESTIMATE wherever it is shown.
+
+The phone is modelled, not measured: every entry of a measured table (every width and
+input size that table covers) is priced by a few per-entry terms, each the cost of one
+kind of work on a phone's big core, and their coefficients are fitted to the device's
+published end-to-end latencies:
+
+    entry_ms = a x pointwise MMACs    (1x1 expand / project / last conv, and the stem:
+                                        dense convs, compute-bound)
+             + b x weights (M)         (every weight is read once per inference: the
+                                        1280-wide head keeps ~2 M of them at any width
+                                        multiplier, which is what small networks pay
+                                        beyond their MACs)
+             + c x depthwise outputs (M)  (depthwise convs do k*k MACs per output
+                                        element and are memory-bound, so they cost per
+                                        element, not per MAC)
+
+Three non-negative coefficients, fitted on relative error; the fit is validated by
+leave-one-out on every published point (each point's error when it is left out of the
+fit). Other terms (all MACs, head MACs, SE elements, activations, a fixed cost per
+entry, the source table's own times) are in TERMS so that scripts/pixel_estimate.py can
+compare models; README "Devices" has that comparison.
+
+The terms are linear in the entries' widths where the table composes entries
+(T(c,e,o) = T(c,e,o0) + T(c0,e,o) - T(c0,e,o0) for blocks without residual, a head
+for k classes from the head for k0 minus its classifier for k0 plus the classifier for
+k), so composition is exact here; heads are also written for every class count in
+CLASSES, so a 10-class head is priced directly, not composed.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,78 +42,273 @@ import numpy as np
 import pandas as pd
 
 from ..cost import conv_output_size
-from ..spec import NetworkSpec, make_divisible
-from .devices import Device
+from ..errors import LatencyError
+from ..spec import NetworkSpec, load_spec, make_divisible
+from .devices import Device, root_dir
 from .graphs import EntryKey, entry_keys
 from .profile import write_table
-from .table import COLUMNS, FORMAT, LatencyTable, key_of
+from .table import CLASSES, COLUMNS, FORMAT, LatencyTable, key_of
+
+PHONE_TERMS = ("pointwise_mmacs", "weights_m", "depthwise_m_outputs")
+SOURCE = "Howard et al. 2019 (MobileNetV3), TFLite float, single big core, batch 1"
 
 
-def entry_macs(key: EntryKey) -> int:
-    """Multiply-accumulates of one entry (as netadapt.cost counts them)."""
+def _out_hw(key: EntryKey) -> tuple[int, int]:
+    return (conv_output_size(key.h, key.kernel, key.stride, key.dilation),
+            conv_output_size(key.w, key.kernel, key.stride, key.dilation))
+
+
+def _squeeze(key: EntryKey) -> int:
+    return make_divisible(key.exp // 4) if key.se else 0
+
+
+def pointwise_macs(key: EntryKey) -> float:
+    """Dense conv MACs: the stem, a block's 1x1 expansion and projection, the last conv."""
+    if key.kind == "stem":
+        ho, wo = _out_hw(key)
+        return key.c_in * key.out * key.kernel ** 2 * ho * wo
+    if key.kind == "last_conv":
+        return key.c_in * key.out * key.h * key.w
+    if key.kind == "block":
+        ho, wo = _out_hw(key)
+        return (key.c_in * key.exp * key.h * key.w if key.expand else 0) + \
+            key.exp * key.out * ho * wo
+    return 0
+
+
+def gemm_macs(key: EntryKey) -> float:
+    """The head's two fully connected layers (or one classifier)."""
     if key.kind == "head":
         return key.c_in * key.exp + key.exp * key.out
     if key.kind == "classifier":
         return key.c_in * key.out
-    if key.kind == "last_conv":
-        return key.c_in * key.out * key.h * key.w
-    ho = conv_output_size(key.h, key.kernel, key.stride, key.dilation)
-    wo = conv_output_size(key.w, key.kernel, key.stride, key.dilation)
+    return 0
+
+
+def depthwise_outputs(key: EntryKey) -> float:
+    """Output elements of a block's depthwise conv (k*k MACs each)."""
+    if key.kind != "block":
+        return 0
+    ho, wo = _out_hw(key)
+    return key.exp * ho * wo
+
+
+def se_macs(key: EntryKey) -> float:
+    return 2 * key.exp * _squeeze(key) if key.kind == "block" else 0
+
+
+def weights(key: EntryKey) -> float:
+    """Weights read per inference (biases and folded BN left out: a few per channel)."""
     if key.kind == "stem":
-        return key.c_in * key.out * key.kernel ** 2 * ho * wo
-    macs = key.c_in * key.exp * key.h * key.w if key.expand else 0
-    macs += key.exp * key.kernel ** 2 * ho * wo + key.exp * key.out * ho * wo
-    if key.se:
-        macs += 2 * key.exp * make_divisible(key.exp // 4)
-    return macs
+        return key.c_in * key.out * key.kernel ** 2
+    if key.kind == "last_conv":
+        return key.c_in * key.out
+    if key.kind in ("head", "classifier"):
+        return gemm_macs(key)
+    return ((key.c_in * key.exp if key.expand else 0) + key.exp * key.kernel ** 2
+            + key.exp * key.out + 2 * key.exp * _squeeze(key))
+
+
+def activations(key: EntryKey) -> float:
+    """Activation elements written (input read once: the previous entry wrote it)."""
+    if key.kind in ("head", "classifier"):
+        return 0
+    ho, wo = _out_hw(key)
+    if key.kind in ("stem", "last_conv"):
+        return key.out * ho * wo
+    expanded = key.exp * key.h * key.w if key.expand else 0
+    return expanded + key.exp * ho * wo + key.out * ho * wo
+
+
+def se_outputs(key: EntryKey) -> float:
+    """Elements an SE block pools and rescales (two passes over the expanded tensor)."""
+    return depthwise_outputs(key) if key.se else 0
+
+
+# name -> (per-entry value, scale): the terms a model may use, in millions except
+# "entries" (a fixed cost per entry) and "source_ms" (the source table's own time).
+TERMS: dict[str, Callable[[EntryKey], float]] = {
+    "pointwise_mmacs": lambda k: pointwise_macs(k) / 1e6,
+    "weights_m": lambda k: weights(k) / 1e6,
+    "depthwise_m_outputs": lambda k: depthwise_outputs(k) / 1e6,
+    "depthwise_mmacs": lambda k: depthwise_outputs(k) * k.kernel ** 2 / 1e6,
+    "macs_m": lambda k: (pointwise_macs(k) + gemm_macs(k) + depthwise_outputs(k) * k.kernel ** 2
+                         + se_macs(k)) / 1e6,
+    "gemm_mmacs": lambda k: gemm_macs(k) / 1e6,
+    "se_m_outputs": lambda k: se_outputs(k) / 1e6,
+    "activations_m": lambda k: activations(k) / 1e6,
+    "entries": lambda k: 0.0 if k.kind == "classifier" else 1.0,
+}
+SOURCE_TERM = "source_ms"  # the source table's entry time (the device it was measured on)
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published end-to-end latency: ``configs/x.yaml`` or ``configs/x.yaml x0.5``
+    (a width multiplier, NetworkSpec.scaled: the TensorFlow reference's rule)."""
+
+    label: str
+    spec: NetworkSpec
+    ms: float
+
+
+def published_points(published: dict[str, float], root: Path | None = None
+                     ) -> list[Published]:
+    """The device profile's ``published:`` entries, each with its spec (paths relative
+    to the checkout)."""
+    points = []
+    for label, ms in published.items():
+        path, _, mult = label.partition(" x")
+        file = Path(path) if Path(path).is_absolute() else (root or root_dir()) / path
+        try:
+            spec = load_spec(file)
+            if mult:
+                spec = spec.scaled(float(mult))
+        except ValueError:
+            raise LatencyError(f"published: {label!r}: write SPEC.yaml or 'SPEC.yaml xMULT' "
+                               f"(e.g. 'configs/mobilenetv3_large.yaml x0.5')") from None
+        points.append(Published(label, spec, float(ms)))
+    return points
+
+
+@dataclass
+class EstimateFit:
+    """Coefficients of a phone model and how well it reproduces the published points."""
+
+    terms: tuple[str, ...]
+    coef: np.ndarray
+    points: list[Published]
+    fitted_ms: np.ndarray
+    loo_ms: np.ndarray  # each point predicted by a fit without it
+
+    @property
+    def fit_errors(self) -> np.ndarray:
+        return self.fitted_ms / self._published - 1
+
+    @property
+    def loo_errors(self) -> np.ndarray:
+        return self.loo_ms / self._published - 1
+
+    @property
+    def _published(self) -> np.ndarray:
+        return np.array([p.ms for p in self.points])
+
+    def formula(self) -> str:
+        return " + ".join(f"{c:.4g} x {t}" for t, c in zip(self.terms, self.coef))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": f"entry_ms = {' + '.join(f'c[{t}] x {t}' for t in self.terms)}",
+            "coefficients": {t: float(c) for t, c in zip(self.terms, self.coef)},
+            "source": SOURCE,
+            "points": [{"network": p.label, "published_ms": p.ms, "fitted_ms": float(f),
+                        "leave_one_out_ms": float(lo)}
+                       for p, f, lo in zip(self.points, self.fitted_ms, self.loo_ms)],
+            "fit_max_abs_error": float(np.abs(self.fit_errors).max()),
+            "leave_one_out_max_abs_error": float(np.abs(self.loo_errors).max()),
+        }
+
+
+def term_values(key: EntryKey, terms: Sequence[str],
+                source: LatencyTable | None = None) -> list[float]:
+    """The model's terms for one entry."""
+    values = []
+    for t in terms:
+        if t == SOURCE_TERM:
+            ms = source.entry_ms(key) if source is not None else None
+            values.append(float("nan") if ms is None else ms)
+        else:
+            values.append(TERMS[t](key))
+    return values
+
+
+def network_terms(spec: NetworkSpec, terms: Sequence[str],
+                  source: LatencyTable | None = None) -> np.ndarray:
+    """Sum of the terms over the network's entries (the source's time uncalibrated:
+    its coefficient absorbs the calibration, as the estimate's table has none)."""
+    return np.array([term_values(k, terms, source) for _, k in entry_keys(spec)]).sum(axis=0)
+
+
+def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares, exactly, by trying every support (a handful of
+    terms: at most 2**6 small solves). A negative cost per MAC would make a narrower
+    network slower, which no search may be told."""
+    best: tuple[float, np.ndarray] | None = None
+    n = a.shape[1]
+    for size in range(1, n + 1):
+        for support in itertools.combinations(range(n), size):
+            cols = list(support)
+            c, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
+            if (c < 0).any():
+                continue
+            residual = float(np.sum((a[:, cols] @ c - b) ** 2))
+            if best is None or residual < best[0] - 1e-15:
+                full = np.zeros(n)
+                full[cols] = c
+                best = (residual, full)
+    return best[1] if best is not None else np.zeros(n)
+
+
+def _fit(x: np.ndarray, ms: np.ndarray) -> np.ndarray:
+    """Coefficients minimising the squared relative error of the network sums."""
+    return nnls(x / ms[:, None], np.ones(len(ms)))
+
+
+def fit_phone_model(points: list[Published], terms: Sequence[str] = PHONE_TERMS,
+                    source: LatencyTable | None = None) -> EstimateFit:
+    """Fit the terms' coefficients to the published points, and leave each point out
+    once to see how well the model predicts a network it was not fitted to."""
+    if not points:
+        raise LatencyError("no published latencies to fit an estimate to")
+    x = np.array([network_terms(p.spec, terms, source) for p in points])
+    if np.isnan(x).any():
+        bad = [p.label for p, row in zip(points, x) if np.isnan(row).any()]
+        raise LatencyError(f"the source table lacks entries of {', '.join(bad)}")
+    ms = np.array([p.ms for p in points])
+    coef = _fit(x, ms)
+    loo = np.array([x[i] @ _fit(np.delete(x, i, axis=0), np.delete(ms, i))
+                    if len(points) > 1 else np.nan for i in range(len(points))])
+    return EstimateFit(tuple(terms), coef, points, x @ coef, loo)
+
+
+def _with_all_classes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add a head row for every class count in CLASSES: an estimate prices them
+    directly, so the table never composes a head (its composition guard is for
+    measured noise, and misprices a wide classifier on a narrow head)."""
+    heads = frame[frame["kind"] == "head"]
+    extra = [heads.assign(out=k) for k in CLASSES]
+    both = pd.concat([frame, *extra], ignore_index=True)
+    return both.drop_duplicates(subset=[c for c in COLUMNS if c not in ("ms", "spread", "n")])
 
 
 def estimate(source: LatencyTable, device: Device, published: dict[str, float],
              specs: dict[str, NetworkSpec], source_frame: pd.DataFrame,
-             root: Path | None = None) -> dict[str, Any]:
-    """A table for a device we cannot reach, from ``source``'s entries and published
-    end-to-end latencies: entry_ms = alpha * source_ms + beta * MMACs, alpha and beta
-    fitted (least squares on relative error) so that the calibrated sums reproduce
-    ``published`` (spec name -> ms). Labelled an estimate everywhere."""
-    names = list(published)
-    a_rows = []
-    for name in names:
-        spec = specs[name]
-        f = source.factor(spec)
-        keys = [k for _, k in entry_keys(spec)]
-        ms = sum(source.entry_ms(k) or np.nan for k in keys)
-        macs = sum(entry_macs(k) for k in keys) / 1e6
-        a_rows.append([f * ms / published[name], f * macs / published[name]])
-    a = np.asarray(a_rows)
-    coef, *_ = np.linalg.lstsq(a, np.ones(len(names)), rcond=None)
-    if (coef < 0).any():  # fall back to the one non-negative term that fits best
-        fits = [(np.linalg.lstsq(a[:, [j]], np.ones(len(names)), rcond=None)[0][0], j)
-                for j in range(2)]
-        errs = [np.abs(a[:, j] * c - 1).max() for c, j in fits]
-        best, j = fits[int(np.argmin(errs))]
-        coef = np.zeros(2)
-        coef[j] = best
-    alpha, beta = float(coef[0]), float(coef[1])
-    frame = source_frame.copy()
-    entry_mmacs = np.array([entry_macs(key_of(r)) for r in frame.itertuples(index=False)]) / 1e6
-    frame["ms"] = alpha * frame["ms"] + beta * entry_mmacs
-    frame["spread"] = 0.0
-    frame["n"] = 0
-    fit = {name: {"published_ms": published[name],
-                  "estimated_ms": float(a[i] @ coef * published[name])}
-           for i, name in enumerate(names)}
+             root: Path | None = None, terms: Sequence[str] = PHONE_TERMS) -> EstimateFit:
+    """Write DEVICE's ESTIMATE table: every entry of ``source_frame`` (the source
+    table's rows: its widths and input sizes) priced by the phone model fitted to
+    ``published`` (label -> ms; ``specs`` gives each label's network)."""
+    points = [Published(label, specs[label], ms) for label, ms in published.items()]
+    fit = fit_phone_model(points, terms, source)
+    frame = _with_all_classes(source_frame)
+    keys = [key_of(r) for r in frame.itertuples(index=False)]
+    values = np.array([term_values(k, terms, source) for k in keys])
+    frame = frame.assign(ms=values @ fit.coef, spread=0.0, n=0)
+    frame = frame.sort_values(list(COLUMNS[:-3]), kind="stable").reset_index(drop=True)
+    summary = (f"{len(points)} published latencies fitted by {len(terms)} terms, "
+               f"leave-one-out within {np.abs(fit.loo_errors).max():.1%}")
     meta = {
         "format": FORMAT, "device": device.name, "description": device.description,
         "runner": device.runner, "estimate": True, "estimate_of": source.device,
-        "runtime": {**source.meta["runtime"], "note": f"settings of the {source.device} "
-                    f"measurements this estimate is derived from"},
-        "cpu": f"ESTIMATE for {device.description}, derived from {source.meta.get('cpu')}",
+        "estimate_summary": summary,
+        "runtime": {**source.meta["runtime"], "note": f"the entries (widths, input sizes) "
+                    f"of the {source.device} table; their times are modelled"},
+        "cpu": f"ESTIMATE for {device.description}",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "reference": source.meta["reference"],
-        "seeds": [{**s, "factor": s["factor"]} for s in source.meta["seeds"]],
-        "estimate_fit": {"model": "entry_ms = alpha * source_entry_ms + beta * entry_MMACs",
-                         "alpha": alpha, "beta_ms_per_mmac": beta, "fit": fit,
-                         "source": "Howard et al. 2019, single big core Pixel 1 (TFLite)"},
+        # the model is fitted to end-to-end latencies: nothing left to calibrate
+        "seeds": [{"name": s["name"], "signature": s["signature"], "spec": s["spec"],
+                   "factor": 1.0} for s in source.meta["seeds"]],
+        "estimate_fit": fit.to_dict(),
     }
     write_table(device.name, frame[COLUMNS], meta, root)
-    return meta["estimate_fit"]
+    return fit

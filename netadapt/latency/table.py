@@ -351,9 +351,10 @@ class LatencyTable:
         m = self.meta
         rt = m.get("runtime", {})
         if self.is_estimate:
-            source = m.get("estimate_of", "?")
-            return (f"{self.device} (ESTIMATE: {m.get('description', '?')}; {source} "
-                    f"measurements fitted to published latencies, {m.get('date', '?')[:10]})")
+            how = m.get("estimate_summary") or (f"{m.get('estimate_of', '?')} measurements "
+                                                f"fitted to published latencies")
+            return (f"{self.device} (ESTIMATE: {m.get('description', '?')}; {how}, "
+                    f"{m.get('date', '?')[:10]})")
         return (f"{self.device} ({m.get('cpu', '?')}, {rt.get('threads', '?')} thread(s), "
                 f"onnxruntime {rt.get('onnxruntime', '?')}, {m.get('date', '?')[:10]})")
 
