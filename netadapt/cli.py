@@ -151,6 +151,10 @@ def search(
     typer.echo(f"{'holdout acc':<16}{seed_r['accuracy']:>12.4f}{final['accuracy']:>12.4f}")
     typer.echo(f"{'test acc':<16}{final['seed_test_accuracy']:>12.4f}"
                f"{final['test_accuracy']:>12.4f}")
+    # which device and table predicted the latencies: a phone ESTIMATE must say so
+    from .runs import RunDir
+
+    typer.echo(f"latency: {RunDir.open(result.run).config.get('latency_table', '?')}")
     typer.echo(f"{result.iterations} iterations; budgets met: {final['budgets_met']}; "
                f"{result.seconds / 60:.1f} min")
     typer.echo(f"result: {result.run / 'best.yaml'} (+ best.pt); history: "

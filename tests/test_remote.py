@@ -27,7 +27,6 @@ from netadapt.latency import entry_keys, load_device, load_table
 from netadapt.latency import profile as prof
 from netadapt.latency.graphs import entry_model, input_shape, network_model
 from netadapt.latency.runners import AdbRunner, SshRunner
-from netadapt.runner import SearchConfig, start_search
 from netadapt.spec import load_spec, save_spec
 
 from .conftest import CONFIGS
@@ -145,8 +144,6 @@ def ssh_device(root: Path, sshd, python: Path | str, name: str = "board", **over
 @needs_sshd
 def test_profile_over_ssh_builds_a_table_that_a_search_uses(root, sshd, board, tiny_spec,
                                                            tmp_path):
-    from .test_runner import write_idx
-
     device = load_device(ssh_device(root, sshd, board))
     result = prof.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None)
     table = load_table("board")
@@ -154,14 +151,25 @@ def test_profile_over_ssh_builds_a_table_that_a_search_uses(root, sshd, board, t
     assert table.meta["runner"] == "ssh" and table.meta["runtime"]["onnxruntime"]
     assert table.meta["cpu"] and table.meta["seeds"][0]["factor"] > 0
     assert (root / "remote" / "measure.py").is_file()  # the board ran netadapt's script
+    result = search_cli(tmp_path, tiny_spec, "board", "80%")
+    assert "latency: board (" in result.output and "ESTIMATE" not in result.output
+    best = load_spec(tmp_path / "run" / "best.yaml")
+    assert table.predict_ms(best) <= 0.8 * table.predict_ms(tiny_spec)
+
+
+def search_cli(tmp_path: Path, spec, device: str, budget: str):
+    """`netadapt search` on a tiny spec and a tiny IDX dataset, a few steps each."""
+    from .test_runner import write_idx
+
     spec_path = tmp_path / "tiny.yaml"
-    save_spec(tiny_spec, spec_path)
-    config = SearchConfig(budgets=("80%",), spec=str(spec_path), data=str(write_idx(
-        tmp_path / "data")), device="board", step=0.1, short_term_steps=2, long_term_steps=2,
-        seed_steps=2, resolution=16, batch_size=16, holdout=40, torch_device="cpu")
-    run = start_search(config, tmp_path / "run", progress=False)
-    assert run.final["budgets_met"]
-    assert table.predict_ms(load_spec(run.run / "best.yaml")) <= 0.8 * table.predict_ms(tiny_spec)
+    save_spec(spec, spec_path)
+    result = cli.invoke(app, [
+        "search", "--spec", str(spec_path), "--data", str(write_idx(tmp_path / "data")),
+        "--device", device, "--budget", budget, "--step", "0.1", "--short-term-steps", "2",
+        "--long-term-steps", "2", "--seed-steps", "2", "--resolution", "16", "--batch-size",
+        "16", "--holdout", "40", "--torch-device", "cpu", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    return result
 
 
 @needs_sshd

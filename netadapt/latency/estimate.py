@@ -3,30 +3,26 @@ ESTIMATE wherever it is shown.
 
 The phone is modelled, not measured: every entry of a measured table (every width and
 input size that table covers) is priced by a few per-entry terms, each the cost of one
-kind of work on a phone's big core, and their coefficients are fitted to the device's
-published end-to-end latencies:
+kind of work on a phone's big core, with coefficients fitted to the device's published
+end-to-end latencies:
 
-    entry_ms = a x pointwise MMACs    (1x1 expand / project / last conv, and the stem:
-                                        dense convs, compute-bound)
-             + b x weights (M)         (every weight is read once per inference: the
-                                        1280-wide head keeps ~2 M of them at any width
-                                        multiplier, which is what small networks pay
-                                        beyond their MACs)
-             + c x depthwise outputs (M)  (depthwise convs do k*k MACs per output
-                                        element and are memory-bound, so they cost per
-                                        element, not per MAC)
+    entry_ms = a x MMACs                  (convs and FC layers: compute)
+             + b x SE elements (M)        (squeeze-excite pools the expanded tensor and
+                                           rescales it: two memory passes, few MACs)
+             + c x conv positions (M)     (each conv's output positions, whatever its
+                                           width: per-position loop and memory overhead,
+                                           what narrow networks pay beyond their MACs,
+                                           and what a smaller input size saves)
 
-Three non-negative coefficients, fitted on relative error; the fit is validated by
-leave-one-out on every published point (each point's error when it is left out of the
-fit). Other terms (all MACs, head MACs, SE elements, activations, a fixed cost per
-entry, the source table's own times) are in TERMS so that scripts/pixel_estimate.py can
-compare models; README "Devices" has that comparison.
+Three non-negative coefficients, fitted on relative error, validated by leave-one-out on
+every published point (each point predicted by a fit without it) and, outside the search
+space, on MobileNetV2 (scripts/pixel_estimate.py compares every model of up to three of
+TERMS; README "Devices" has the comparison).
 
 The terms are linear in the entries' widths where the table composes entries
-(T(c,e,o) = T(c,e,o0) + T(c0,e,o) - T(c0,e,o0) for blocks without residual, a head
-for k classes from the head for k0 minus its classifier for k0 plus the classifier for
-k), so composition is exact here; heads are also written for every class count in
-CLASSES, so a 10-class head is priced directly, not composed.
+(T(c,e,o) = T(c,e,o0) + T(c0,e,o) - T(c0,e,o0) for blocks without residual), so
+composition is exact; heads are written for every class count in CLASSES, so a 10-class
+head is priced directly, not composed.
 """
 
 from __future__ import annotations
@@ -49,7 +45,7 @@ from .graphs import EntryKey, entry_keys
 from .profile import write_table
 from .table import CLASSES, COLUMNS, FORMAT, LatencyTable, key_of
 
-PHONE_TERMS = ("pointwise_mmacs", "weights_m", "depthwise_m_outputs")
+PHONE_TERMS = ("mmacs", "se_m_elements", "conv_m_positions")
 SOURCE = "Howard et al. 2019 (MobileNetV3), TFLite float, single big core, batch 1"
 
 
@@ -120,22 +116,39 @@ def activations(key: EntryKey) -> float:
     return expanded + key.exp * ho * wo + key.out * ho * wo
 
 
-def se_outputs(key: EntryKey) -> float:
-    """Elements an SE block pools and rescales (two passes over the expanded tensor)."""
+def se_elements(key: EntryKey) -> float:
+    """Elements an SE block pools and rescales (the expanded tensor after depthwise)."""
     return depthwise_outputs(key) if key.se else 0
 
 
-# name -> (per-entry value, scale): the terms a model may use, in millions except
-# "entries" (a fixed cost per entry) and "source_ms" (the source table's own time).
+def conv_positions(key: EntryKey) -> float:
+    """Output positions summed over the entry's convs (expand, depthwise, project; the
+    stem; the last conv), independent of their widths. The head's are 1x1: none."""
+    if key.kind in ("head", "classifier"):
+        return 0
+    ho, wo = _out_hw(key)
+    if key.kind in ("stem", "last_conv"):
+        return ho * wo
+    return (key.h * key.w if key.expand else 0) + 2 * ho * wo
+
+
+def macs(key: EntryKey) -> float:
+    """All multiply-accumulates of the entry (netadapt.cost's count, per entry)."""
+    return (pointwise_macs(key) + gemm_macs(key) + depthwise_outputs(key) * key.kernel ** 2
+            + se_macs(key))
+
+
+# The terms a model may use, per entry: millions of each, "entries" a fixed cost per
+# entry, and SOURCE_TERM the source table's own time for the entry.
 TERMS: dict[str, Callable[[EntryKey], float]] = {
+    "mmacs": lambda k: macs(k) / 1e6,
+    "se_m_elements": lambda k: se_elements(k) / 1e6,
+    "conv_m_positions": lambda k: conv_positions(k) / 1e6,
     "pointwise_mmacs": lambda k: pointwise_macs(k) / 1e6,
-    "weights_m": lambda k: weights(k) / 1e6,
-    "depthwise_m_outputs": lambda k: depthwise_outputs(k) / 1e6,
     "depthwise_mmacs": lambda k: depthwise_outputs(k) * k.kernel ** 2 / 1e6,
-    "macs_m": lambda k: (pointwise_macs(k) + gemm_macs(k) + depthwise_outputs(k) * k.kernel ** 2
-                         + se_macs(k)) / 1e6,
     "gemm_mmacs": lambda k: gemm_macs(k) / 1e6,
-    "se_m_outputs": lambda k: se_outputs(k) / 1e6,
+    "depthwise_m_outputs": lambda k: depthwise_outputs(k) / 1e6,
+    "weights_m": lambda k: weights(k) / 1e6,
     "activations_m": lambda k: activations(k) / 1e6,
     "entries": lambda k: 0.0 if k.kind == "classifier" else 1.0,
 }
@@ -249,9 +262,18 @@ def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return best[1] if best is not None else np.zeros(n)
 
 
-def _fit(x: np.ndarray, ms: np.ndarray) -> np.ndarray:
-    """Coefficients minimising the squared relative error of the network sums."""
+def fit_coefficients(x: np.ndarray, ms: np.ndarray) -> np.ndarray:
+    """Coefficients minimising the squared relative error of the network sums
+    (``x``: networks x terms, ``ms``: their published latencies)."""
     return nnls(x / ms[:, None], np.ones(len(ms)))
+
+
+def leave_one_out_ms(x: np.ndarray, ms: np.ndarray) -> np.ndarray:
+    """Each network predicted by the coefficients fitted to all the others."""
+    if len(ms) < 2:
+        return np.full(len(ms), np.nan)
+    return np.array([x[i] @ fit_coefficients(np.delete(x, i, axis=0), np.delete(ms, i))
+                     for i in range(len(ms))])
 
 
 def fit_phone_model(points: list[Published], terms: Sequence[str] = PHONE_TERMS,
@@ -265,10 +287,8 @@ def fit_phone_model(points: list[Published], terms: Sequence[str] = PHONE_TERMS,
         bad = [p.label for p, row in zip(points, x) if np.isnan(row).any()]
         raise LatencyError(f"the source table lacks entries of {', '.join(bad)}")
     ms = np.array([p.ms for p in points])
-    coef = _fit(x, ms)
-    loo = np.array([x[i] @ _fit(np.delete(x, i, axis=0), np.delete(ms, i))
-                    if len(points) > 1 else np.nan for i in range(len(points))])
-    return EstimateFit(tuple(terms), coef, points, x @ coef, loo)
+    return EstimateFit(tuple(terms), fit_coefficients(x, ms), points,
+                       x @ fit_coefficients(x, ms), leave_one_out_ms(x, ms))
 
 
 def _with_all_classes(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,207 @@
+"""The phone ESTIMATE: a few analytic terms per entry, non-negative coefficients fitted to
+published end-to-end latencies, leave-one-out validation, entries at any input size the
+source table covers, heads for any class count priced directly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from netadapt.cli import app
+from netadapt.latency import LatencyTable, load_device, load_table
+from netadapt.latency.devices import ROOT
+from netadapt.latency.estimate import (
+    PHONE_TERMS,
+    Published,
+    estimate,
+    fit_phone_model,
+    network_terms,
+    nnls,
+    published_points,
+)
+from netadapt.latency.table import COLUMNS, KEY_COLUMNS, required_keys
+from netadapt.spec import load_spec
+
+from .conftest import CONFIGS
+
+TRUE_COEF = np.array([0.18, 13.0, 65.0])  # ms per MMAC, per M SE elements, per M positions
+
+
+def source_table(specs) -> tuple[LatencyTable, pd.DataFrame]:
+    """A measured-looking source table holding every entry the specs can reach."""
+    keys = sorted(set().union(*(required_keys(s) for s in specs)))
+    frame = pd.DataFrame([[getattr(k, c) for c in KEY_COLUMNS] + [1.0, 0.01, 20] for k in keys],
+                         columns=COLUMNS)
+    meta = {"device": "src", "runtime": {"onnxruntime": "1.0", "threads": 1},
+            "reference": {"key": keys[0]._asdict(), "base_ms": 1.0},
+            "seeds": [{"name": s.name, "signature": "", "spec": s.to_dict(), "factor": 0.7}
+                      for s in specs]}
+    return LatencyTable("src", {k: 1.0 for k in keys}, meta), frame
+
+
+def synthetic_points(specs, coef=TRUE_COEF) -> list[Published]:
+    return [Published(s.name, s, float(network_terms(s, PHONE_TERMS) @ coef)) for s in specs]
+
+
+def at_size(spec, size):
+    return dataclasses.replace(spec, input_size=(size, size), name=f"{spec.name}_{size}")
+
+
+def test_a_model_with_the_true_terms_is_recovered_and_predicts_left_out_points(tiny_spec):
+    specs = [at_size(tiny_spec.scaled(m), size) for m in (1.0, 0.5) for size in (32, 64)]
+    fit = fit_phone_model(synthetic_points(specs + [tiny_spec.scaled(0.75)]))
+    assert fit.coef == pytest.approx(TRUE_COEF, rel=1e-6)
+    assert np.abs(fit.loo_errors).max() < 1e-6
+
+
+def test_leave_one_out_shows_the_point_the_model_cannot_explain(tiny_spec):
+    specs = [at_size(tiny_spec.scaled(m), size) for m in (1.0, 0.5) for size in (32, 64)]
+    points = synthetic_points(specs + [tiny_spec.scaled(0.75)])
+    points[2] = dataclasses.replace(points[2], ms=points[2].ms * 1.3)  # 30% off the model
+    fit = fit_phone_model(points)
+    # left out, it is predicted by the exact fit to the others; fitted, it pulls the fit
+    assert fit.loo_errors[2] == pytest.approx(1 / 1.3 - 1, abs=1e-6)
+    assert abs(fit.fit_errors[2]) < abs(fit.loo_errors[2])
+
+
+def test_coefficients_are_never_negative():
+    a = np.array([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]])
+    b = np.array([3.0, 2.0, 1.0])  # unconstrained: a negative slope
+    coef = nnls(a, b)
+    assert (coef >= 0).all() and coef[1] == 0 and coef[0] == pytest.approx(2.0)
+
+
+def test_estimate_prices_entries_at_every_input_size_the_source_covers(root, tiny_spec):
+    """A source table at two input sizes gives an estimate that predicts both, with the
+    model's own value, and more for the larger input."""
+    small, large = tiny_spec, at_size(tiny_spec, 64)
+    source, frame = source_table([small, large])
+    points = synthetic_points([small, small.scaled(0.5), large, large.scaled(0.5)])
+    fit = estimate(source, load_device("pixel"), {p.label: p.ms for p in points},
+                   {p.label: p.spec for p in points}, frame, root=root)
+    table = load_table("pixel")
+    assert table.is_estimate and "ESTIMATE" in table.label() and "leave-one-out" in table.label()
+    for spec in (small, large, small.scaled(0.75), large.with_group_width("head.width", 64)):
+        expected = float(network_terms(spec, PHONE_TERMS) @ fit.coef)
+        assert table.predict_ms(spec) == pytest.approx(expected, rel=1e-4), spec.name
+    assert table.predict_ms(large) > 2 * table.predict_ms(small)  # 4x the pixels
+    saved = table.meta["estimate_fit"]
+    assert saved["leave_one_out_max_abs_error"] < 1e-6 and len(saved["points"]) == 4
+
+
+def test_a_search_on_the_estimate_says_so(root, tiny_spec, tmp_path):
+    from .test_remote import search_cli
+
+    source, frame = source_table([tiny_spec])
+    points = synthetic_points([tiny_spec, tiny_spec.scaled(0.5)])
+    estimate(source, load_device("pixel"), {p.label: p.ms for p in points},
+             {p.label: p.spec for p in points}, frame, root=root)
+    result = search_cli(tmp_path, tiny_spec, "pixel", "90%")
+    line = next(x for x in result.output.splitlines() if x.startswith("latency: "))
+    assert "pixel (ESTIMATE: Google Pixel 1" in line
+
+
+def test_heads_for_other_class_counts_are_priced_directly(root, tiny_spec):
+    source, frame = source_table([tiny_spec])
+    points = synthetic_points([tiny_spec, tiny_spec.scaled(0.5)])
+    fit = estimate(source, load_device("pixel"), {p.label: p.ms for p in points},
+                   {p.label: p.spec for p in points}, frame, root=root)
+    table = load_table("pixel")
+    narrow = tiny_spec.with_group_width("last_conv.out", 8)
+    for classes in (10, 100, 1000):
+        spec = dataclasses.replace(narrow, num_classes=classes)
+        head = [k for k in table._entries if k.kind == "head" and k.out == classes]
+        assert head, classes  # a row of its own, not a composition
+        assert table.predict_ms(spec) == pytest.approx(
+            float(network_terms(spec, PHONE_TERMS) @ fit.coef), rel=1e-4)
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    devices = tmp_path / "configs" / "devices"
+    devices.mkdir(parents=True)
+    (devices / "pixel.yaml").write_text((CONFIGS / "devices" / "pixel.yaml").read_text())
+    monkeypatch.setenv("NETADAPT_ROOT", str(tmp_path))
+    return tmp_path
+
+
+# ---------------------------------------------------------------------- shipped pixel
+@pytest.fixture(scope="module")
+def pixel_points():
+    return published_points(load_device("pixel", root=ROOT).published, root=ROOT)
+
+
+def test_width_multiplier_networks_are_the_papers(pixel_points):
+    """NetworkSpec.scaled (the TensorFlow reference's rule, head kept) gives the
+    paper's MAdds for the x0.5 / x0.35 networks: Large 69 / 40 M, Small 21 / 12 M."""
+    from netadapt.cost import count_macs
+
+    macs = {p.label: count_macs(p.spec) / 1e6 for p in pixel_points}
+    assert macs["configs/mobilenetv3_large.yaml x0.5"] == pytest.approx(69, abs=1)
+    assert macs["configs/mobilenetv3_large.yaml x0.35"] == pytest.approx(40, abs=1)
+    assert macs["configs/mobilenetv3_small.yaml x0.5"] == pytest.approx(21, abs=1)
+    assert macs["configs/mobilenetv3_small.yaml x0.35"] == pytest.approx(12.5, abs=1)
+
+
+def test_shipped_pixel_estimate_is_within_10pct_of_every_published_point_left_out(
+        pixel_points):
+    assert len(pixel_points) == 8
+    fit = fit_phone_model(pixel_points)
+    assert np.abs(fit.loo_errors).max() < 0.10
+    table = load_table("pixel", root=ROOT)
+    for p in pixel_points:
+        assert table.predict_ms(p.spec) == pytest.approx(p.ms, rel=0.05), p.label
+    shipped = table.meta["estimate_fit"]
+    assert tuple(shipped["coefficients"]) == PHONE_TERMS
+    assert list(shipped["coefficients"].values()) == pytest.approx(fit.coef, rel=1e-6)
+    assert shipped["leave_one_out_max_abs_error"] < 0.10
+
+
+def test_the_models_macs_are_netadapts_mac_count(pixel_points):
+    """The per-entry MACs of the phone model add up to netadapt.cost's count."""
+    from netadapt.cost import count_macs
+
+    for p in pixel_points:
+        assert network_terms(p.spec, ["mmacs"])[0] == pytest.approx(count_macs(p.spec) / 1e6,
+                                                                     rel=1e-9), p.label
+
+
+def test_shipped_pixel_estimate_is_smaller_for_every_narrower_network():
+    table = load_table("pixel", root=ROOT)
+    large = load_spec(CONFIGS / "mobilenetv3_large.yaml")
+    base = table.predict_ms(large)
+    for group in large.groups:
+        assert table.predict_ms(large.with_group_width(group.name, 8)) < base, group.name
+
+
+def test_estimate_from_prints_the_fit_and_leave_one_out_errors(root, tmp_path, monkeypatch):
+    """The CLI on the shipped local-ref table, writing into a scratch root."""
+    import shutil
+
+    shutil.copytree(ROOT / "latency_tables" / "local-ref", root / "latency_tables" / "local-ref")
+    shutil.copytree(ROOT / "configs", root / "configs", dirs_exist_ok=True)
+    result = CliRunner().invoke(app, ["profile", "--device", "pixel", "--estimate-from",
+                                      "local-ref"])
+    assert result.exit_code == 0, result.output
+    assert "ESTIMATE" in result.output and "leave-one-out" in result.output
+    assert "configs/mobilenetv3_small.yaml x0.35" in result.output
+    assert load_table("pixel").is_estimate
+
+
+def test_estimate_without_published_latencies_says_what_to_add(root):
+    pixel = root / "configs" / "devices" / "pixel.yaml"
+    pixel.write_text(pixel.read_text().split("published:")[0])
+    result = CliRunner().invoke(app, ["profile", "--device", "pixel", "--estimate-from",
+                                      "local-ref"])
+    assert result.exit_code == 1 and "add published:" in result.output
+
+
+def test_a_bad_published_label_names_the_form(root):
+    from netadapt.errors import LatencyError
+
+    with pytest.raises(LatencyError, match="SPEC.yaml xMULT"):
+        published_points({"configs/mobilenetv3_large.yaml xhalf": 20.0}, root=ROOT)
