@@ -6,12 +6,12 @@ the adb runner's errors against a fake ``adb`` on PATH."""
 from __future__ import annotations
 
 import getpass
+import importlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -103,12 +103,12 @@ def make_venv(path: Path, packages: tuple[str, ...]) -> Path:
     installs): what a board with `pip install onnxruntime numpy` has, and nothing of
     netadapt, torch or this checkout."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
-    here = Path(sysconfig.get_paths()["purelib"])
     there = Path(subprocess.run([str(path / "bin" / "python"), "-c", "import sysconfig; "
                                  "print(sysconfig.get_paths()['purelib'])"], check=True,
                                 capture_output=True, text=True).stdout.strip())
     for name in packages:
-        for item in (here / name, here / f"{name}.libs"):
+        package = Path(importlib.import_module(name).__file__ or "").parent
+        for item in (package, package.with_name(f"{name}.libs")):  # + its bundled libraries
             if item.exists():
                 (there / item.name).symlink_to(item)
     return path / "bin" / "python"
