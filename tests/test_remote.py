@@ -37,7 +37,7 @@ SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 needs_sshd = pytest.mark.skipif(
     not os.access(SSHD, os.X_OK) or shutil.which("ssh") is None,
     reason="needs OpenSSH's sshd and ssh (Debian: apt-get install openssh-server "
-           "openssh-client; scripts/setup.sh installs them when run as root)")
+           "openssh-client; .ci/run installs them when it runs as root)")
 
 SSHD_CONFIG = """\
 ListenAddress 127.0.0.1
