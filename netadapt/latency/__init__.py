@@ -8,9 +8,9 @@ The search's interface::
     table.covers(spec), table.device, table.is_estimate
 
 Modules: graphs (ONNX graphs of entries and networks), measure (round-robin timing,
-also run as a script on ssh boards), runners (local / adb / ssh), devices (profiles),
-table (files, lookup), profile (building, calibration, validation), estimate (tables
-for devices we cannot reach).
+also run on ssh boards), board_worker (the ssh board's timing session), runners (local
+/ adb / ssh), devices (profiles), table (files, lookup), profile (building, calibration,
+validation), estimate (a modelled table for a device we cannot reach: the phone).
 """
 
 from .devices import Device, list_devices, load_device

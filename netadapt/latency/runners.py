@@ -2,24 +2,24 @@
 
 ``local`` calls onnxruntime in this process; ``adb`` pushes the models and
 onnxruntime_perf_test to an Android phone and runs them pinned to a big core; ``ssh``
-streams the models and netadapt's timing script (measure.py) to a Linux board and runs
-them with the board's onnxruntime. Every runner returns milliseconds shaped
+runs netadapt's timing script (measure.py) on a Linux board with the board's
+onnxruntime, in one ssh session per profiling run. Every runner returns milliseconds shaped
 (models, rounds), round r timing each model once, so a reference model in the list
 sees the same drift as the entries next to it.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import platform
 import re
 import shlex
 import shutil
 import subprocess
-import tarfile
 import tempfile
+import weakref
 from pathlib import Path
+from typing import IO
 from typing import Protocol as TypingProtocol
 
 import numpy as np
@@ -221,21 +221,28 @@ def parse_perf_test(out: str, n: int, rounds: int, mark: str = AdbRunner.MARK) -
 class SshRunner:
     """A Linux board over ssh, timing with measure.py and the board's onnxruntime.
 
-    Only ``ssh`` is needed here and only python3 with onnxruntime and numpy (and tar)
-    on the board. One ssh call per chunk: the models and the job go to the board as a
-    tar stream on stdin, measure.py times them there, its JSON answer comes back on
-    stdout. Key-based login only (BatchMode): a password prompt would hang a long run.
+    The board needs python3 with onnxruntime and numpy, and sshd; nothing of netadapt.
+    ``check`` logs in once, imports onnxruntime there and installs measure.py and
+    board_worker.py; the first chunk starts the worker in one ssh session that then
+    serves every chunk of the run (models in on stdin, milliseconds out as JSON), so a
+    chunk costs no login, python start or onnxruntime import. Key-based login only
+    (BatchMode): a password prompt would hang a long run.
     """
 
     MARK = "NETADAPT-ORT"
-    # Run by the board's python: the runtime's version, or why it cannot be imported.
-    PROBE = ("import sys\n"
-             "try:\n"
-             "    import numpy, onnxruntime\n"
-             "except Exception as exc:\n"
-             "    print('NETADAPT-NO', type(exc).__name__ + ':', exc)\n"
-             "    sys.exit(3)\n"
-             "print('NETADAPT-ORT', onnxruntime.__version__)\n")
+    # Run by the board's python with the remote directory as argument: the runtime's
+    # version (or why it cannot be imported), then the files on stdin written there.
+    INSTALL = ("import json, os, sys\n"
+               "try:\n"
+               "    import numpy, onnxruntime\n"
+               "except Exception as exc:\n"
+               "    print('NETADAPT-NO', type(exc).__name__ + ':', exc)\n"
+               "    sys.exit(3)\n"
+               "os.makedirs(sys.argv[1], exist_ok=True)\n"
+               "for name, text in json.load(sys.stdin).items():\n"
+               "    with open(os.path.join(sys.argv[1], name), 'w') as f:\n"
+               "        f.write(text)\n"
+               "print('NETADAPT-ORT', onnxruntime.__version__)\n")
 
     def __init__(self, device: Device) -> None:
         self.device = device
@@ -247,6 +254,8 @@ class SshRunner:
         self.remote = str(opts.get("remote_dir") or "/tmp/netadapt")
         self.ssh_options = [str(o) for o in opts.get("ssh_options") or []]
         self._version: str | None = None
+        self._worker: subprocess.Popen[bytes] | None = None
+        self._worker_log: IO[bytes] | None = None
 
     @property
     def _where(self) -> str:
@@ -295,7 +304,7 @@ class SshRunner:
             f"is the board on and its sshd running? check host: and port: in {where}")
 
     def check(self) -> None:
-        """Log in, check the board's onnxruntime, install measure.py: one ssh call."""
+        """Log in, check the board's onnxruntime, install the timing scripts: one call."""
         name = self.device.name
         if not self.host:
             raise LatencyError(
@@ -303,10 +312,11 @@ class SshRunner:
                 f"(key-based ssh login; python3 with onnxruntime on the board)")
         if shutil.which("ssh") is None:
             raise LatencyError(f"device {name}: ssh not found; install openssh-client")
-        command = (f"{self.python} -c {shlex.quote(self.PROBE)} && mkdir -p {self.remote} "
-                   f"&& cat > {self.remote}/measure.py")
-        done = self._ssh(command, "the onnxruntime check", Path(measure.__file__).read_bytes(),
-                         timeout=120)
+        here = Path(__file__).resolve().parent
+        files = {f: (here / f).read_text(encoding="utf-8")
+                 for f in ("measure.py", "board_worker.py")}
+        done = self._ssh(f"{self.python} -c {shlex.quote(self.INSTALL)} {self.remote}",
+                         "the onnxruntime check", json.dumps(files).encode(), timeout=120)
         out = done.stdout.decode(errors="replace")
         fix = (f"install it there ({self.python} -m pip install onnxruntime numpy) or set "
                f"python: in {self._where} to a python that has it")
@@ -321,31 +331,62 @@ class SshRunner:
         if done.returncode != 0 or self.MARK not in out:
             raise LatencyError(f"device {name}: checking {self.python} on {self.host} failed "
                                f"(exit {done.returncode}: {_last_line(done.stderr)}); {fix}, "
-                               f"and make sure {self.remote} is writable")
+                               f"and make sure remote_dir: {self.remote} is writable")
         self._version = out.split(self.MARK, 1)[1].split()[0]
+
+    def _start_worker(self) -> subprocess.Popen[bytes]:
+        if self._worker is not None and self._worker.poll() is None:
+            return self._worker
+        self._worker_log = tempfile.TemporaryFile()  # stderr: a file never fills up
+        command = f"cd {self.remote} && exec {self.python} -u board_worker.py"
+        self._worker = subprocess.Popen(self.ssh_argv(command), stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self._worker_log)
+        weakref.finalize(self, _stop_worker, self._worker)
+        return self._worker
+
+    def _worker_failure(self, worker: subprocess.Popen[bytes]) -> LatencyError:
+        try:
+            code = worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            code = worker.wait()
+        assert self._worker_log is not None
+        self._worker_log.seek(0)
+        line = _last_line(self._worker_log.read())
+        self._worker = None
+        if code == 255:
+            return self._ssh_failure(line)
+        return LatencyError(f"device {self.device.name}: the timing worker on {self.host} "
+                            f"stopped (exit {code}: {line}); what was measured is kept, run "
+                            f"the same command to continue")
 
     def time(self, models: list[Model], rounds: int, warmup: int) -> np.ndarray:
         if self._version is None:
             self.check()
-        job_models = [{"file": f"chunk/m{i:04d}.onnx", "shape": list(shape)}
-                      for i, (_, shape) in enumerate(models)]
+        worker = self._start_worker()
         job = {"settings": self.device.settings, "rounds": rounds, "warmup": warmup,
-               "models": job_models}
-        files = {f"m{i:04d}.onnx": model for i, (model, _) in enumerate(models)}
-        files["job.json"] = json.dumps(job).encode()
-        command = (f"cd {self.remote} && rm -rf chunk && mkdir chunk && tar -xf - -C chunk "
-                   f"&& {self.python} measure.py chunk/job.json")
-        done = self._ssh(command, "measure.py", _tar(files), timeout=3600)
-        if done.returncode != 0:
-            raise LatencyError(
-                f"device {self.device.name}: measure.py on {self.host} failed (exit "
-                f"{done.returncode}: {_last_line(done.stderr)}); what was measured is kept, "
-                f"run the same command to continue")
+               "shapes": [list(shape) for _, shape in models],
+               "sizes": [len(model) for model, _ in models]}
+        assert worker.stdin is not None and worker.stdout is not None
         try:
-            return np.asarray(json.loads(done.stdout)["ms"], dtype=float)
-        except (ValueError, KeyError) as exc:
-            raise LatencyError(f"device {self.device.name}: unreadable answer from measure.py "
-                               f"on {self.host} ({exc})") from None
+            worker.stdin.write(json.dumps(job).encode() + b"\n")
+            for model, _ in models:
+                worker.stdin.write(model)
+            worker.stdin.flush()
+            line = worker.stdout.readline()
+        except (BrokenPipeError, ConnectionResetError):
+            line = b""
+        if not line:
+            raise self._worker_failure(worker)
+        try:
+            answer = json.loads(line)
+        except ValueError as exc:
+            raise LatencyError(f"device {self.device.name}: unreadable answer from the "
+                               f"timing worker on {self.host} ({exc})") from None
+        if "error" in answer:
+            raise LatencyError(f"device {self.device.name}: measure.py on {self.host} failed "
+                               f"({answer['error']})")
+        return np.asarray(answer["ms"], dtype=float)
 
     def runtime_version(self) -> str:
         if self._version is None:
@@ -353,9 +394,13 @@ class SshRunner:
         return str(self._version)
 
     def cpu_model(self) -> str:
-        done = self._ssh("grep -m1 -E 'model name|Model' /proc/cpuinfo; uname -m; nproc",
+        done = self._ssh("grep -m1 -E '^(model name|Model)' /proc/cpuinfo; uname -m; nproc",
                          "reading /proc/cpuinfo")
-        return " ".join(done.stdout.decode(errors="replace").replace("model name", "").split())
+        lines = done.stdout.decode(errors="replace").strip().splitlines()
+        if len(lines) < 3:  # no model line (some ARM kernels): architecture and count only
+            lines = ["unknown CPU", *lines]
+        name = lines[-3].split(":", 1)[-1].strip()
+        return f"{name} ({lines[-2].strip()}, {lines[-1].strip()} CPUs) at {self.host}"
 
 
 def _last_line(stderr: bytes | str) -> str:
@@ -364,15 +409,15 @@ def _last_line(stderr: bytes | str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    """An uncompressed tar archive of ``files`` (name -> content), in memory."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """End of input ends the worker on the board, and with it the ssh session."""
+    if worker.poll() is None:
+        try:
+            if worker.stdin is not None:
+                worker.stdin.close()
+            worker.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            worker.kill()
 
 
 def make_runner(device: Device) -> Runner:
