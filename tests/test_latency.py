@@ -80,12 +80,14 @@ def test_entries_are_stem_blocks_last_conv_and_head(tiny_spec):
     assert names == ["stem", "blocks[0]", "blocks[1]", "blocks[2]", "last_conv", "head"]
 
 
-def test_fast_layer_keys_are_the_entry_keys(tiny_spec):
-    from netadapt.latency.table import key_for_layer, layer_tuples
-
+def test_entry_keys_chain_the_walks_widths_and_sizes():
     large = load_spec(CONFIGS / "mobilenetv3_large.yaml")
-    for spec in [tiny_spec, large, *prof.random_variants(large, 5)]:
-        assert [key_for_layer(t) for t in layer_tuples(spec)] == [k for _, k in entry_keys(spec)]
+    for spec in [large, *prof.random_variants(large, 5)]:
+        keys = [k for _, k in entry_keys(spec)]
+        for (prev, key), row in zip(zip(keys, keys[1:]), spec.layers[1:]):
+            if key.kind != "head":  # the head's input is the pooled 1x1 vector
+                assert (key.c_in, key.h, key.w) == (prev.out, row.h, row.w)
+        assert keys[-2].h == keys[-2].w == 7 and keys[-1].c_in == spec.last_conv.out
 
 
 def test_network_graph_runs_in_onnxruntime_with_the_specs_output(tiny_spec):

@@ -16,8 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..cost import conv_output_size
-from ..spec import ClassifierHead, NetworkSpec
+from ..spec import ClassifierHead, Layer, NetworkSpec, make_divisible
 
 OPSET = 17
 IR_VERSION = 8  # old enough for onnxruntime builds on phones and boards
@@ -64,6 +63,20 @@ class EntryKey(NamedTuple):
                f"{self.act} @{self.h}x{self.w}"
 
 
+def entry_key(row: Layer) -> EntryKey:
+    """The table entry of one row of ``spec.layers``."""
+    if row.kind == "head":
+        return EntryKey("head", row.c_in, row.exp, row.out, 0, 0, 0, False, row.act, False,
+                        False, 1, 1)
+    if row.kind == "lraspp":
+        from ..errors import LatencyError
+
+        raise LatencyError("latency tables cover classifier heads only; an lraspp head is "
+                           "not supported yet")
+    # stem, block, last_conv: the row's fields from c_in to w are the key's
+    return EntryKey(row.kind, *row[2:14])
+
+
 def entry_keys(spec: NetworkSpec) -> list[tuple[str, EntryKey]]:
     """(layer name, entry key) for every entry of ``spec``, in network order."""
     if not isinstance(spec.head, ClassifierHead):
@@ -71,23 +84,7 @@ def entry_keys(spec: NetworkSpec) -> list[tuple[str, EntryKey]]:
 
         raise LatencyError(f"{spec.name}: latency tables cover classifier heads only; "
                            f"an lraspp head is not supported yet")
-    h, w = spec.input_size
-    s = spec.stem
-    keys = [("stem", EntryKey("stem", spec.in_channels, 0, s.out, s.kernel, s.stride, 1,
-                              False, s.act, False, False, h, w))]
-    h, w = conv_output_size(h, s.kernel, s.stride), conv_output_size(w, s.kernel, s.stride)
-    for i, (b, c_in) in enumerate(zip(spec.blocks, spec.block_inputs())):
-        keys.append((f"blocks[{i}]", EntryKey("block", c_in, b.exp, b.out, b.kernel, b.stride,
-                                              b.dilation, b.se, b.act, b.expand, b.residual,
-                                              h, w)))
-        h = conv_output_size(h, b.kernel, b.stride, b.dilation)
-        w = conv_output_size(w, b.kernel, b.stride, b.dilation)
-    keys.append(("last_conv", EntryKey("last_conv", spec.blocks[-1].out, 0, spec.last_conv.out,
-                                       1, 1, 1, False, spec.last_conv.act, False, False, h, w)))
-    keys.append(("head", EntryKey("head", spec.last_conv.out, spec.head.width,
-                                  spec.num_classes, 0, 0, 0, False, spec.head.act, False,
-                                  False, 1, 1)))
-    return keys
+    return [(row.name, entry_key(row)) for row in spec.layers]
 
 
 class _Graph:
@@ -140,8 +137,6 @@ class _Graph:
             y = self.conv(y, key.exp, key.exp, key.kernel, key.stride, key.dilation,
                           groups=key.exp, act=key.act)
             if key.se:
-                from ..spec import make_divisible
-
                 squeeze = make_divisible(key.exp // 4)
                 g = self.node("GlobalAveragePool", [y])
                 g = self.node("Relu", [self.conv(g, key.exp, squeeze, 1)])
@@ -171,6 +166,11 @@ def input_shape(key: EntryKey) -> tuple[int, ...]:
     return (1, key.c_in, key.h, key.w)
 
 
+def network_input_shape(spec: NetworkSpec) -> tuple[int, ...]:
+    """The input of the whole network (batch 1)."""
+    return (1, spec.in_channels, *spec.input_size)
+
+
 def _model(graph: _Graph, x_shape: tuple[int, ...], y: str, name: str) -> bytes:
     g = helper.make_graph(
         graph.nodes, name,
@@ -193,8 +193,7 @@ def entry_model(key: EntryKey, seed: int = 0) -> bytes:
 def network_model(spec: NetworkSpec, seed: int = 0) -> bytes:
     """Serialized ONNX model of the whole network (the end-to-end reference)."""
     graph = _Graph(seed)
-    keys = entry_keys(spec)
     x = "input"
-    for _, key in keys:
+    for _, key in entry_keys(spec):
         x = graph.entry(x, key)
-    return _model(graph, input_shape(keys[0][1]), x, spec.name)
+    return _model(graph, network_input_shape(spec), x, spec.name)
