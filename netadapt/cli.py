@@ -293,6 +293,13 @@ def profile(
     estimate_from: Annotated[str | None, typer.Option(
         help="Build an ESTIMATE for --device from this device's table and the published "
         "latencies in the device profile (no phone needed)")] = None,
+    input_size: Annotated[list[int] | None, typer.Option(
+        help="Square input size at which to cover every width the search can reach from "
+        "each --spec (repeatable) [default: the spec's own size]; with --validate: the "
+        "sizes to validate at", min=16)] = None,
+    multiplier_sizes: Annotated[str, typer.Option(
+        help="Input sizes at which to cover each --spec and its x0.35/0.5/0.75/1.0 width "
+        "multipliers (comma-separated, or 'none')")] = "96,128,160,192,224,256",
 ) -> None:
     """Build or extend a device's latency table (resumable), or validate it."""
     from .latency import load_device, load_table
@@ -321,9 +328,20 @@ def profile(
         return
     paths = spec or [Path("configs/mobilenetv3_large.yaml")]
     seeds = [load_spec(p) for p in paths]
+    sizes = input_size or []
+    try:
+        extra = [] if multiplier_sizes.strip() in ("", "none") else \
+            [int(x) for x in multiplier_sizes.split(",")]
+    except ValueError:
+        raise NetadaptError(f"--multiplier-sizes: expected sizes like 96,128,224 or none, "
+                            f"got {multiplier_sizes!r}") from None
+    if any(n < 16 for n in extra):
+        raise NetadaptError(f"--multiplier-sizes: sizes must be >= 16, got {multiplier_sizes}")
     if validate:
+        from .latency.table import at_size
+
         table = load_table(device)
-        for seed in seeds:
+        for seed in [at_size(s, n) for s in seeds for n in sizes] or seeds:
             summary, _frame = prof.validate(table, dev, seed, validate)
             saved = prof.save_validation(device, summary, _frame)
             typer.echo(
@@ -334,7 +352,8 @@ def profile(
                 f"(saved {saved})")
         return
     try:
-        result = prof.profile(dev, seeds, fresh=fresh)
+        result = prof.profile(dev, seeds, fresh=fresh, input_sizes=sizes,
+                              multiplier_sizes=extra)
     except KeyboardInterrupt:
         typer.secho(f"interrupted: measured entries are saved in latency_tables/{device}/"
                     f"journal.csv; run the same command to continue", fg=typer.colors.YELLOW,

@@ -397,3 +397,56 @@ def test_ctrl_c_during_profile_says_how_to_continue(root, monkeypatch):
                               str(CONFIGS / "mobilenetv3_small.yaml")])
     assert result.exit_code == 130
     assert "run the same command to continue" in result.output
+
+
+# ---------------------------------------------------------------------- input sizes
+def test_a_table_extends_to_other_input_sizes(built, tiny_spec):
+    from netadapt.latency.table import at_size, multiplier_specs
+
+    at48 = at_size(tiny_spec, 48)
+    assert not built.covers(at48)
+    line = str(pytest.raises(LatencyError, built.predict_ms, at48).value)
+    assert "--input-size 48" in line and "netadapt profile --device fast" in line
+    result = prof.profile(load_device("fast"), [tiny_spec], root=built_root(), progress=False,
+                          log=lambda _: None, input_sizes=[48], multiplier_sizes=[64])
+    table = load_table("fast")
+    head_keys = {k for k in required_keys(tiny_spec) if k.kind in ("head", "classifier")}
+    assert result.measured - result.remeasured < len(required_keys(at48)) - len(head_keys) + 60
+    # every width at 48 px, the seed and its multipliers at 64 px, 32 px kept
+    assert table.covers(tiny_spec) and table.covers(at48)
+    assert all(table.covers(v) for v in prof.random_variants(at48, 10))
+    at64 = at_size(tiny_spec, 64)
+    assert all(table.covers(m) for m in multiplier_specs(at64))
+    assert table.covers(dataclasses.replace(at64, num_classes=100))
+    assert not table.covers(prof.random_variants(at64, 1)[0])
+    # one calibration per structure and size; larger inputs take longer
+    seeds = {s["name"]: s for s in table.meta["seeds"]}
+    assert {n: s["coverage"] for n, s in seeds.items()} == {
+        "tiny": "grid", "tiny@48": "grid", "tiny@64": "multipliers"}
+    assert len({s["signature"] for s in seeds.values()}) == 3
+    assert table.predict_ms(tiny_spec) < table.predict_ms(at48) < table.predict_ms(at64)
+
+
+def test_multiplier_coverage_is_the_seed_and_its_scaled_networks():
+    from netadapt.latency.table import at_size, multiplier_specs
+
+    large = at_size(load_spec(CONFIGS / "mobilenetv3_large.yaml"), 160)
+    keys = required_keys(large, "multipliers")
+    assert len(keys) < 150  # against ~30,000 for every width
+    assert all(k.kind in ("head", "classifier") or k.h <= 160 for k in keys)
+    assert [m.name for m in multiplier_specs(large)] == [
+        "mobilenetv3_large@160", "mobilenetv3_large@160_x0.75", "mobilenetv3_large@160_x0.5",
+        "mobilenetv3_large@160_x0.35"]
+
+
+def test_entry_weights_are_appended_raw_and_parse_as_onnx(tiny_spec):
+    import onnx
+    from onnx import numpy_helper
+
+    key = dict(entry_keys(tiny_spec))["blocks[2]"]
+    model = onnx.load_from_string(entry_model(key))
+    shapes = [tuple(i.dims) for i in model.graph.initializer[::2]]  # weights, then biases
+    assert shapes == [(72, 24, 1, 1), (72, 1, 5, 5), (24, 72, 1, 1), (72, 24, 1, 1),
+                      (24, 72, 1, 1)]  # expand, depthwise, SE down and up, project
+    weights = numpy_helper.to_array(model.graph.initializer[2])
+    assert weights.dtype == np.float32 and 0.05 < weights.std() < 0.5  # ~ fan_in ** -0.5

@@ -6,23 +6,54 @@ are node-for-node what torch.onnx.export writes for netadapt.model in eval mode
 (BatchNorm folded into Conv, HardSwish / Relu / HardSigmoid, GlobalAveragePool,
 Flatten, Gemm), so onnxruntime fuses them the same way. Weights are random: latency
 does not depend on their values.
+
+Weights are written as raw protobuf bytes appended to the serialized model (a second
+``graph`` field holding only initializers, which protobuf merges into the first), each a
+slice of a pool of normal samples pre-scaled by a power of two near fan_in ** -0.5, so a
+head entry's 10 MB of weights are copied once: building a table's entries through
+onnx.helper cost more than timing them (15 ms per entry against 7 ms, measured here).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ..spec import ClassifierHead, Layer, NetworkSpec, make_divisible
 
 OPSET = 17
 IR_VERSION = 8  # old enough for onnxruntime builds on phones and boards
 # Weights are slices of one pool of normal samples: drawing 2.5 M fresh samples for a
-# head entry took ~30 ms, more than timing it.
-_POOL = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)
+# head entry took ~30 ms, more than timing it. 2 M floats hold the largest weight (a
+# 1280 x 1000 Gemm); one scaled copy per power of two, made when first needed.
+_POOL = np.random.default_rng(0).standard_normal(1 << 21).astype(np.float32)
+_SCALED: dict[int, bytes] = {}
+
+
+def _pool(fan_in: int) -> bytes:
+    """The pool x 2 ** -e, e the power of two nearest fan_in ** 0.5, as bytes."""
+    e = round(0.5 * math.log2(max(fan_in, 1)))
+    if e not in _SCALED:
+        _SCALED[e] = (_POOL * np.float32(2.0 ** -e)).tobytes()
+    return _SCALED[e]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, length: int) -> bytes:
+    """The header of a length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(length)
 
 
 class EntryKey(NamedTuple):
@@ -92,7 +123,7 @@ class _Graph:
 
     def __init__(self, seed: int = 0) -> None:
         self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
+        self.inits: list[tuple[str, tuple[int, ...], memoryview]] = []  # name, shape, data
         self.rng = np.random.default_rng(seed)
         self.count = 0
 
@@ -101,13 +132,25 @@ class _Graph:
         return f"{prefix}{self.count}"
 
     def weight(self, *shape: int) -> str:
-        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        size = int(np.prod(shape))
-        start = int(self.rng.integers(0, _POOL.size - size)) if size < _POOL.size else 0
-        array = np.resize(_POOL[start:start + size], shape) * np.float32(fan_in ** -0.5)
+        fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
+        size = math.prod(shape)
+        if size >= _POOL.size:
+            raise ValueError(f"weight {shape} is larger than the sample pool")
+        start = int(self.rng.integers(0, _POOL.size - size))
         name = self.name("w")
-        self.inits.append(numpy_helper.from_array(array, name))
+        self.inits.append((name, shape, memoryview(_pool(fan_in))[4 * start:4 * (start + size)]))
         return name
+
+    def initializers(self) -> list[bytes | memoryview]:
+        """A serialized GraphProto fragment holding only the initializers, as a ``graph``
+        field of ModelProto (raw float32 TensorProtos), in pieces to join once."""
+        pieces: list[bytes | memoryview] = []
+        for name, shape, data in self.inits:
+            head = b"".join(b"\x08" + _varint(d) for d in shape)  # dims (field 1)
+            head += b"\x10\x01" + _field(8, len(name)) + name.encode()  # FLOAT, name
+            head += _field(9, len(data))  # raw_data
+            pieces += [_field(5, len(head) + len(data)), head, data]  # GraphProto.initializer
+        return [_field(7, sum(len(p) for p in pieces)), *pieces]  # ModelProto.graph
 
     def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
         out = self.name(op.lower())
@@ -176,12 +219,11 @@ def _model(graph: _Graph, x_shape: tuple[int, ...], y: str, name: str) -> bytes:
         graph.nodes, name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(x_shape))],
         [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)],
-        initializer=graph.inits,
     )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="netadapt")
     model.ir_version = IR_VERSION
-    return model.SerializeToString()
+    return b"".join([model.SerializeToString(), *graph.initializers()])
 
 
 def entry_model(key: EntryKey, seed: int = 0) -> bytes:

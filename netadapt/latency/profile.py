@@ -45,9 +45,11 @@ from .table import (
     FORMAT,
     KEY_COLUMNS,
     LatencyTable,
+    at_size,
     entries_of,
     frame_to_csv,
     key_of,
+    multiplier_specs,
     read_table_files,
     required_keys,
     signature,
@@ -164,6 +166,7 @@ class _Plan:
     old: pd.DataFrame  # the existing table's rows (empty when fresh)
     old_meta: dict[str, Any]
     ref: EntryKey
+    targets: dict[str, tuple[NetworkSpec, str]]  # this run's seeds and coverage, by name
     seeds: dict[str, NetworkSpec]  # every seed the finished table covers, by name
     needed: set[EntryKey]
     have: set[EntryKey]  # in the table already
@@ -191,10 +194,26 @@ def _existing_table(device: Device, runner: Runner, root: Path | None, fresh: bo
     return old, old_meta
 
 
+def targets_of(seeds: Sequence[NetworkSpec], input_sizes: Sequence[int] = (),
+               multiplier_sizes: Sequence[int] = ()) -> list[tuple[NetworkSpec, str]]:
+    """(seed at a size, coverage) for every seed: the full width grid at each of
+    ``input_sizes`` (default: the seed's own size), its width multipliers at each of
+    ``multiplier_sizes`` where it has no grid."""
+    targets: list[tuple[NetworkSpec, str]] = []
+    for seed in seeds:
+        grids = [at_size(seed, n) for n in input_sizes] or [seed]
+        targets += [(spec, "grid") for spec in grids]
+        targets += [(at_size(seed, n), "multipliers") for n in multiplier_sizes
+                    if all(g.input_size != (n, n) for g in grids)]
+    return targets
+
+
 def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | None = None,
-         fresh: bool = False) -> _Plan:
+         fresh: bool = False, targets: list[tuple[NetworkSpec, str]] | None = None) -> _Plan:
     """Step 1: what the finished table must hold, and what is left to time (the table
-    and the journal of an interrupted run count as done)."""
+    and the journal of an interrupted run count as done). ``targets`` (see targets_of)
+    default to each seed's full grid at its own size."""
+    targets = targets if targets is not None else targets_of(seeds)
     csv_path, _ = table_paths(device.name, root)
     folder = csv_path.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -213,14 +232,15 @@ def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | 
         ref = reference_key(seeds[0])
     write_text_atomic(state_path, json.dumps({"reference": ref._asdict(), "fresh": fresh,
                                               "seeds": [s.to_dict() for s in seeds]}))
-    all_seeds = {s["spec"]["name"]: spec_from_dict(s["spec"]) for s in old_meta.get("seeds", [])}
-    all_seeds.update({s.name: s for s in seeds})
+    covered = {s["spec"]["name"]: (spec_from_dict(s["spec"]), s.get("coverage", "grid"))
+               for s in old_meta.get("seeds", [])}
+    new = {spec.name: (spec, coverage) for spec, coverage in targets
+           if covered.get(spec.name, (None, ""))[1] != "grid"}  # a grid covers it all
+    covered.update(new)
     have = set(entries_of(old)) if len(old) else set()
     needed: set[EntryKey] = set()
-    for seed in seeds:
-        needed |= required_keys(seed)
-    for seed_dict in old_meta.get("seeds", []):
-        needed |= required_keys(spec_from_dict(seed_dict["spec"]))
+    for spec, coverage in covered.values():
+        needed |= required_keys(spec, coverage)
     proto = device.protocol
     attempts: dict[EntryKey, int] = {}
     finished: set[EntryKey] = set()
@@ -231,8 +251,9 @@ def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | 
             finished.add(k)
     pending = sorted(needed - have - finished, key=lambda k: _key_row(k))
     random.Random(0).shuffle(pending)  # spread every layer's entries over the whole run
-    return _Plan(folder, journal, state_path, old, old_meta, ref, all_seeds, needed, have,
-                 finished, attempts, pending)
+    return _Plan(folder, journal, state_path, old, old_meta, ref, new,
+                 {name: spec for name, (spec, _) in covered.items()}, needed, have, finished,
+                 attempts, pending)
 
 
 def measure_entries(work: _Plan, runner: Runner, proto: Protocol, ref_model: Model,
@@ -299,27 +320,34 @@ def assemble(work: _Plan) -> tuple[pd.DataFrame, float]:
 def calibrate_seeds(work: _Plan, frame: pd.DataFrame, runner: Runner, ref_model: Model,
                     base_ms: float, proto: Protocol, seed_ratios: _SeedRatios
                     ) -> list[dict[str, Any]]:
-    """Step 4: one calibration per seed (see calibrate), as meta.json's ``seeds``."""
+    """Step 4: one calibration per seed of this run (see calibrate); the table's other
+    seeds keep theirs (their entries and the reference's base are unchanged). Returns
+    meta.json's ``seeds``."""
     table = LatencyTable("profiling", entries_of(frame), {"seeds": [  # composed blocks' anchors
         {"spec": seed.to_dict(), "factor": 1.0} for seed in work.seeds.values()]})
-    seeds_meta = []
-    for seed in work.seeds.values():
+    seeds_meta = [m for m in work.old_meta.get("seeds", [])
+                  if m["spec"]["name"] not in work.targets]
+    for seed, coverage in work.targets.values():
+        variants = (random_variants(seed, proto.calibration_variants, rng_seed=1000)
+                    if coverage == "grid" else multiplier_specs(seed)[1:])
         cal = calibrate(table, seed, runner, ref_model, base_ms, proto,
-                        seed_ratios.ratios(seed.name))
+                        seed_ratios.ratios(seed.name), variants)
         seeds_meta.append({"name": seed.name, "signature": signature(seed),
-                           "spec": seed.to_dict(), **cal})
+                           "coverage": coverage, "spec": seed.to_dict(), **cal})
     return seeds_meta
 
 
 def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
             fresh: bool = False, progress: bool = True, log: Log = print,
-            runner: Runner | None = None) -> ProfileResult:
-    """Build or extend DEVICE's table so that it covers every seed, then calibrate:
-    plan, measure_entries, assemble, calibrate_seeds, then the table is written and
-    the journals removed."""
+            runner: Runner | None = None, input_sizes: Sequence[int] = (),
+            multiplier_sizes: Sequence[int] = ()) -> ProfileResult:
+    """Build or extend DEVICE's table so that it covers every seed (see targets_of for
+    the sizes), then calibrate: plan, measure_entries, assemble, calibrate_seeds, then
+    the table is written and the journals removed."""
     runner = runner or make_runner(device)
     runner.check()  # fail at once: no phone, no host, no perf_test
-    work = plan(device, seeds, runner, root, fresh)
+    work = plan(device, seeds, runner, root, fresh,
+                targets_of(seeds, input_sizes, multiplier_sizes))
     proto = device.protocol
     result = ProfileResult(device.name)
     start = time.perf_counter()
@@ -328,7 +356,8 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
             f"entries in the table or journal; measuring {len(work.pending)} "
             f"(reference: {work.ref.label()})")
     ref_model = (entry_model(work.ref), input_shape(work.ref))
-    seed_ratios = _SeedRatios(work.folder / "journal_seeds.csv", runner, ref_model, work.seeds,
+    seed_ratios = _SeedRatios(work.folder / "journal_seeds.csv", runner, ref_model,
+                              {name: spec for name, (spec, _) in work.targets.items()},
                               proto.calibration_rounds)
     measure_entries(work, runner, proto, ref_model, seed_ratios, result, progress)
     try:
@@ -413,7 +442,8 @@ class _SeedRatios:
 
 
 def calibrate(table: LatencyTable, seed: NetworkSpec, runner: Runner, ref_model: Model,
-              base_ms: float, proto: Any, earlier_ratios: Sequence[float] = ()) -> dict[str, Any]:
+              base_ms: float, proto: Any, earlier_ratios: Sequence[float] = (),
+              variants: Sequence[NetworkSpec] | None = None) -> dict[str, Any]:
     """The factor that turns a sum of entries into end-to-end milliseconds.
 
     The seed's level: median of (seed end to end / reference block) over bursts spread
@@ -421,12 +451,14 @@ def calibrate(table: LatencyTable, seed: NetworkSpec, runner: Runner, ref_model:
     then fitted (least squares on relative error) to the seed and to
     ``calibration_variants`` random reduced variants, each timed end to end in the
     same round-robin as the seed: a factor from the seed alone is biased for the
-    smaller networks the search actually scores.
+    smaller networks the search actually scores. ``variants`` replace the random ones
+    (a seed covered at its width multipliers only is fitted to those).
     """
     keys = [k for _, k in entry_keys(seed)]
     shape = network_input_shape(seed)
     seed_model = (network_model(seed), shape)
-    variants = random_variants(seed, proto.calibration_variants, rng_seed=1000)
+    if variants is None:
+        variants = random_variants(seed, proto.calibration_variants, rng_seed=1000)
     ratios = list(earlier_ratios)
     relative: dict[int, list[float]] = {}
     raw = []
@@ -485,7 +517,7 @@ def seed_e2e_ms(table: LatencyTable, seed: NetworkSpec) -> float:
 
 def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
              runner: Runner | None = None, rng_seed: int = 0, progress: bool = True,
-             per_chunk: int = 8, rounds: int = 30) -> tuple[dict[str, Any], pd.DataFrame]:
+             per_chunk: int = 8, rounds: int = 60) -> tuple[dict[str, Any], pd.DataFrame]:
     """Measure ``n`` random reduced variants end to end, compare with predictions.
 
     Each chunk times the reference block, the seed and ``per_chunk`` variants

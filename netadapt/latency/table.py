@@ -24,6 +24,7 @@ fitted to the seed and reduced variants timed end to end).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -44,6 +45,11 @@ FORMAT = 1
 # Fashion-MNIST / CIFAR-10); others are interpolated linearly in the classes, the one
 # dimension the search never changes.
 CLASSES = (10, 100, 1000)
+# Input sizes a table covers beyond its full width grids: at each, the seed and its
+# width-multiplier networks (what the resolution baseline and the paper's Table 9 reach).
+SIZES = (96, 128, 160, 192, 224, 256)
+MULTIPLIERS = (0.35, 0.5, 0.75, 1.0)
+COVERAGES = ("grid", "multipliers")
 KEY_COLUMNS = list(EntryKey._fields)
 COLUMNS = KEY_COLUMNS + ["ms", "spread", "n"]
 _BOOL = ("se", "expand", "residual")
@@ -81,11 +87,32 @@ def _widths(width: int) -> range:
     return range(8, width + 1, 8)
 
 
-def required_keys(seed: NetworkSpec) -> set[EntryKey]:
-    """Every entry needed to predict any spec the search can reach from ``seed`` (each
-    group shrunk to any multiple of 8 down to 8), with composed blocks' two slices."""
-    width = {f: g.width for g in seed.groups for f in g.fields}
+def at_size(seed: NetworkSpec, size: int) -> NetworkSpec:
+    """``seed`` at a square input size (named ``NAME@SIZE`` unless it is its own)."""
+    if seed.input_size == (size, size):
+        return seed
+    base = seed.name.split("@")[0]
+    return dataclasses.replace(seed, input_size=(size, size), name=f"{base}@{size}")
+
+
+def multiplier_specs(seed: NetworkSpec) -> list[NetworkSpec]:
+    """The seed's width-multiplier networks (NetworkSpec.scaled, head kept), largest
+    first; x1.0 is the seed itself."""
+    return [seed if m == 1.0 else seed.scaled(m) for m in sorted(MULTIPLIERS, reverse=True)]
+
+
+def required_keys(seed: NetworkSpec, coverage: str = "grid") -> set[EntryKey]:
+    """Every entry needed to predict what ``coverage`` promises for ``seed`` at its input
+    size: ``grid``, any spec the search can reach from it (each group shrunk to any
+    multiple of 8 down to 8), with composed blocks' two slices; ``multipliers``, the
+    seed and its width-multiplier networks (any number of classes)."""
     keys: set[EntryKey] = set()
+    if coverage == "multipliers":
+        keys.update(k for spec in multiplier_specs(seed) for _, k in entry_keys(spec))
+        keys.update(classifier_key(k.exp, c) for k in list(keys) if k.kind == "head"
+                    for c in sorted({*CLASSES, seed.num_classes}))
+        return keys
+    width = {f: g.width for g in seed.groups for f in g.fields}
     c_field = "stem.out"  # the field that sets the next row's input width
     for row in seed.layers:
         key = entry_key(row)
@@ -169,9 +196,12 @@ class LatencyTable:
         self._calibration: dict[str, float] = {}
         self._seeds: list[NetworkSpec] = []
         self._seed_classes: list[int] = []
+        self._multiplier_seeds: set[str] = set()  # covered at multipliers only
         for seed_meta in meta.get("seeds", []):
             seed = spec_from_dict(seed_meta["spec"])
             self._seeds.append(seed)
+            if seed_meta.get("coverage", "grid") == "multipliers":
+                self._multiplier_seeds.add(seed.name)
             if seed.num_classes not in self._seed_classes:
                 self._seed_classes.append(seed.num_classes)
             self._calibration[signature(seed)] = float(seed_meta.get("factor", 1.0))
@@ -297,6 +327,10 @@ class LatencyTable:
                    f"profile --device {self.device} --estimate-from {source}")
         else:
             fix = f"netadapt profile --device {self.device} --spec SEED.yaml"
+        h, w = spec.input_size
+        if h == w and all(s.input_size != (h, w) or s.name in self._multiplier_seeds
+                          for s in self._seeds):
+            fix = fix.replace("SEED.yaml", f"SEED.yaml --input-size {h}", 1)
         seeds = ", ".join(s.name for s in self._seeds) or "none"
         return (f"latency table {self.device!r} has no entry for {spec.name} {name} "
                 f"({key.label()}); it covers seeds {seeds}; add it with: {fix} "
