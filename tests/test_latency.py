@@ -450,3 +450,8 @@ def test_entry_weights_are_appended_raw_and_parse_as_onnx(tiny_spec):
                       (24, 72, 1, 1)]  # expand, depthwise, SE down and up, project
     weights = numpy_helper.to_array(model.graph.initializer[2])
     assert weights.dtype == np.float32 and 0.05 < weights.std() < 0.5  # ~ fan_in ** -0.5
+
+
+def test_bad_multiplier_sizes_are_one_line(root):
+    one_line_error(cli.invoke(app, ["profile", "--device", "fast", "--multiplier-sizes",
+                                    "96,abc"]), "--multiplier-sizes: expected sizes")

@@ -234,8 +234,9 @@ def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | 
                                               "seeds": [s.to_dict() for s in seeds]}))
     covered = {s["spec"]["name"]: (spec_from_dict(s["spec"]), s.get("coverage", "grid"))
                for s in old_meta.get("seeds", [])}
+    rank = {"multipliers": 0, "grid": 1}  # a grid covers the multipliers too
     new = {spec.name: (spec, coverage) for spec, coverage in targets
-           if covered.get(spec.name, (None, ""))[1] != "grid"}  # a grid covers it all
+           if spec.name not in covered or rank[coverage] > rank[covered[spec.name][1]]}
     covered.update(new)
     have = set(entries_of(old)) if len(old) else set()
     needed: set[EntryKey] = set()
