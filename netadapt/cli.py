@@ -297,6 +297,10 @@ def profile(
         help="Square input size at which to cover every width the search can reach from "
         "each --spec (repeatable) [default: the spec's own size]; with --validate: the "
         "sizes to validate at", min=16)] = None,
+    clock: Annotated[str | None, typer.Option(
+        help="Timer for a local or ssh device: wall (elapsed) or thread (this thread's CPU "
+        "time: not charged for pre-emption by other processes) [default: the device "
+        "profile's runtime.clock, else wall]")] = None,
     multiplier_sizes: Annotated[str, typer.Option(
         help="Input sizes at which to cover each --spec and its x0.35/0.5/0.75/1.0 width "
         "multipliers (comma-separated, or 'none')")] = "96,128,160,192,224,256",
@@ -308,6 +312,12 @@ def profile(
     from .spec import load_spec
 
     dev = load_device(device)
+    if clock is not None:
+        if clock not in ("wall", "thread"):
+            raise NetadaptError(f"--clock: must be wall or thread, got {clock!r}")
+        import dataclasses
+
+        dev = dataclasses.replace(dev, runtime={**dev.runtime, "clock": clock})
     if estimate_from is not None:
         if not dev.published:
             raise NetadaptError(f"device {device}: no published latencies in {dev.path} to "
@@ -343,7 +353,9 @@ def profile(
         table = load_table(device)
         for seed in [at_size(s, n) for s in seeds for n in sizes] or seeds:
             summary, _frame = prof.validate(table, dev, seed, validate)
-            saved = prof.save_validation(device, summary, _frame)
+            summary["clock"] = dev.settings["clock"]
+            saved = prof.save_validation(device, summary, _frame, suffix="" if clock is None
+                                         else f"_{clock}")
             typer.echo(
                 f"{seed.name} on {table.label()}: {validate} variants, median |error| "
                 f"{summary['median_abs_error']:.1%}, max {summary['max_abs_error']:.1%}, "

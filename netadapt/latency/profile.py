@@ -578,9 +578,9 @@ def summarize(frame: pd.DataFrame, table: LatencyTable, seed: NetworkSpec, n: in
 
 
 def save_validation(device: str, summary: dict[str, Any], frame: pd.DataFrame,
-                    root: Path | None = None) -> Path:
+                    root: Path | None = None, suffix: str = "") -> Path:
     folder = table_paths(device, root)[0].parent
-    stem = folder / f"validation_{summary['seed']}"
+    stem = folder / f"validation_{summary['seed']}{suffix}"
     write_text_atomic(stem.with_suffix(".csv"), frame.to_csv(index=False, float_format="%.5g"))
     write_text_atomic(stem.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
     return stem.with_suffix(".json")
