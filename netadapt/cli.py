@@ -301,6 +301,9 @@ def profile(
         help="Timer for a local or ssh device: wall (elapsed) or thread (this thread's CPU "
         "time: not charged for pre-emption by other processes) [default: the device "
         "profile's runtime.clock, else wall]")] = None,
+    recalibrate: Annotated[bool, typer.Option(
+        help="Calibrate every --spec at its sizes again, even where the table covers it "
+        "already (no entry is timed again)")] = False,
     multiplier_sizes: Annotated[str, typer.Option(
         help="Input sizes at which to cover each --spec and its x0.35/0.5/0.75/1.0 width "
         "multipliers (comma-separated, or 'none')")] = "96,128,160,192,224,256",
@@ -365,7 +368,7 @@ def profile(
         return
     try:
         result = prof.profile(dev, seeds, fresh=fresh, input_sizes=sizes,
-                              multiplier_sizes=extra)
+                              multiplier_sizes=extra, recalibrate=recalibrate)
     except KeyboardInterrupt:
         typer.secho(f"interrupted: measured entries are saved in latency_tables/{device}/"
                     f"journal.csv; run the same command to continue", fg=typer.colors.YELLOW,

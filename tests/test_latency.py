@@ -456,3 +456,11 @@ def test_entry_weights_are_appended_raw_and_parse_as_onnx(tiny_spec):
 def test_bad_multiplier_sizes_are_one_line(root):
     one_line_error(cli.invoke(app, ["profile", "--device", "fast", "--multiplier-sizes",
                                     "96,abc"]), "--multiplier-sizes: expected sizes")
+
+
+def test_recalibrate_times_no_entry_and_records_the_clock(built, tiny_spec):
+    device = load_device("fast")
+    result = prof.profile(device, [tiny_spec], root=built_root(), progress=False,
+                          log=lambda _: None, recalibrate=True)
+    assert result.measured == 0 and [c["seed"] for c in result.calibration] == ["tiny"]
+    assert load_table("fast").meta["seeds"][0]["clock"] == "wall"

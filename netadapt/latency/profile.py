@@ -209,7 +209,8 @@ def targets_of(seeds: Sequence[NetworkSpec], input_sizes: Sequence[int] = (),
 
 
 def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | None = None,
-         fresh: bool = False, targets: list[tuple[NetworkSpec, str]] | None = None) -> _Plan:
+         fresh: bool = False, targets: list[tuple[NetworkSpec, str]] | None = None,
+         recalibrate: bool = False) -> _Plan:
     """Step 1: what the finished table must hold, and what is left to time (the table
     and the journal of an interrupted run count as done). ``targets`` (see targets_of)
     default to each seed's full grid at its own size."""
@@ -236,7 +237,8 @@ def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | 
                for s in old_meta.get("seeds", [])}
     rank = {"multipliers": 0, "grid": 1}  # a grid covers the multipliers too
     new = {spec.name: (spec, coverage) for spec, coverage in targets
-           if spec.name not in covered or rank[coverage] > rank[covered[spec.name][1]]}
+           if spec.name not in covered or rank[coverage] > rank[covered[spec.name][1]]
+           or recalibrate}
     covered.update(new)
     have = set(entries_of(old)) if len(old) else set()
     needed: set[EntryKey] = set()
@@ -334,21 +336,22 @@ def calibrate_seeds(work: _Plan, frame: pd.DataFrame, runner: Runner, ref_model:
         cal = calibrate(table, seed, runner, ref_model, base_ms, proto,
                         seed_ratios.ratios(seed.name), variants)
         seeds_meta.append({"name": seed.name, "signature": signature(seed),
-                           "coverage": coverage, "spec": seed.to_dict(), **cal})
+                           "coverage": coverage, "spec": seed.to_dict(), **cal,
+                           "clock": runner_clock(runner)})
     return seeds_meta
 
 
 def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
             fresh: bool = False, progress: bool = True, log: Log = print,
             runner: Runner | None = None, input_sizes: Sequence[int] = (),
-            multiplier_sizes: Sequence[int] = ()) -> ProfileResult:
+            multiplier_sizes: Sequence[int] = (), recalibrate: bool = False) -> ProfileResult:
     """Build or extend DEVICE's table so that it covers every seed (see targets_of for
     the sizes), then calibrate: plan, measure_entries, assemble, calibrate_seeds, then
     the table is written and the journals removed."""
     runner = runner or make_runner(device)
     runner.check()  # fail at once: no phone, no host, no perf_test
     work = plan(device, seeds, runner, root, fresh,
-                targets_of(seeds, input_sizes, multiplier_sizes))
+                targets_of(seeds, input_sizes, multiplier_sizes), recalibrate)
     proto = device.protocol
     result = ProfileResult(device.name)
     start = time.perf_counter()
@@ -373,7 +376,8 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
     meta: dict[str, Any] = {
         "format": FORMAT, "device": device.name, "description": device.description,
         "runner": device.runner, "estimate": False,
-        "runtime": {"onnxruntime": runner.runtime_version(), **device.settings},
+        "runtime": old_meta["runtime"] if old_meta and not work.pending  # recalibrated only
+        else {"onnxruntime": runner.runtime_version(), **device.settings},
         "cpu": runner.cpu_model(), "date": dt.datetime.now(dt.timezone.utc).isoformat(
             timespec="seconds"),
         "protocol": dataclasses.asdict(proto),
@@ -392,6 +396,11 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
     result.rows = len(frame)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def runner_clock(runner: Runner) -> str:
+    device = getattr(runner, "device", None)
+    return str(device.settings.get("clock", "wall")) if device is not None else "wall"
 
 
 def write_table(device: str, frame: pd.DataFrame, meta: dict[str, Any],
