@@ -327,6 +327,20 @@ def profile(
     estimate_from: Annotated[str | None, typer.Option(
         help="Build an ESTIMATE for --device from this device's table and the published "
         "latencies in the device profile (no phone needed)")] = None,
+    input_size: Annotated[list[int] | None, typer.Option(
+        help="Square input size at which to cover every width the search can reach from "
+        "each --spec (repeatable) [default: the spec's own size]; with --validate: the "
+        "sizes to validate at", min=16)] = None,
+    clock: Annotated[str | None, typer.Option(
+        help="Timer for a local or ssh device: wall (elapsed) or thread (this thread's CPU "
+        "time: not charged for pre-emption by other processes) [default: the device "
+        "profile's runtime.clock, else wall]")] = None,
+    recalibrate: Annotated[bool, typer.Option(
+        help="Calibrate every --spec at its sizes again, even where the table covers it "
+        "already (no entry is timed again)")] = False,
+    multiplier_sizes: Annotated[str, typer.Option(
+        help="Input sizes at which to cover each --spec and its x0.35/0.5/0.75/1.0 width "
+        "multipliers (comma-separated, or 'none')")] = "96,128,160,192,224,256",
 ) -> None:
     """Build or extend a device's latency table (resumable), or validate it."""
     from .latency import load_device, load_table
@@ -334,16 +348,35 @@ def profile(
     from .spec import load_spec
 
     dev = load_device(device)
+    if clock is not None:
+        if clock not in ("wall", "thread"):
+            raise NetadaptError(f"--clock: must be wall or thread, got {clock!r}")
+        import dataclasses
+
+        dev = dataclasses.replace(dev, runtime={**dev.runtime, "clock": clock})
     if estimate_from is not None:
         _estimate(dev, estimate_from)
         return
     paths = spec or [Path("configs/mobilenetv3_large.yaml")]
     seeds = [load_spec(p) for p in paths]
+    sizes = input_size or []
+    try:
+        extra = [] if multiplier_sizes.strip() in ("", "none") else \
+            [int(x) for x in multiplier_sizes.split(",")]
+    except ValueError:
+        raise NetadaptError(f"--multiplier-sizes: expected sizes like 96,128,224 or none, "
+                            f"got {multiplier_sizes!r}") from None
+    if any(n < 16 for n in extra):
+        raise NetadaptError(f"--multiplier-sizes: sizes must be >= 16, got {multiplier_sizes}")
     if validate:
+        from .latency.table import at_size
+
         table = load_table(device)
-        for seed in seeds:
+        for seed in [at_size(s, n) for s in seeds for n in sizes] or seeds:
             summary, _frame = prof.validate(table, dev, seed, validate)
-            saved = prof.save_validation(device, summary, _frame)
+            summary["clock"] = dev.settings["clock"]
+            saved = prof.save_validation(device, summary, _frame, suffix="" if clock is None
+                                         else f"_{clock}")
             typer.echo(
                 f"{seed.name} on {table.label()}: {validate} variants, median |error| "
                 f"{summary['median_abs_error']:.1%}, max {summary['max_abs_error']:.1%}, "
@@ -352,7 +385,8 @@ def profile(
                 f"(saved {saved})")
         return
     try:
-        result = prof.profile(dev, seeds, fresh=fresh)
+        result = prof.profile(dev, seeds, fresh=fresh, input_sizes=sizes,
+                              multiplier_sizes=extra, recalibrate=recalibrate)
     except KeyboardInterrupt:
         typer.secho(f"interrupted: measured entries are saved in latency_tables/{device}/"
                     f"journal.csv; run the same command to continue", fg=typer.colors.YELLOW,

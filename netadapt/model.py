@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import WeightsError
 from .files import write_bytes_atomic
-from .spec import Block, ClassifierHead, LRASPPHead, NetworkSpec
+from .spec import ClassifierHead, Layer, LRASPPHead, NetworkSpec
 
 # torchvision's MobileNetV3 BatchNorm settings. Momentum 0.01 makes running statistics
 # lag during short fine-tunes; the training code raises it there, not here.
@@ -63,20 +63,20 @@ class SqueezeExcite(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2/V3 bottleneck block built from one spec row."""
+    """MobileNetV2/V3 bottleneck block built from one row of ``spec.layers``."""
 
-    def __init__(self, block: Block, c_in: int) -> None:
+    def __init__(self, row: Layer) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        if block.expand:
-            layers.append(ConvBNAct(c_in, block.exp, 1, act=block.act))
-        layers.append(ConvBNAct(block.exp, block.exp, block.kernel, block.stride,
-                                groups=block.exp, dilation=block.dilation, act=block.act))
-        if block.se:
-            layers.append(SqueezeExcite(block.exp, block.squeeze))
-        layers.append(ConvBNAct(block.exp, block.out, 1))  # linear bottleneck: no act
+        if row.expand:
+            layers.append(ConvBNAct(row.c_in, row.exp, 1, act=row.act))
+        layers.append(ConvBNAct(row.exp, row.exp, row.kernel, row.stride,
+                                groups=row.exp, dilation=row.dilation, act=row.act))
+        if row.se:
+            layers.append(SqueezeExcite(row.exp, row.squeeze))
+        layers.append(ConvBNAct(row.exp, row.out, 1))  # linear bottleneck: no act
         self.block = nn.Sequential(*layers)
-        self.residual = block.residual
+        self.residual = row.residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.block(x)
@@ -84,10 +84,13 @@ class InvertedResidual(nn.Module):
 
 
 def _features(spec: NetworkSpec) -> nn.Sequential:
-    s = spec.stem
-    layers: list[nn.Module] = [ConvBNAct(spec.in_channels, s.out, s.kernel, s.stride, act=s.act)]
-    layers += [InvertedResidual(b, c_in) for b, c_in in zip(spec.blocks, spec.block_inputs())]
-    layers.append(ConvBNAct(spec.blocks[-1].out, spec.last_conv.out, 1, act=spec.last_conv.act))
+    """Stem, blocks and last conv (torchvision's ``features`` / ``backbone``)."""
+    layers: list[nn.Module] = []
+    for row in spec.layers:
+        if row.kind == "block":
+            layers.append(InvertedResidual(row))
+        elif row.kind in ("stem", "last_conv"):
+            layers.append(ConvBNAct(row.c_in, row.out, row.kernel, row.stride, act=row.act))
     return nn.Sequential(*layers)
 
 
@@ -97,14 +100,14 @@ class MobileNetV3(nn.Module):
     def __init__(self, spec: NetworkSpec) -> None:
         super().__init__()
         assert isinstance(spec.head, ClassifierHead)
-        head = spec.head
+        head = spec.layers[-1]
         self.features = _features(spec)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
-            nn.Linear(spec.last_conv.out, head.width),
+            nn.Linear(head.c_in, head.exp),
             _activation(head.act),
-            nn.Dropout(p=head.dropout),
-            nn.Linear(head.width, spec.num_classes),
+            nn.Dropout(p=spec.head.dropout),
+            nn.Linear(head.exp, head.out),
         )
         _init_weights(self)
 
@@ -146,10 +149,8 @@ class LRASPP(nn.Module):
         assert isinstance(spec.head, LRASPPHead)
         self.backbone = _features(spec)
         self.low_index = spec.head.low_block + 1  # backbone[0] is the stem
-        self.classifier = LRASPPHeadModule(
-            spec.blocks[spec.head.low_block].out, spec.last_conv.out,
-            spec.num_classes, spec.head.inter,
-        )
+        head = spec.layers[-1]
+        self.classifier = LRASPPHeadModule(head.low, head.c_in, head.out, head.exp)
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -33,6 +34,12 @@ def make_divisible(value: float, divisor: int = WIDTH_STEP) -> int:
     if rounded < 0.9 * value:
         rounded += divisor
     return rounded
+
+
+def conv_output_size(size: int, kernel: int, stride: int, dilation: int = 1) -> int:
+    """Output size of a 'same'-padded conv (padding = (kernel - 1) // 2 * dilation)."""
+    padding = (kernel - 1) // 2 * dilation
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,84 @@ class LRASPPHead:
 Head = ClassifierHead | LRASPPHead
 
 
+class Layer(NamedTuple):
+    """One row of a network as every consumer reads it (``NetworkSpec.layers``): the
+    parameter counts, the PyTorch builder, the latency table's entries and ``netadapt
+    show`` all take their widths and feature sizes from these rows, never re-derive them.
+
+    ``kind`` is ``stem``, ``block`` (an inverted residual), ``last_conv``, ``head`` (the
+    classifier: pool -> Linear to ``exp`` -> act -> Linear to ``out`` classes, its
+    Linears counted as 1x1 convs on the pooled 1x1 features) or ``lraspp`` (the Lite
+    R-ASPP decoder: ``c_in`` is the high-level feature at ``h`` x ``w``, ``exp`` its
+    ``inter`` width, ``low`` the low-level feature's channels at ``h_out`` x ``w_out``,
+    where the logits come out). Fields a kind lacks are 0 / False; ``h``, ``w`` are the
+    row's input size, ``h_out``, ``w_out`` its output size before any pooling.
+    """
+
+    name: str  # stem, blocks[i], last_conv, head
+    kind: str
+    c_in: int
+    exp: int
+    out: int
+    kernel: int
+    stride: int
+    dilation: int
+    se: bool
+    act: str
+    expand: bool
+    residual: bool
+    h: int
+    w: int
+    h_out: int
+    w_out: int
+    squeeze: int = 0  # SE bottleneck width
+    low: int = 0  # lraspp: low-level feature channels
+
+
+def _row(*fields: Any) -> Layer:
+    # tuple.__new__ directly: Layer(...) with its generated __new__ cost 2 us a row,
+    # most of a prediction's time for a new spec in the search
+    return tuple.__new__(Layer, fields)  # type: ignore[type-var]
+
+
+_BLOCK_NAMES = [f"blocks[{i}]" for i in range(64)]
+
+
+def walk(spec: NetworkSpec) -> tuple[Layer, ...]:
+    """The rows of ``spec`` in network order (use the cached ``spec.layers``)."""
+    h, w = spec.input_size
+    s = spec.stem
+    ho, wo = conv_output_size(h, s.kernel, s.stride), conv_output_size(w, s.kernel, s.stride)
+    rows = [_row("stem", "stem", spec.in_channels, 0, s.out, s.kernel, s.stride, 1, False,
+                 s.act, False, False, h, w, ho, wo, 0, 0)]
+    c_in, h, w = s.out, ho, wo
+    low = low_h = low_w = 0
+    head = spec.head
+    low_block = head.low_block if isinstance(head, LRASPPHead) else -1
+    names = _BLOCK_NAMES if len(spec.blocks) <= len(_BLOCK_NAMES) else \
+        [f"blocks[{i}]" for i in range(len(spec.blocks))]
+    for i, b in enumerate(spec.blocks):
+        if b.stride != 1:  # 'same' padding: stride 1 keeps the size, at any dilation
+            ho = conv_output_size(h, b.kernel, b.stride, b.dilation)
+            wo = conv_output_size(w, b.kernel, b.stride, b.dilation)
+        rows.append(_row(names[i], "block", c_in, b.exp, b.out, b.kernel, b.stride,
+                         b.dilation, b.se, b.act, b.expand, b.residual, h, w, ho, wo,
+                         b.squeeze if b.se else 0, 0))
+        if i == low_block:
+            low, low_h, low_w = b.out, ho, wo
+        c_in, h, w = b.out, ho, wo
+    last = spec.last_conv
+    rows.append(_row("last_conv", "last_conv", c_in, 0, last.out, 1, 1, 1, False, last.act,
+                     False, False, h, w, h, w, 0, 0))
+    if isinstance(head, ClassifierHead):
+        rows.append(_row("head", "head", last.out, head.width, spec.num_classes, 1, 1, 1,
+                         False, head.act, False, False, 1, 1, 1, 1, 0, 0))
+    else:
+        rows.append(_row("head", "lraspp", last.out, head.inter, spec.num_classes, 1, 1, 1,
+                         False, "relu", False, False, h, w, low_h, low_w, 0, low))
+    return tuple(rows)
+
+
 @dataclass(frozen=True)
 class ChannelGroup:
     """Widths that the search shrinks together, named by the fields they set.
@@ -140,6 +225,12 @@ class NetworkSpec:
     @property
     def task(self) -> str:
         return "segmentation" if isinstance(self.head, LRASPPHead) else "classification"
+
+    @cached_property
+    def layers(self) -> tuple[Layer, ...]:
+        """One row per stem / block / last conv / head with resolved input widths and
+        feature sizes (see Layer); computed once per spec."""
+        return walk(self)
 
     def block_inputs(self) -> list[int]:
         """Input width of every block (the previous block's output, or the stem's)."""

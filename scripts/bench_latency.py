@@ -1,6 +1,7 @@
 """Latency-table benchmark: fidelity, composition error, prediction rate, profiling cost.
 
     .venv/bin/python scripts/bench_latency.py [--device local-ref] [--variants 100]
+        [--input-size 224 --input-size 192]  # fidelity at these sizes (full grids)
         [--profile-cost]  # also time a fresh full table for Large (minutes)
 
 Prints one summary table and writes it to latency_tables/<device>/bench.json.
@@ -22,9 +23,14 @@ import numpy as np
 
 from netadapt.latency import entry_keys, load_device, load_table
 from netadapt.latency import profile as prof
-from netadapt.latency.graphs import entry_model, input_shape, network_model
+from netadapt.latency.graphs import (
+    entry_model,
+    input_shape,
+    network_input_shape,
+    network_model,
+)
 from netadapt.latency.runners import make_runner
-from netadapt.latency.table import _composed, required_keys, tables_dir
+from netadapt.latency.table import _composed, at_size, required_keys, tables_dir
 from netadapt.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,15 +38,16 @@ SEEDS = {"large": ROOT / "configs/mobilenetv3_large.yaml",
          "small": ROOT / "configs/mobilenetv3_small.yaml"}
 
 
-def fidelity(device: str, n: int) -> dict[str, dict]:
+def fidelity(device: str, n: int, sizes: list[int]) -> dict[str, dict]:
     table = load_table(device)
     dev = load_device(device)
     out = {}
     for name, path in SEEDS.items():
-        seed = load_spec(path)
-        summary, frame = prof.validate(table, dev, seed, n, progress=False)
-        prof.save_validation(device, summary, frame)
-        out[name] = summary
+        for size in sizes:
+            seed = at_size(load_spec(path), size)
+            summary, frame = prof.validate(table, dev, seed, n, progress=False)
+            prof.save_validation(device, summary, frame)
+            out[f"{name}@{size}"] = summary
     return out
 
 
@@ -66,7 +73,7 @@ def composition_error(device: str, points: int = 40) -> dict[str, float]:
                     anchor._replace(exp=e)]
             models = [(entry_model(k), input_shape(k)) for k in quad]
             if net_ms is None:
-                models.append((network_model(seed), input_shape(entry_keys(seed)[0][1])))
+                models.append((network_model(seed), network_input_shape(seed)))
             med = np.median(runner.time(models, 30, 2), axis=1)
             if net_ms is None:
                 net_ms = float(med[-1])
@@ -118,7 +125,7 @@ def granularity(device: str, variants: int = 6) -> dict[str, dict[str, float]]:
         ops_ratio, blocks_ratio = [], []
         for spec in [seed, *prof.random_variants(seed, variants, rng_seed=77)]:
             net = network_model(spec)
-            shape = input_shape(entry_keys(spec)[0][1])
+            shape = network_input_shape(spec)
             blocks = [(entry_model(k), input_shape(k)) for _, k in entry_keys(spec)]
             ops = op_models(net)
             ms = prof.fast_ms(runner.time([(net, shape), *blocks, *ops], 20, 2))
@@ -178,12 +185,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="local-ref")
     ap.add_argument("--variants", type=int, default=100)
+    ap.add_argument("--input-size", type=int, action="append", default=None,
+                    help="fidelity at these sizes (repeatable; default 224 and 192)")
     ap.add_argument("--profile-cost", action="store_true")
     args = ap.parse_args()
     rows: list[tuple[str, str, str]] = []
     results: dict = {}
     table = load_table(args.device)
-    results["fidelity"] = fid = fidelity(args.device, args.variants)
+    results["fidelity"] = fid = fidelity(args.device, args.variants,
+                                             args.input_size or [224, 192])
     for name, s in fid.items():
         rows.append((f"fidelity {name} ({s['variants']} variants)",
                      f"median {s['median_abs_error']:.1%}, max {s['max_abs_error']:.1%}, "

@@ -81,12 +81,14 @@ def test_entries_are_stem_blocks_last_conv_and_head(tiny_spec):
     assert names == ["stem", "blocks[0]", "blocks[1]", "blocks[2]", "last_conv", "head"]
 
 
-def test_fast_layer_keys_are_the_entry_keys(tiny_spec):
-    from netadapt.latency.table import key_for_layer, layer_tuples
-
+def test_entry_keys_chain_the_walks_widths_and_sizes():
     large = load_spec(CONFIGS / "mobilenetv3_large.yaml")
-    for spec in [tiny_spec, large, *prof.random_variants(large, 5)]:
-        assert [key_for_layer(t) for t in layer_tuples(spec)] == [k for _, k in entry_keys(spec)]
+    for spec in [large, *prof.random_variants(large, 5)]:
+        keys = [k for _, k in entry_keys(spec)]
+        for (prev, key), row in zip(zip(keys, keys[1:]), spec.layers[1:]):
+            if key.kind != "head":  # the head's input is the pooled 1x1 vector
+                assert (key.c_in, key.h, key.w) == (prev.out, row.h, row.w)
+        assert keys[-2].h == keys[-2].w == 7 and keys[-1].c_in == spec.last_conv.out
 
 
 def test_network_graph_runs_in_onnxruntime_with_the_specs_output(tiny_spec):
@@ -244,13 +246,14 @@ def built_root() -> Path:
     return Path(os.environ["NETADAPT_ROOT"])
 
 
-def test_round_robin_timing_ranks_large_above_small():
+@pytest.mark.parametrize("clock", ["wall", "thread"])
+def test_round_robin_timing_ranks_large_above_small(clock):
     large, small = (load_spec(CONFIGS / f"mobilenetv3_{n}.yaml") for n in ("large", "small"))
     shape = (1, 3, 224, 224)
     ms = time_round_robin([(network_model(large), shape), (network_model(small), shape)],
-                          {"threads": 1}, rounds=10, warmup=1)
+                          {"threads": 1, "clock": clock}, rounds=10, warmup=1)
     fast = prof.fast_ms(ms)
-    assert fast[0] > fast[1]
+    assert fast[0] > fast[1] > 0
 
 
 def test_validate_reports_error_statistics_and_saves_them(built, tiny_spec):
@@ -404,3 +407,69 @@ def test_ctrl_c_during_profile_says_how_to_continue(root, monkeypatch):
                               str(CONFIGS / "mobilenetv3_small.yaml")])
     assert result.exit_code == 130
     assert "run the same command to continue" in result.output
+
+
+# ---------------------------------------------------------------------- input sizes
+def test_a_table_extends_to_other_input_sizes(built, tiny_spec):
+    from netadapt.latency.table import at_size, multiplier_specs
+
+    at48 = at_size(tiny_spec, 48)
+    assert not built.covers(at48)
+    line = str(pytest.raises(LatencyError, built.predict_ms, at48).value)
+    assert "--input-size 48" in line and "netadapt profile --device fast" in line
+    result = prof.profile(load_device("fast"), [tiny_spec], root=built_root(), progress=False,
+                          log=lambda _: None, input_sizes=[48], multiplier_sizes=[64])
+    table = load_table("fast")
+    head_keys = {k for k in required_keys(tiny_spec) if k.kind in ("head", "classifier")}
+    assert result.measured - result.remeasured < len(required_keys(at48)) - len(head_keys) + 60
+    # every width at 48 px, the seed and its multipliers at 64 px, 32 px kept
+    assert table.covers(tiny_spec) and table.covers(at48)
+    assert all(table.covers(v) for v in prof.random_variants(at48, 10))
+    at64 = at_size(tiny_spec, 64)
+    assert all(table.covers(m) for m in multiplier_specs(at64))
+    assert table.covers(dataclasses.replace(at64, num_classes=100))
+    assert not table.covers(prof.random_variants(at64, 1)[0])
+    # one calibration per structure and size; larger inputs take longer
+    seeds = {s["name"]: s for s in table.meta["seeds"]}
+    assert {n: s["coverage"] for n, s in seeds.items()} == {
+        "tiny": "grid", "tiny@48": "grid", "tiny@64": "multipliers"}
+    assert len({s["signature"] for s in seeds.values()}) == 3
+    assert table.predict_ms(tiny_spec) < table.predict_ms(at48) < table.predict_ms(at64)
+
+
+def test_multiplier_coverage_is_the_seed_and_its_scaled_networks():
+    from netadapt.latency.table import at_size, multiplier_specs
+
+    large = at_size(load_spec(CONFIGS / "mobilenetv3_large.yaml"), 160)
+    keys = required_keys(large, "multipliers")
+    assert len(keys) < 150  # against ~30,000 for every width
+    assert all(k.kind in ("head", "classifier") or k.h <= 160 for k in keys)
+    assert [m.name for m in multiplier_specs(large)] == [
+        "mobilenetv3_large@160", "mobilenetv3_large@160_x0.75", "mobilenetv3_large@160_x0.5",
+        "mobilenetv3_large@160_x0.35"]
+
+
+def test_entry_weights_are_appended_raw_and_parse_as_onnx(tiny_spec):
+    import onnx
+    from onnx import numpy_helper
+
+    key = dict(entry_keys(tiny_spec))["blocks[2]"]
+    model = onnx.load_from_string(entry_model(key))
+    shapes = [tuple(i.dims) for i in model.graph.initializer[::2]]  # weights, then biases
+    assert shapes == [(72, 24, 1, 1), (72, 1, 5, 5), (24, 72, 1, 1), (72, 24, 1, 1),
+                      (24, 72, 1, 1)]  # expand, depthwise, SE down and up, project
+    weights = numpy_helper.to_array(model.graph.initializer[2])
+    assert weights.dtype == np.float32 and 0.05 < weights.std() < 0.5  # ~ fan_in ** -0.5
+
+
+def test_bad_multiplier_sizes_are_one_line(root):
+    one_line_error(cli.invoke(app, ["profile", "--device", "fast", "--multiplier-sizes",
+                                    "96,abc"]), "--multiplier-sizes: expected sizes")
+
+
+def test_recalibrate_times_no_entry_and_records_the_clock(built, tiny_spec):
+    device = load_device("fast")
+    result = prof.profile(device, [tiny_spec], root=built_root(), progress=False,
+                          log=lambda _: None, recalibrate=True)
+    assert result.measured == 0 and [c["seed"] for c in result.calibration] == ["tiny"]
+    assert load_table("fast").meta["seeds"][0]["clock"] == "wall"

@@ -58,7 +58,8 @@ class Device:
         return {"threads": int(self.runtime.get("threads", 1)),
                 "spinning": bool(self.runtime.get("spinning", False)),
                 "optimization": str(self.runtime.get("optimization", "all")),
-                "providers": list(self.runtime.get("providers", ["CPUExecutionProvider"]))}
+                "providers": list(self.runtime.get("providers", ["CPUExecutionProvider"])),
+                "clock": str(self.runtime.get("clock", "wall"))}
 
 
 def devices_dir(root: Path | None = None) -> Path:

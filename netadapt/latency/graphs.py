@@ -6,24 +6,54 @@ are node-for-node what torch.onnx.export writes for netadapt.model in eval mode
 (BatchNorm folded into Conv, HardSwish / Relu / HardSigmoid, GlobalAveragePool,
 Flatten, Gemm), so onnxruntime fuses them the same way. Weights are random: latency
 does not depend on their values.
+
+Weights are written as raw protobuf bytes appended to the serialized model (a second
+``graph`` field holding only initializers, which protobuf merges into the first), each a
+slice of a pool of normal samples pre-scaled by a power of two near fan_in ** -0.5, so a
+head entry's 10 MB of weights are copied once: building a table's entries through
+onnx.helper cost more than timing them (15 ms per entry against 7 ms, measured here).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from ..cost import conv_output_size
-from ..spec import ClassifierHead, NetworkSpec
+from ..spec import ClassifierHead, Layer, NetworkSpec, make_divisible
 
 OPSET = 17
 IR_VERSION = 8  # old enough for onnxruntime builds on phones and boards
 # Weights are slices of one pool of normal samples: drawing 2.5 M fresh samples for a
-# head entry took ~30 ms, more than timing it.
-_POOL = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)
+# head entry took ~30 ms, more than timing it. 2 M floats hold the largest weight (a
+# 1280 x 1000 Gemm); one scaled copy per power of two, made when first needed.
+_POOL = np.random.default_rng(0).standard_normal(1 << 21).astype(np.float32)
+_SCALED: dict[int, bytes] = {}
+
+
+def _pool(fan_in: int) -> bytes:
+    """The pool x 2 ** -e, e the power of two nearest fan_in ** 0.5, as bytes."""
+    e = round(0.5 * math.log2(max(fan_in, 1)))
+    if e not in _SCALED:
+        _SCALED[e] = (_POOL * np.float32(2.0 ** -e)).tobytes()
+    return _SCALED[e]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, length: int) -> bytes:
+    """The header of a length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(length)
 
 
 class EntryKey(NamedTuple):
@@ -64,6 +94,20 @@ class EntryKey(NamedTuple):
                f"{self.act} @{self.h}x{self.w}"
 
 
+def entry_key(row: Layer) -> EntryKey:
+    """The table entry of one row of ``spec.layers``."""
+    if row.kind == "head":
+        return EntryKey("head", row.c_in, row.exp, row.out, 0, 0, 0, False, row.act, False,
+                        False, 1, 1)
+    if row.kind == "lraspp":
+        from ..errors import LatencyError
+
+        raise LatencyError("latency tables cover classifier heads only; an lraspp head is "
+                           "not supported yet")
+    # stem, block, last_conv: the row's fields from c_in to w are the key's
+    return EntryKey(row.kind, *row[2:14])
+
+
 def entry_keys(spec: NetworkSpec) -> list[tuple[str, EntryKey]]:
     """(layer name, entry key) for every entry of ``spec``, in network order."""
     if not isinstance(spec.head, ClassifierHead):
@@ -71,23 +115,7 @@ def entry_keys(spec: NetworkSpec) -> list[tuple[str, EntryKey]]:
 
         raise LatencyError(f"{spec.name}: latency tables cover classifier heads only; "
                            f"an lraspp head is not supported yet")
-    h, w = spec.input_size
-    s = spec.stem
-    keys = [("stem", EntryKey("stem", spec.in_channels, 0, s.out, s.kernel, s.stride, 1,
-                              False, s.act, False, False, h, w))]
-    h, w = conv_output_size(h, s.kernel, s.stride), conv_output_size(w, s.kernel, s.stride)
-    for i, (b, c_in) in enumerate(zip(spec.blocks, spec.block_inputs())):
-        keys.append((f"blocks[{i}]", EntryKey("block", c_in, b.exp, b.out, b.kernel, b.stride,
-                                              b.dilation, b.se, b.act, b.expand, b.residual,
-                                              h, w)))
-        h = conv_output_size(h, b.kernel, b.stride, b.dilation)
-        w = conv_output_size(w, b.kernel, b.stride, b.dilation)
-    keys.append(("last_conv", EntryKey("last_conv", spec.blocks[-1].out, 0, spec.last_conv.out,
-                                       1, 1, 1, False, spec.last_conv.act, False, False, h, w)))
-    keys.append(("head", EntryKey("head", spec.last_conv.out, spec.head.width,
-                                  spec.num_classes, 0, 0, 0, False, spec.head.act, False,
-                                  False, 1, 1)))
-    return keys
+    return [(row.name, entry_key(row)) for row in spec.layers]
 
 
 class _Graph:
@@ -95,7 +123,7 @@ class _Graph:
 
     def __init__(self, seed: int = 0) -> None:
         self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
+        self.inits: list[tuple[str, tuple[int, ...], memoryview]] = []  # name, shape, data
         self.rng = np.random.default_rng(seed)
         self.count = 0
 
@@ -104,13 +132,25 @@ class _Graph:
         return f"{prefix}{self.count}"
 
     def weight(self, *shape: int) -> str:
-        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        size = int(np.prod(shape))
-        start = int(self.rng.integers(0, _POOL.size - size)) if size < _POOL.size else 0
-        array = np.resize(_POOL[start:start + size], shape) * np.float32(fan_in ** -0.5)
+        fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
+        size = math.prod(shape)
+        if size >= _POOL.size:
+            raise ValueError(f"weight {shape} is larger than the sample pool")
+        start = int(self.rng.integers(0, _POOL.size - size))
         name = self.name("w")
-        self.inits.append(numpy_helper.from_array(array, name))
+        self.inits.append((name, shape, memoryview(_pool(fan_in))[4 * start:4 * (start + size)]))
         return name
+
+    def initializers(self) -> list[bytes | memoryview]:
+        """A serialized GraphProto fragment holding only the initializers, as a ``graph``
+        field of ModelProto (raw float32 TensorProtos), in pieces to join once."""
+        pieces: list[bytes | memoryview] = []
+        for name, shape, data in self.inits:
+            head = b"".join(b"\x08" + _varint(d) for d in shape)  # dims (field 1)
+            head += b"\x10\x01" + _field(8, len(name)) + name.encode()  # FLOAT, name
+            head += _field(9, len(data))  # raw_data
+            pieces += [_field(5, len(head) + len(data)), head, data]  # GraphProto.initializer
+        return [_field(7, sum(len(p) for p in pieces)), *pieces]  # ModelProto.graph
 
     def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
         out = self.name(op.lower())
@@ -140,8 +180,6 @@ class _Graph:
             y = self.conv(y, key.exp, key.exp, key.kernel, key.stride, key.dilation,
                           groups=key.exp, act=key.act)
             if key.se:
-                from ..spec import make_divisible
-
                 squeeze = make_divisible(key.exp // 4)
                 g = self.node("GlobalAveragePool", [y])
                 g = self.node("Relu", [self.conv(g, key.exp, squeeze, 1)])
@@ -171,17 +209,21 @@ def input_shape(key: EntryKey) -> tuple[int, ...]:
     return (1, key.c_in, key.h, key.w)
 
 
+def network_input_shape(spec: NetworkSpec) -> tuple[int, ...]:
+    """The input of the whole network (batch 1)."""
+    return (1, spec.in_channels, *spec.input_size)
+
+
 def _model(graph: _Graph, x_shape: tuple[int, ...], y: str, name: str) -> bytes:
     g = helper.make_graph(
         graph.nodes, name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(x_shape))],
         [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)],
-        initializer=graph.inits,
     )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="netadapt")
     model.ir_version = IR_VERSION
-    return model.SerializeToString()
+    return b"".join([model.SerializeToString(), *graph.initializers()])
 
 
 def entry_model(key: EntryKey, seed: int = 0) -> bytes:
@@ -193,8 +235,7 @@ def entry_model(key: EntryKey, seed: int = 0) -> bytes:
 def network_model(spec: NetworkSpec, seed: int = 0) -> bytes:
     """Serialized ONNX model of the whole network (the end-to-end reference)."""
     graph = _Graph(seed)
-    keys = entry_keys(spec)
     x = "input"
-    for _, key in keys:
+    for _, key in entry_keys(spec):
         x = graph.entry(x, key)
-    return _model(graph, input_shape(keys[0][1]), x, spec.name)
+    return _model(graph, network_input_shape(spec), x, spec.name)

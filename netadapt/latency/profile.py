@@ -30,17 +30,26 @@ import pandas as pd
 from ..errors import LatencyError
 from ..files import write_text_atomic
 from ..spec import NetworkSpec, spec_from_dict
-from .devices import Device
-from .graphs import EntryKey, entry_keys, entry_model, input_shape, network_model
+from .devices import Device, Protocol
+from .graphs import (
+    EntryKey,
+    entry_keys,
+    entry_model,
+    input_shape,
+    network_input_shape,
+    network_model,
+)
 from .runners import Model, Runner, make_runner
 from .table import (
     COLUMNS,
     FORMAT,
     KEY_COLUMNS,
     LatencyTable,
+    at_size,
     entries_of,
     frame_to_csv,
     key_of,
+    multiplier_specs,
     read_table_files,
     required_keys,
     signature,
@@ -146,29 +155,71 @@ def _best_attempts(journal: pd.DataFrame, base_ms: float) -> pd.DataFrame:
     return j[COLUMNS]
 
 
-def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
-            fresh: bool = False, progress: bool = True, log: Log = print,
-            runner: Runner | None = None) -> ProfileResult:
-    """Build or extend DEVICE's table so that it covers every seed, then calibrate."""
-    runner = runner or make_runner(device)
-    runner.check()  # fail at once: no phone, no host, no perf_test
-    csv_path, meta_path = table_paths(device.name, root)
+@dataclass
+class _Plan:
+    """What a profile run starts from: the table so far, the journal, the reference
+    entry and the entries still to time."""
+
+    folder: Path
+    journal: Journal
+    state_path: Path
+    old: pd.DataFrame  # the existing table's rows (empty when fresh)
+    old_meta: dict[str, Any]
+    ref: EntryKey
+    targets: dict[str, tuple[NetworkSpec, str]]  # this run's seeds and coverage, by name
+    seeds: dict[str, NetworkSpec]  # every seed the finished table covers, by name
+    needed: set[EntryKey]
+    have: set[EntryKey]  # in the table already
+    finished: set[EntryKey]  # in the journal, no further attempt due
+    attempts: dict[EntryKey, int]
+    pending: list[EntryKey]
+
+
+def _existing_table(device: Device, runner: Runner, root: Path | None, fresh: bool
+                    ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The table to extend (empty when fresh, absent or an estimate); refuses one
+    measured with another onnxruntime version."""
+    empty: tuple[pd.DataFrame, dict[str, Any]] = (pd.DataFrame(columns=COLUMNS), {})
+    if fresh or not table_paths(device.name, root)[0].is_file():
+        return empty
+    old, old_meta = read_table_files(device.name, root)
+    if old_meta.get("estimate"):
+        return empty  # a measured table replaces an estimate
+    version = runner.runtime_version()
+    if old_meta["runtime"]["onnxruntime"] != version:
+        raise LatencyError(
+            f"latency table {device.name!r} was measured with onnxruntime "
+            f"{old_meta['runtime']['onnxruntime']}, the device now runs {version}; "
+            f"rebuild it: netadapt profile --device {device.name} --fresh")
+    return old, old_meta
+
+
+def targets_of(seeds: Sequence[NetworkSpec], input_sizes: Sequence[int] = (),
+               multiplier_sizes: Sequence[int] = ()) -> list[tuple[NetworkSpec, str]]:
+    """(seed at a size, coverage) for every seed: the full width grid at each of
+    ``input_sizes`` (default: the seed's own size), its width multipliers at each of
+    ``multiplier_sizes`` where it has no grid."""
+    targets: list[tuple[NetworkSpec, str]] = []
+    for seed in seeds:
+        grids = [at_size(seed, n) for n in input_sizes] or [seed]
+        targets += [(spec, "grid") for spec in grids]
+        targets += [(at_size(seed, n), "multipliers") for n in multiplier_sizes
+                    if all(g.input_size != (n, n) for g in grids)]
+    return targets
+
+
+def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | None = None,
+         fresh: bool = False, targets: list[tuple[NetworkSpec, str]] | None = None,
+         recalibrate: bool = False) -> _Plan:
+    """Step 1: what the finished table must hold, and what is left to time (the table
+    and the journal of an interrupted run count as done). ``targets`` (see targets_of)
+    default to each seed's full grid at its own size."""
+    targets = targets if targets is not None else targets_of(seeds)
+    csv_path, _ = table_paths(device.name, root)
     folder = csv_path.parent
     folder.mkdir(parents=True, exist_ok=True)
     journal = Journal(folder / "journal.csv")
-    old_meta: dict[str, Any] = {}
-    old = pd.DataFrame(columns=COLUMNS)
-    if csv_path.is_file() and not fresh:
-        old, old_meta = read_table_files(device.name, root)
-        if old_meta.get("estimate"):
-            old, old_meta = pd.DataFrame(columns=COLUMNS), {}  # a measured table replaces it
-        else:
-            version = runner.runtime_version()
-            if old_meta["runtime"]["onnxruntime"] != version:
-                raise LatencyError(
-                    f"latency table {device.name!r} was measured with onnxruntime "
-                    f"{old_meta['runtime']['onnxruntime']}, the device now runs {version}; "
-                    f"rebuild it: netadapt profile --device {device.name} --fresh")
+    old, old_meta = _existing_table(device, runner, root, fresh)
     state_path = folder / "journal.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     if fresh and not state.get("fresh"):
@@ -180,41 +231,45 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
         ref = EntryKey(**state["reference"])
     else:
         ref = reference_key(seeds[0])
-    seed_dicts = [s.to_dict() for s in seeds]
-    write_text_atomic(state_path, json.dumps({"reference": ref._asdict(),
-                                              "fresh": fresh, "seeds": seed_dicts}))
+    write_text_atomic(state_path, json.dumps({"reference": ref._asdict(), "fresh": fresh,
+                                              "seeds": [s.to_dict() for s in seeds]}))
+    covered = {s["spec"]["name"]: (spec_from_dict(s["spec"]), s.get("coverage", "grid"))
+               for s in old_meta.get("seeds", [])}
+    rank = {"multipliers": 0, "grid": 1}  # a grid covers the multipliers too
+    new = {spec.name: (spec, coverage) for spec, coverage in targets
+           if spec.name not in covered or rank[coverage] > rank[covered[spec.name][1]]
+           or recalibrate}
+    covered.update(new)
     have = set(entries_of(old)) if len(old) else set()
     needed: set[EntryKey] = set()
-    for seed in seeds:
-        needed |= required_keys(seed)
-    for seed_dict in old_meta.get("seeds", []):
-        needed |= required_keys(spec_from_dict(seed_dict["spec"]))
+    for spec, coverage in covered.values():
+        needed |= required_keys(spec, coverage)
     proto = device.protocol
-    done_rows = journal.read()
     attempts: dict[EntryKey, int] = {}
     finished: set[EntryKey] = set()
-    for row in done_rows.itertuples(index=False):
+    for row in journal.read().itertuples(index=False):
         k = key_of(row)
         attempts[k] = attempts.get(k, 0) + 1
         if row.spread <= proto.max_spread or attempts[k] >= proto.attempts:
             finished.add(k)
     pending = sorted(needed - have - finished, key=lambda k: _key_row(k))
     random.Random(0).shuffle(pending)  # spread every layer's entries over the whole run
-    result = ProfileResult(device.name)
-    start = time.perf_counter()
-    if pending:
-        log(f"{device.name}: {len(have) + len(finished)} of {len(needed)} entries in the table "
-            f"or journal; measuring {len(pending)} (reference: {ref.label()})")
+    return _Plan(folder, journal, state_path, old, old_meta, ref, new,
+                 {name: spec for name, (spec, _) in covered.items()}, needed, have, finished,
+                 attempts, pending)
+
+
+def measure_entries(work: _Plan, runner: Runner, proto: Protocol, ref_model: Model,
+                    seed_ratios: _SeedRatios, result: ProfileResult, progress: bool) -> None:
+    """Step 2: time the pending entries in chunks, round-robin with the reference,
+    journaling every chunk; noisy entries go back in the queue; the seeds are timed end
+    to end every ``calibration_every`` chunks."""
     from tqdm import tqdm
 
-    all_seeds = {s["spec"]["name"]: spec_from_dict(s["spec"]) for s in old_meta.get("seeds", [])}
-    all_seeds.update({s.name: s for s in seeds})
-    bar = tqdm(total=len(pending), unit="entry", disable=not progress, smoothing=0.05)
-    ref_model = (entry_model(ref), input_shape(ref))
-    seed_ratios = _SeedRatios(folder / "journal_seeds.csv", runner, ref_model, all_seeds,
-                              proto.calibration_rounds)
+    attempts = work.attempts
+    bar = tqdm(total=len(work.pending), unit="entry", disable=not progress, smoothing=0.05)
     try:
-        queue = list(pending)
+        queue = list(work.pending)
         chunks = 0
         while queue:
             chunk, queue = queue[:proto.chunk], queue[proto.chunk:]
@@ -237,7 +292,7 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
                     queue.append(k)  # noisy: again later, in another time window
                     result.remeasured += 1
                     bar.total += 1
-            journal.append(rows)
+            work.journal.append(rows)
             result.measured += len(chunk)
             bar.update(len(chunk))
             chunks += 1
@@ -245,28 +300,88 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
                 seed_ratios.burst()  # the seeds end to end, spread over the whole run
     finally:
         bar.close()
-    journal_rows = journal.read()
-    if "reference" in old_meta:
-        base_ms = float(old_meta["reference"]["base_ms"])
+
+
+def assemble(work: _Plan) -> tuple[pd.DataFrame, float]:
+    """Step 3: the table's rows (the old table + the best attempt of every new entry,
+    scaled to the reference's base ms) and that base."""
+    journal_rows = work.journal.read()
+    if "reference" in work.old_meta:
+        base_ms = float(work.old_meta["reference"]["base_ms"])
     elif len(journal_rows):
         base_ms = float(np.median(journal_rows["ref_ms"]))
     else:
-        raise LatencyError(f"{device.name}: nothing measured")
+        raise LatencyError("nothing measured")
     new = _best_attempts(journal_rows, base_ms)
+    old = work.old
     if len(old):
         new = new[~new.set_index(KEY_COLUMNS).index.isin(old.set_index(KEY_COLUMNS).index)]
     frame = pd.concat([old[COLUMNS], new], ignore_index=True) if len(old) else new
-    frame = frame.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True)
-    entries = entries_of(frame)
-    seeds_meta: list[dict[str, Any]] = []
+    return frame.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True), base_ms
+
+
+def calibrate_seeds(work: _Plan, frame: pd.DataFrame, runner: Runner, ref_model: Model,
+                    base_ms: float, proto: Protocol, seed_ratios: _SeedRatios
+                    ) -> list[dict[str, Any]]:
+    """Step 4: one calibration per seed of this run (see calibrate); the table's other
+    seeds keep theirs (their entries and the reference's base are unchanged). Returns
+    meta.json's ``seeds``."""
+    table = LatencyTable("profiling", entries_of(frame), {"seeds": [  # composed blocks' anchors
+        {"spec": seed.to_dict(), "factor": 1.0} for seed in work.seeds.values()]})
+    seeds_meta = [m for m in work.old_meta.get("seeds", [])
+                  if m["spec"]["name"] not in work.targets]
+    for seed, coverage in work.targets.values():
+        variants = (random_variants(seed, proto.calibration_variants, rng_seed=1000)
+                    if coverage == "grid" else multiplier_specs(seed)[1:])
+        cal = calibrate(table, seed, runner, ref_model, base_ms, proto,
+                        seed_ratios.ratios(seed.name), variants)
+        seeds_meta.append({"name": seed.name, "signature": signature(seed),
+                           "coverage": coverage, "spec": seed.to_dict(), **cal,
+                           "clock": runner_clock(runner)})
+    return seeds_meta
+
+
+def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
+            fresh: bool = False, progress: bool = True, log: Log = print,
+            runner: Runner | None = None, input_sizes: Sequence[int] = (),
+            multiplier_sizes: Sequence[int] = (), recalibrate: bool = False) -> ProfileResult:
+    """Build or extend DEVICE's table so that it covers every seed (see targets_of for
+    the sizes), then calibrate: plan, measure_entries, assemble, calibrate_seeds, then
+    the table is written and the journals removed."""
+    runner = runner or make_runner(device)
+    runner.check()  # fail at once: no phone, no host, no perf_test
+    work = plan(device, seeds, runner, root, fresh,
+                targets_of(seeds, input_sizes, multiplier_sizes), recalibrate)
+    proto = device.protocol
+    result = ProfileResult(device.name)
+    start = time.perf_counter()
+    if work.pending:
+        log(f"{device.name}: {len(work.have) + len(work.finished)} of {len(work.needed)} "
+            f"entries in the table or journal; measuring {len(work.pending)} "
+            f"(reference: {work.ref.label()})")
+    ref_model = (entry_model(work.ref), input_shape(work.ref))
+    seed_ratios = _SeedRatios(work.folder / "journal_seeds.csv", runner, ref_model,
+                              {name: spec for name, (spec, _) in work.targets.items()},
+                              proto.calibration_rounds)
+    measure_entries(work, runner, proto, ref_model, seed_ratios, result, progress)
+    try:
+        frame, base_ms = assemble(work)
+    except LatencyError:
+        raise LatencyError(f"{device.name}: nothing measured") from None
+    seeds_meta = calibrate_seeds(work, frame, runner, ref_model, base_ms, proto, seed_ratios)
+    result.calibration = [{"seed": m["name"], **{k: v for k, v in m.items()
+                                                 if k not in ("name", "signature", "spec")}}
+                          for m in seeds_meta]
+    old_meta = work.old_meta
     meta: dict[str, Any] = {
         "format": FORMAT, "device": device.name, "description": device.description,
         "runner": device.runner, "estimate": False,
-        "runtime": {"onnxruntime": runner.runtime_version(), **device.settings},
+        "runtime": old_meta["runtime"] if old_meta and not work.pending  # recalibrated only
+        else {"onnxruntime": runner.runtime_version(), **device.settings},
         "cpu": runner.cpu_model(), "date": dt.datetime.now(dt.timezone.utc).isoformat(
             timespec="seconds"),
         "protocol": dataclasses.asdict(proto),
-        "reference": {"key": ref._asdict(), "base_ms": base_ms,
+        "reference": {"key": work.ref._asdict(), "base_ms": base_ms,
                       "note": "entry ms = median(entry) / median(reference) in the same "
                               "chunk x base_ms"},
         "seeds": seeds_meta, "rows": len(frame),
@@ -275,21 +390,17 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
                       "last_run_entries": result.measured,
                       "last_run_remeasured": result.remeasured},
     }
-    table = LatencyTable(device.name, entries, {"seeds": [  # anchors for composed blocks
-        {"spec": seed.to_dict(), "factor": 1.0} for seed in all_seeds.values()]})
-    for seed in all_seeds.values():
-        cal = calibrate(table, seed, runner, ref_model, base_ms, proto,
-                        seed_ratios.ratios(seed.name))
-        seeds_meta.append({"name": seed.name, "signature": signature(seed),
-                              "spec": seed.to_dict(), **cal})
-        result.calibration.append({"seed": seed.name, **cal})
     write_table(device.name, frame, meta, root)
-    journal.path.unlink(missing_ok=True)
-    seed_ratios.path.unlink(missing_ok=True)
-    state_path.unlink(missing_ok=True)
+    for path in (work.journal.path, seed_ratios.path, work.state_path):
+        path.unlink(missing_ok=True)
     result.rows = len(frame)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def runner_clock(runner: Runner) -> str:
+    device = getattr(runner, "device", None)
+    return str(device.settings.get("clock", "wall")) if device is not None else "wall"
 
 
 def write_table(device: str, frame: pd.DataFrame, meta: dict[str, Any],
@@ -315,7 +426,7 @@ class _SeedRatios:
 
     def burst(self) -> None:
         for name, seed in self.seeds.items():
-            shape = input_shape(entry_keys(seed)[0][1])
+            shape = network_input_shape(seed)
             med = fast_ms(self.runner.time(
                 [self.ref_model, (network_model(seed), shape)], self.rounds, 2))
             self.add(name, float(med[1] / med[0]))
@@ -341,7 +452,8 @@ class _SeedRatios:
 
 
 def calibrate(table: LatencyTable, seed: NetworkSpec, runner: Runner, ref_model: Model,
-              base_ms: float, proto: Any, earlier_ratios: Sequence[float] = ()) -> dict[str, Any]:
+              base_ms: float, proto: Any, earlier_ratios: Sequence[float] = (),
+              variants: Sequence[NetworkSpec] | None = None) -> dict[str, Any]:
     """The factor that turns a sum of entries into end-to-end milliseconds.
 
     The seed's level: median of (seed end to end / reference block) over bursts spread
@@ -349,12 +461,14 @@ def calibrate(table: LatencyTable, seed: NetworkSpec, runner: Runner, ref_model:
     then fitted (least squares on relative error) to the seed and to
     ``calibration_variants`` random reduced variants, each timed end to end in the
     same round-robin as the seed: a factor from the seed alone is biased for the
-    smaller networks the search actually scores.
+    smaller networks the search actually scores. ``variants`` replace the random ones
+    (a seed covered at its width multipliers only is fitted to those).
     """
     keys = [k for _, k in entry_keys(seed)]
-    shape = input_shape(keys[0])
+    shape = network_input_shape(seed)
     seed_model = (network_model(seed), shape)
-    variants = random_variants(seed, proto.calibration_variants, rng_seed=1000)
+    if variants is None:
+        variants = random_variants(seed, proto.calibration_variants, rng_seed=1000)
     ratios = list(earlier_ratios)
     relative: dict[int, list[float]] = {}
     raw = []
@@ -413,7 +527,7 @@ def seed_e2e_ms(table: LatencyTable, seed: NetworkSpec) -> float:
 
 def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
              runner: Runner | None = None, rng_seed: int = 0, progress: bool = True,
-             per_chunk: int = 8, rounds: int = 30) -> tuple[dict[str, Any], pd.DataFrame]:
+             per_chunk: int = 8, rounds: int = 60) -> tuple[dict[str, Any], pd.DataFrame]:
     """Measure ``n`` random reduced variants end to end, compare with predictions.
 
     Each chunk times the reference block, the seed and ``per_chunk`` variants
@@ -435,7 +549,7 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
     variants = random_variants(seed, n, rng_seed)
     rows = []
     ref_model = (entry_model(ref), input_shape(ref))
-    shape = input_shape(entry_keys(seed)[0][1])
+    shape = network_input_shape(seed)
     seed_model = (network_model(seed), shape)
     for i in tqdm(range(0, n, per_chunk), disable=not progress, unit="chunk"):
         chunk = variants[i:i + per_chunk]
@@ -473,9 +587,9 @@ def summarize(frame: pd.DataFrame, table: LatencyTable, seed: NetworkSpec, n: in
 
 
 def save_validation(device: str, summary: dict[str, Any], frame: pd.DataFrame,
-                    root: Path | None = None) -> Path:
+                    root: Path | None = None, suffix: str = "") -> Path:
     folder = table_paths(device, root)[0].parent
-    stem = folder / f"validation_{summary['seed']}"
+    stem = folder / f"validation_{summary['seed']}{suffix}"
     write_text_atomic(stem.with_suffix(".csv"), frame.to_csv(index=False, float_format="%.5g"))
     write_text_atomic(stem.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
     return stem.with_suffix(".json")
@@ -490,7 +604,7 @@ def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable,
     such a seed."""
     runner = runner or make_runner(device)
     runner.check()
-    shape = input_shape(entry_keys(spec)[0][1])
+    shape = network_input_shape(spec)
     seeds = [s for s in table.seeds if signature(s) == signature(spec)]
     models = [(network_model(spec), shape)] + [(network_model(s), shape) for s in seeds[:1]]
     raw, ratios = [], []

@@ -24,21 +24,20 @@ fitted to the seed and reduced variants timed end to end).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..cost import conv_output_size
 from ..errors import LatencyError, NetadaptError
-from ..spec import Block, ClassifierHead, NetworkSpec, spec_from_dict
+from ..spec import ClassifierHead, Layer, NetworkSpec, spec_from_dict, walk
 from .devices import root_dir
-from .graphs import EntryKey, entry_keys
+from .graphs import EntryKey, entry_key, entry_keys
 
 FORMAT = 1
 # Numbers of classes whose last Gemm every table measures: a head measured for the seed's
@@ -46,6 +45,11 @@ FORMAT = 1
 # Fashion-MNIST / CIFAR-10); others are interpolated linearly in the classes, the one
 # dimension the search never changes.
 CLASSES = (10, 100, 1000)
+# Input sizes a table covers beyond its full width grids: at each, the seed and its
+# width-multiplier networks (what the resolution baseline and the paper's Table 9 reach).
+SIZES = (96, 128, 160, 192, 224, 256)
+MULTIPLIERS = (0.35, 0.5, 0.75, 1.0)
+COVERAGES = ("grid", "multipliers")
 KEY_COLUMNS = list(EntryKey._fields)
 COLUMNS = KEY_COLUMNS + ["ms", "spread", "n"]
 _BOOL = ("se", "expand", "residual")
@@ -62,45 +66,6 @@ def signature(spec: NetworkSpec) -> str:
                       f"{int(b.expand)}{int(b.residual)}" for b in spec.blocks)
     return (f"{spec.input_size[0]}x{spec.input_size[1]}x{spec.in_channels}/"
             f"{spec.stem.kernel}{spec.stem.stride}/{blocks}")
-
-
-def layer_tuples(spec: NetworkSpec) -> Iterator[tuple[Any, ...]]:
-    """Cheap per-layer cache keys (the spec's own frozen rows + input width and size),
-    in entry_keys order: building all EntryKeys costs more than the whole lookup."""
-    h, w = spec.input_size
-    stem = spec.stem
-    yield (spec.in_channels, stem, h, w)
-    h, w = conv_output_size(h, stem.kernel, stem.stride), conv_output_size(w, stem.kernel,
-                                                                          stem.stride)
-    c_in = stem.out
-    for b in spec.blocks:
-        yield (b, c_in, h, w)
-        if b.stride != 1:  # 'same' padding: stride 1 keeps the size, at any dilation
-            h = conv_output_size(h, b.kernel, b.stride, b.dilation)
-            w = conv_output_size(w, b.kernel, b.stride, b.dilation)
-        c_in = b.out
-    yield ("last", c_in, spec.last_conv, h, w)
-    yield ("head", spec.last_conv.out, spec.head, spec.num_classes)
-
-
-def key_for_layer(layer: tuple[Any, ...]) -> EntryKey:
-    """The EntryKey of one layer_tuples item (the same key entry_keys builds)."""
-    first = layer[0]
-    if first == "last":
-        _, c_in, last, h, w = layer
-        return EntryKey("last_conv", c_in, 0, last.out, 1, 1, 1, False, last.act, False, False,
-                        h, w)
-    if first == "head":
-        _, c_in, head, classes = layer
-        return EntryKey("head", c_in, head.width, classes, 0, 0, 0, False, head.act, False,
-                        False, 1, 1)
-    if isinstance(first, Block):
-        b, c_in, h, w = layer
-        return EntryKey("block", c_in, b.exp, b.out, b.kernel, b.stride, b.dilation, b.se,
-                        b.act, b.expand, b.residual, h, w)
-    in_channels, stem, h, w = layer
-    return EntryKey("stem", in_channels, 0, stem.out, stem.kernel, stem.stride, 1, False,
-                    stem.act, False, False, h, w)
 
 
 def _structure(spec: NetworkSpec) -> tuple[Any, ...]:
@@ -122,46 +87,63 @@ def _widths(width: int) -> range:
     return range(8, width + 1, 8)
 
 
-def required_keys(seed: NetworkSpec) -> set[EntryKey]:
-    """Every entry needed to predict any spec the search can reach from ``seed`` (each
-    group shrunk to any multiple of 8 down to 8), with composed blocks' two slices."""
-    group_of = {f: g for g in seed.groups for f in g.fields}
+def at_size(seed: NetworkSpec, size: int) -> NetworkSpec:
+    """``seed`` at a square input size (named ``NAME@SIZE`` unless it is its own)."""
+    if seed.input_size == (size, size):
+        return seed
+    base = seed.name.split("@")[0]
+    return dataclasses.replace(seed, input_size=(size, size), name=f"{base}@{size}")
+
+
+def multiplier_specs(seed: NetworkSpec) -> list[NetworkSpec]:
+    """The seed's width-multiplier networks (NetworkSpec.scaled, head kept), largest
+    first; x1.0 is the seed itself."""
+    return [seed if m == 1.0 else seed.scaled(m) for m in sorted(MULTIPLIERS, reverse=True)]
+
+
+def required_keys(seed: NetworkSpec, coverage: str = "grid") -> set[EntryKey]:
+    """Every entry needed to predict what ``coverage`` promises for ``seed`` at its input
+    size: ``grid``, any spec the search can reach from it (each group shrunk to any
+    multiple of 8 down to 8), with composed blocks' two slices; ``multipliers``, the
+    seed and its width-multiplier networks (any number of classes)."""
     keys: set[EntryKey] = set()
-    named = entry_keys(seed)
-    inputs = ["stem.out" if i == 0 else f"blocks[{i - 1}].out" for i in range(len(seed.blocks))]
-    for (_name, key), i in zip(named, range(-1, len(named) - 1)):
-        if key.kind == "stem":
-            keys.update(key._replace(out=o)
-                        for o in _widths(group_of["stem.out"].width))
-        elif key.kind == "block":
-            b = seed.blocks[i]
-            c_range = _widths(group_of[inputs[i]].width)
-            e_range = _widths(group_of[f"blocks[{i}].exp"].width) if b.expand else None
-            o_range = _widths(group_of[f"blocks[{i}].out"].width)
-            if not b.expand and b.residual:
+    if coverage == "multipliers":
+        keys.update(k for spec in multiplier_specs(seed) for _, k in entry_keys(spec))
+        keys.update(classifier_key(k.exp, c) for k in list(keys) if k.kind == "head"
+                    for c in sorted({*CLASSES, seed.num_classes}))
+        return keys
+    width = {f: g.width for g in seed.groups for f in g.fields}
+    c_field = "stem.out"  # the field that sets the next row's input width
+    for row in seed.layers:
+        key = entry_key(row)
+        if row.kind == "stem":
+            keys.update(key._replace(out=o) for o in _widths(width["stem.out"]))
+        elif row.kind == "block":
+            c_range = _widths(width[c_field])
+            e_range = _widths(width[f"{row.name}.exp"])
+            o_range = _widths(width[f"{row.name}.out"])
+            if not row.expand and row.residual:
                 keys.update(key._replace(c_in=c, exp=c, out=c) for c in c_range)
-            elif not b.expand:
+            elif not row.expand:
                 keys.update(key._replace(c_in=c, exp=c, out=o)
                             for c in c_range for o in o_range)
-            elif b.residual:
-                assert e_range is not None
+            elif row.residual:
                 keys.update(key._replace(c_in=c, exp=e, out=c)
                             for c in c_range for e in e_range)
             else:
-                assert e_range is not None
                 keys.update(key._replace(c_in=c, exp=e, out=key.out)
                             for c in c_range for e in e_range)
                 keys.update(key._replace(c_in=key.c_in, exp=e, out=o)
                             for e in e_range for o in o_range)
-        elif key.kind == "last_conv":
-            last_out = group_of[f"blocks[{len(seed.blocks) - 1}].out"].width
-            keys.update(key._replace(c_in=c, out=o) for c in _widths(last_out)
-                        for o in _widths(seed.last_conv.out))
+            c_field = f"{row.name}.out"
+        elif row.kind == "last_conv":
+            keys.update(key._replace(c_in=c, out=o) for c in _widths(width[c_field])
+                        for o in _widths(width["last_conv.out"]))
         else:
             keys.update(key._replace(c_in=c, exp=w)
-                        for c in _widths(seed.last_conv.out)
-                        for w in _widths(group_of["head.width"].width))
-            keys.update(classifier_key(w, k) for w in _widths(group_of["head.width"].width)
+                        for c in _widths(width["last_conv.out"])
+                        for w in _widths(width["head.width"]))
+            keys.update(classifier_key(w, k) for w in _widths(width["head.width"])
                         for k in sorted({*CLASSES, seed.num_classes}))
     return keys
 
@@ -214,9 +196,12 @@ class LatencyTable:
         self._calibration: dict[str, float] = {}
         self._seeds: list[NetworkSpec] = []
         self._seed_classes: list[int] = []
+        self._multiplier_seeds: set[str] = set()  # covered at multipliers only
         for seed_meta in meta.get("seeds", []):
             seed = spec_from_dict(seed_meta["spec"])
             self._seeds.append(seed)
+            if seed_meta.get("coverage", "grid") == "multipliers":
+                self._multiplier_seeds.add(seed.name)
             if seed.num_classes not in self._seed_classes:
                 self._seed_classes.append(seed.num_classes)
             self._calibration[signature(seed)] = float(seed_meta.get("factor", 1.0))
@@ -228,7 +213,7 @@ class LatencyTable:
         self._default_factor = factors[len(factors) // 2]
         self._resolved: dict[EntryKey, float | None] = {}
         self._specs: dict[NetworkSpec, float] = {}
-        self._layers: dict[tuple[Any, ...], float] = {}
+        self._layers: dict[Layer, float] = {}
         self._factors: dict[tuple[Any, ...], float] = {}
 
     # ------------------------------------------------------------------ lookup
@@ -300,10 +285,12 @@ class LatencyTable:
             entry_keys(spec)  # raises: heads other than classifiers are not supported
         layers = self._layers
         total = 0.0
-        for layer in layer_tuples(spec):  # one dict lookup per layer once warm
+        # walk() and not spec.layers: rows cached on the thousands of specs the search
+        # scores kept the garbage collector busy (7,800 predictions/s, 18,000 without)
+        for layer in spec.__dict__.get("layers") or walk(spec):  # a lookup per layer
             ms = layers.get(layer)
             if ms is None:
-                ms = self.entry_ms(key_for_layer(layer))
+                ms = self.entry_ms(entry_key(layer))
                 if ms is None:
                     self._entry_list(spec)  # raises, naming the layer and the fix
                     raise AssertionError("unreachable")
@@ -342,6 +329,10 @@ class LatencyTable:
                    f"profile --device {self.device} --estimate-from {source}")
         else:
             fix = f"netadapt profile --device {self.device} --spec SEED.yaml"
+        h, w = spec.input_size
+        if h == w and all(s.input_size != (h, w) or s.name in self._multiplier_seeds
+                          for s in self._seeds):
+            fix = fix.replace("SEED.yaml", f"SEED.yaml --input-size {h}", 1)
         seeds = ", ".join(s.name for s in self._seeds) or "none"
         return (f"latency table {self.device!r} has no entry for {spec.name} {name} "
                 f"({key.label()}); it covers seeds {seeds}; add it with: {fix} "
