@@ -162,7 +162,7 @@ def search(
 
 def _print_comparison(run_dir: Path, measure: bool) -> None:
     from .report import comparison_text, measure_here_ms, verdict
-    from .runner import comparison
+    from .runner import comparison, training_note
     from .spec import load_spec
 
     table = comparison(run_dir)
@@ -170,8 +170,9 @@ def _print_comparison(run_dir: Path, measure: bool) -> None:
         present = table["spec"].astype(bool)
         specs = [load_spec(run_dir / p) for p in table.loc[present, "spec"]]
         table.loc[present, "measured_ms"] = measure_here_ms(specs)
-    typer.echo(f"\nthe search beside the baselines (same budgets, seed weights and "
-               f"fine-tuning steps):\n{comparison_text(table.drop(columns='spec'))}")
+    typer.echo(f"\nthe search beside the baselines (same budgets, seed weights, data and "
+               f"evaluation; {training_note(run_dir)}):\n"
+               f"{comparison_text(table.drop(columns='spec'))}")
     typer.echo(verdict(table))
 
 

@@ -8,6 +8,7 @@ records them (runs.py).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 import time
@@ -128,9 +129,19 @@ def _torch_device(name: str) -> str:
     return name
 
 
-def _proposal_seed(seed: int, iteration: int, group: str) -> int:
-    """A per-proposal seed: the same whether the run was interrupted or not."""
-    return zlib.crc32(f"{seed}/{iteration}/{group}".encode())
+def _iteration_seed(seed: int, iteration: int) -> int:
+    """The training and BN-recalibration seed of every proposal of an iteration: common
+    random numbers, so proposals differ by their architecture, not by their batches (and
+    the same whether the run was interrupted or not)."""
+    return zlib.crc32(f"{seed}/{iteration}".encode())
+
+
+LONG_TERM_SEED = -1  # the "iteration" whose seed the long-term fine-tunes share
+
+
+def correct_name(weights: str) -> str:
+    """Where the per-holdout-image correctness of a proposal's weights is kept."""
+    return weights.removesuffix(".pt") + ".correct.pt"
 
 
 def load_seed_weights(model: torch.nn.Module, path: str, num_classes: int) -> list[str]:
@@ -227,7 +238,10 @@ class Searcher:
                                progress=self._bar("train seed", cfg.seed_steps))
         self.run.write_spec("seed.yaml", self.seed_spec)
         self.run.save_state("seed.pt", model.state_dict())
-        accuracy = evaluate(model, self.data.holdout, batch_size=256, device=self.torch_device)
+        # Scored as its children will be (BN re-estimated on a copy), so that dAcc
+        # compares weights, not protocols.
+        accuracy = evaluate(self._recalibrated(copy.deepcopy(model), 0), self.data.holdout,
+                            batch_size=256, device=self.torch_device)
         record = {"type": "seed", "accuracy": accuracy, "trained_steps": 0 if cfg.weights
                   else cfg.seed_steps, "notes": notes,
                   **resources_of(self.seed_spec, self.predict_ms)}
@@ -246,23 +260,37 @@ class Searcher:
             self._parent_cache = (iteration, spec, read_state_dict(self.run.path / name))
         return self._parent_cache[1], self._parent_cache[2]
 
+    def _recalibrated(self, model: torch.nn.Module, iteration: int) -> torch.nn.Module:
+        """BN statistics re-estimated on the iteration's batches (the same for every
+        proposal of an iteration)."""
+        from .train import recalibrate_bn
+
+        cfg = self.config
+        return recalibrate_bn(model, self.data, BN_BATCHES, batch_size=cfg.batch_size,
+                              seed=_iteration_seed(cfg.seed, iteration),
+                              device=self.torch_device)
+
     def _evaluate(self, iteration: int, child: NetworkSpec, group: str) -> float:
-        """Inherit the largest-norm filters, fine-tune T steps, score on the holdout."""
-        from .train import evaluate, finetune, recalibrate_bn
+        """Inherit the largest-norm filters, fine-tune T steps, score on the holdout.
+        Every proposal of an iteration sees the same training and BN batches."""
+        from .train import correct_items, finetune
 
         cfg = self.config
         state = inherit_weights(*self._parent(iteration), child)
         model = build_model(child)
         model.load_state_dict(state)
-        seed = _proposal_seed(cfg.seed, iteration, group)
         finetune(model, self.data, steps=cfg.short_term_steps, lr=cfg.lr,
-                 batch_size=cfg.batch_size, seed=seed, device=self.torch_device)
+                 batch_size=cfg.batch_size, seed=_iteration_seed(cfg.seed, iteration),
+                 device=self.torch_device)
         # A few hundred steps leave BN running statistics behind the new weights; measure
         # them afresh so that proposals are compared on their weights, not on stale BN.
-        recalibrate_bn(model, self.data, BN_BATCHES, batch_size=cfg.batch_size, seed=seed,
-                       device=self.torch_device)
-        self.run.save_state(proposal_name(iteration, group), model.state_dict())
-        return evaluate(model, self.data.holdout, batch_size=256, device=self.torch_device)
+        self._recalibrated(model, iteration)
+        name = proposal_name(iteration, group)
+        correct = correct_items(model, self.data.holdout, batch_size=256,
+                                device=self.torch_device)
+        self.run.save_state(correct_name(name), {"correct": correct})
+        self.run.save_state(name, model.state_dict())
+        return float(correct.float().mean())
 
     def _loop(self, start: Start, history: list) -> list[Iteration]:
         chosen: list[Iteration] = []
@@ -310,14 +338,26 @@ class Searcher:
         return chosen
 
     def _promote(self, event: Iteration) -> None:
-        """Make the chosen proposal the iteration's network, then record it."""
+        """Make the chosen proposal the iteration's network, then record it with its
+        holdout margin over the runner-up (paired on the same images) and that margin's
+        standard error: a margin inside ~2 SE means the choice was a coin toss."""
+        from .train import paired_margin
+
         p = event.chosen
+        margin = margin_se = None
+        if event.runner_up is not None:
+            chosen, second = (read_state_dict(self.run.path / correct_name(
+                proposal_name(p.iteration, g)))["correct"] for g in (p.group, event.runner_up))
+            margin, margin_se = paired_margin(chosen, second)
         self.run.write_spec(f"{iteration_name(p.iteration)}.yaml", p.spec)
         self.run.copy(proposal_name(p.iteration, p.group), f"{iteration_name(p.iteration)}.pt")
         self.run.append({"type": "iteration", "iteration": event.iteration,
                          "target": event.target, "group": p.group,
                          "width_from": p.width_from, "width_to": p.width_to,
-                         **p.resources, "accuracy": p.accuracy, "score": event.score})
+                         **p.resources, "accuracy": p.accuracy, "score": event.score,
+                         "reduction": event.reduction, "scheduled": event.scheduled,
+                         "runner_up": event.runner_up, "margin": margin,
+                         "margin_se": margin_se})
         self.run.remove(str(Path(proposal_name(p.iteration, p.group)).parent))
         self.run.write_csv()
         self._plot()
@@ -334,7 +374,7 @@ class Searcher:
         model = build_model(spec)
         model.load_state_dict(state)
         finetune(model, self.data, steps=cfg.long_term_steps, lr=cfg.lr,
-                 batch_size=cfg.batch_size, seed=_proposal_seed(cfg.seed, 0, "long-term"),
+                 batch_size=cfg.batch_size, seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
                  device=self.torch_device,
                  progress=self._bar("long-term fine-tune", cfg.long_term_steps))
         self.run.write_spec("best.yaml", spec)
@@ -344,6 +384,8 @@ class Searcher:
         resources = resources_of(spec, self.predict_ms)
         record = {
             "type": "final", "iteration": len(iterations), **resources,
+            # the training this network got from the seed: what every baseline gets too
+            "steps": len(iterations) * cfg.short_term_steps + cfg.long_term_steps,
             "accuracy": evaluate(model, self.data.holdout, 256, self.torch_device),
             "test_accuracy": evaluate(model, self.data.test, 256, self.torch_device),
             "seed_test_accuracy": evaluate(seed_model, self.data.test, 256, self.torch_device),
@@ -354,14 +396,19 @@ class Searcher:
 
     def run_baselines(self) -> list[dict[str, Any]]:
         """Width multiplier, uniform pruning and input resolution at the same budgets,
-        from the same seed weights, fine-tuned as long as the search's winner.
-        Finished baselines (journal records) are not trained again."""
+        from the same seed weights, each trained exactly as many steps as the search's
+        winner got from the seed (its iterations' short-term steps + the long-term
+        steps), on the same data, evaluated the same way. Finished baselines (journal
+        records) are not trained again."""
         from .baseline import BASELINES
         from .data import load_data
         from .train import evaluate, finetune
 
         cfg = self.config
-        done = {r["name"]: r for r in self.run.records() if r["type"] == "baseline"}
+        records = self.run.records()
+        final = next(r for r in records if r["type"] == "final")
+        steps = int(final["steps"])
+        done = {r["name"]: r for r in records if r["type"] == "baseline"}
         seed_state = read_state_dict(self.run.path / "seed.pt")
         for name, make in BASELINES.items():
             if name in done:
@@ -384,15 +431,14 @@ class Searcher:
                     data = load_data(Path(cfg.data) if cfg.data else None, resolution=res,
                                      in_channels=found.spec.in_channels,
                                      holdout=cfg.holdout, seed=cfg.seed)
-                finetune(model, data, steps=cfg.long_term_steps, lr=cfg.lr,
-                         batch_size=cfg.batch_size,
-                         seed=_proposal_seed(cfg.seed, 0, "long-term"),
+                finetune(model, data, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                         seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
                          device=self.torch_device,
-                         progress=self._bar(f"baseline {name}", cfg.long_term_steps))
+                         progress=self._bar(f"baseline {name}", steps))
                 self.run.write_spec(f"baselines/{name}.yaml", found.spec)
                 self.run.save_state(f"baselines/{name}.pt", model.state_dict())
                 record = {"type": "baseline", "name": name, "knob": found.knob,
-                          **found.resources,
+                          **found.resources, "steps": steps,
                           "accuracy": evaluate(model, data.holdout, 256, self.torch_device),
                           "test_accuracy": evaluate(model, data.test, 256, self.torch_device)}
             self.run.append(record)
@@ -442,15 +488,25 @@ def comparison(path: Path) -> pd.DataFrame:
                             f"`netadapt search --resume {path}` first")
     seed = next(r for r in records if r["type"] == "seed")
     rows = [{"network": "seed", "setting": "", "spec": "seed.yaml", **seed,
-             "test_accuracy": final["seed_test_accuracy"]},
+             "steps": 0, "test_accuracy": final["seed_test_accuracy"]},
             {"network": "netadapt", "setting": f"{final['iteration']} iterations",
              "spec": "best.yaml", **final}]
     rows += [{"network": r["name"], "setting": r.get("knob", r.get("note", "")),
               "spec": f"baselines/{r['name']}.yaml" if "knob" in r else "", **r}
              for r in records if r["type"] == "baseline"]
-    columns = ["network", "setting", "latency_ms", "params", "macs", "accuracy",
+    columns = ["network", "setting", "latency_ms", "params", "macs", "steps", "accuracy",
                "test_accuracy", "spec"]
     return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def training_note(path: Path) -> str:
+    """How many training steps from the seed the comparison's networks got, in words."""
+    run = RunDir.open(path)
+    config = SearchConfig.from_json(run.config["search"])
+    final = next(r for r in run.records() if r["type"] == "final")
+    return (f"netadapt: {final['iteration']} iterations x {config.short_term_steps} + "
+            f"{config.long_term_steps} long-term = {final['steps']} steps from the seed; "
+            f"every baseline: {final['steps']} steps from the seed")
 
 
 def run_budget_report(spec_path: Path, spec: NetworkSpec) -> list[str]:

@@ -77,6 +77,13 @@ def test_a_search_leaves_a_complete_run_directory(setup):
     config_json = json.loads((run / "config.json").read_text())
     assert config_json["search"]["budgets"] == list(config.budgets)
     assert 0 <= result.final["test_accuracy"] <= 1
+    # every iteration records its margin over the runner-up with the paired SE
+    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    chosen = [r for r in rows if r["type"] == "iteration"]
+    assert all(r["runner_up"] and r["margin"] >= 0 and r["margin_se"] >= 0 for r in chosen)
+    assert "margin_se" in history[0] and "reduction" in history[0]
+    assert result.final["steps"] == result.iterations * config.short_term_steps \
+        + config.long_term_steps
 
 
 def test_an_interrupted_search_resumes_to_the_same_result(setup, monkeypatch):
@@ -146,6 +153,9 @@ def test_baselines_meet_the_budget_and_sit_beside_the_search(setup):
     trained = [r for r in records if "knob" in r]
     assert {r["name"] for r in records} == {"width_multiplier", "uniform_pruning", "resolution"}
     assert len(trained) >= 2 and all(r["latency_ms"] <= budget for r in trained)
+    final = next(r for r in map(json.loads, (run / "history.jsonl").read_text().splitlines())
+                 if r["type"] == "final")
+    assert all(r["steps"] == final["steps"] for r in trained)  # the winner's training
     for r in trained:  # each is a normal spec + weights that export accepts
         load_weights(build_model(load_spec(run / f"baselines/{r['name']}.yaml")),
                      run / f"baselines/{r['name']}.pt")
