@@ -42,6 +42,7 @@ from .search import (
 )
 from .spec import NetworkSpec, load_spec, spec_from_dict
 
+CLASSIFIER_FIT_STEPS = 200  # a classifier for another class count, before the search
 BN_BATCHES = 4  # batches that re-estimate BN statistics before a proposal is scored
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "mobilenetv3_large.yaml"
 
@@ -147,7 +148,7 @@ def correct_name(weights: str) -> str:
 def load_seed_weights(model: torch.nn.Module, path: str, num_classes: int) -> list[str]:
     """Load a netadapt / torchvision checkpoint strictly, except that output layers made
     for another class count (e.g. ImageNet's 1000) keep their fresh initialisation.
-    Returns notes for the user."""
+    Returns the names of those re-initialised tensors."""
     state = read_state_dict(path)
     own = model.state_dict()
     reinit = sorted(k for k, t in own.items() if k in state and t.dim() >= 1
@@ -157,8 +158,7 @@ def load_seed_weights(model: torch.nn.Module, path: str, num_classes: int) -> li
         state[key] = own[key]
     check_state_dict(model, state, path)
     model.load_state_dict(state)
-    return [f"re-initialised {', '.join(reinit)}: the checkpoint has another class count"
-            ] if reinit else []
+    return reinit
 
 
 def resolve_budgets(texts: Sequence[str], seed: NetworkSpec,
@@ -224,18 +224,33 @@ class Searcher:
                             time.time() - started, baselines)
 
     def _prepare_seed(self) -> dict[str, Any]:
-        from .train import evaluate, train_seed
+        from .seedcache import cached_seed
+        from .train import evaluate, fit_layers, train_seed
 
         cfg = self.config
         notes: list[str] = []
+        model = build_model(self.seed_spec)
         if cfg.weights:
-            model = build_model(self.seed_spec)
-            notes = load_seed_weights(model, cfg.weights, self.seed_spec.num_classes)
+            fresh = load_seed_weights(model, cfg.weights, self.seed_spec.num_classes)
+            if fresh:  # fit the new classifier first, so that dAcc means what it says
+                fit_layers(model, self.data, fresh, CLASSIFIER_FIT_STEPS, lr=cfg.lr * 5,
+                           batch_size=cfg.batch_size, seed=cfg.seed, device=self.torch_device,
+                           progress=self._bar("fit the new classifier", CLASSIFIER_FIT_STEPS))
+                notes.append(f"re-initialised {', '.join(fresh)} (the checkpoint has another "
+                             f"class count) and fitted them {CLASSIFIER_FIT_STEPS} steps, the "
+                             f"rest frozen")
         else:  # from scratch a larger LR than fine-tuning's pays off
-            model = train_seed(self.seed_spec, self.data, steps=cfg.seed_steps, lr=cfg.lr * 5,
-                               batch_size=cfg.batch_size, seed=cfg.seed,
-                               device=self.torch_device,
-                               progress=self._bar("train seed", cfg.seed_steps))
+            def train() -> dict[str, torch.Tensor]:
+                trained = train_seed(self.seed_spec, self.data, steps=cfg.seed_steps,
+                                     lr=cfg.lr * 5, batch_size=cfg.batch_size, seed=cfg.seed,
+                                     device=self.torch_device,
+                                     progress=self._bar("train seed", cfg.seed_steps))
+                return {k: v.cpu() for k, v in trained.state_dict().items()}
+
+            state, path, hit = cached_seed(self._seed_recipe(), train)
+            model.load_state_dict(state)
+            notes.append(f"{'reused the cached seed' if hit else 'trained the seed; cached'} "
+                         f"{path}")
         self.run.write_spec("seed.yaml", self.seed_spec)
         self.run.save_state("seed.pt", model.state_dict())
         # Scored as its children will be (BN re-estimated on a copy), so that dAcc
@@ -243,10 +258,20 @@ class Searcher:
         accuracy = evaluate(self._recalibrated(copy.deepcopy(model), 0), self.data.holdout,
                             batch_size=256, device=self.torch_device)
         record = {"type": "seed", "accuracy": accuracy, "trained_steps": 0 if cfg.weights
-                  else cfg.seed_steps, "notes": notes,
+                  else cfg.seed_steps, "notes": notes, "accuracy_protocol": "BN re-estimated",
                   **resources_of(self.seed_spec, self.predict_ms)}
         self.run.append(record)
         return record
+
+    def _seed_recipe(self) -> dict[str, Any]:
+        """Everything that decides a seed trained from scratch: its cache key."""
+        cfg, data = self.config, self.data.description
+        return {"spec": self.seed_spec.to_dict(),
+                "data": {k: data[k] for k in ("source", "format", "resolution", "in_channels",
+                                              "classes", "seed", "sizes", "split_sha256")},
+                "steps": cfg.seed_steps, "lr": cfg.lr * 5, "batch_size": cfg.batch_size,
+                "seed": cfg.seed, "schedule": "cosine, warm-up min(100, steps // 20)",
+                "torch_device": torch.device(self.torch_device).type}
 
     def _parent(self, iteration: int) -> tuple[NetworkSpec, dict[str, torch.Tensor]]:
         """Spec and weights of the network iteration ``iteration`` starts from, read once

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
@@ -114,6 +114,28 @@ def train_seed(spec: NetworkSpec, data: Data, steps: int, *, lr: float = 0.1,
         warmup_steps = min(100, steps // 20)  # from scratch a high LR at step 0 can diverge
     return finetune(model, data, steps, lr=lr, batch_size=batch_size, seed=seed,
                     device=device, warmup_steps=warmup_steps, progress=progress, **options)
+
+
+def fit_layers(model: nn.Module, data: Data, names: Collection[str], steps: int, *,
+               lr: float = 0.1, batch_size: int = 64, seed: int = 0,
+               device: str | torch.device = "cpu", progress: Progress | None = None
+               ) -> nn.Module:
+    """Train only the parameters ``names`` (e.g. a classifier re-initialised for another
+    class count), everything else frozen, for ``steps`` steps; return the model in eval
+    mode. BN statistics follow the data meanwhile, as in any training step."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(names) - set(params))
+    if unknown:
+        raise TrainError(f"no parameter {unknown[0]!r} in the model")
+    saved = {n: p.requires_grad for n, p in params.items()}
+    for name, p in params.items():
+        p.requires_grad_(name in names)
+    try:
+        return finetune(model, data, steps, lr=lr, batch_size=batch_size, seed=seed,
+                        device=device, weight_decay=0.0, progress=progress)
+    finally:
+        for name, p in params.items():
+            p.requires_grad_(saved[name])
 
 
 @torch.no_grad()

@@ -195,12 +195,43 @@ def test_imagenet_weights_load_into_a_ten_class_seed_with_a_fresh_classifier(tmp
     torch.save(imagenet.state_dict(), tmp_path / "imagenet.pt")
     ten = build_model(dataclasses.replace(spec, num_classes=10))
     fresh = ten.state_dict()["classifier.3.weight"].clone()
-    notes = load_seed_weights(ten, str(tmp_path / "imagenet.pt"), 10)
-    assert notes and "classifier.3.weight" in notes[0] and "classifier.3.bias" in notes[0]
+    fresh_keys = load_seed_weights(ten, str(tmp_path / "imagenet.pt"), 10)
+    assert fresh_keys == ["classifier.3.bias", "classifier.3.weight"]
     state = ten.state_dict()
     assert torch.equal(state["classifier.3.weight"], fresh)
     assert torch.equal(state["features.1.block.0.0.weight"],
                        imagenet.state_dict()["features.1.block.0.0.weight"])
+
+
+def test_a_trained_seed_is_cached_and_reused_by_the_next_run(setup, tmp_path):
+    from netadapt.seedcache import cache_dir
+
+    _, config = setup
+    fast = dataclasses.replace(config, budgets=("99%",))  # no iteration: only the seed
+    first = start_search(fast, tmp_path / "a", predict_ms=fake_ms, progress=False)
+    again = start_search(fast, tmp_path / "b", predict_ms=fake_ms, progress=False)
+    assert "reused the cached seed" in again.seed["notes"][0]
+    assert str(cache_dir()) in again.seed["notes"][0]
+    a, b = (torch.load(tmp_path / r / "seed.pt") for r in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first.seed["accuracy"] == again.seed["accuracy"]
+    other = start_search(dataclasses.replace(fast, seed_steps=5), tmp_path / "c",
+                         predict_ms=fake_ms, progress=False)  # another recipe, another key
+    assert "trained the seed" in other.seed["notes"][0]
+
+
+def test_weights_for_another_class_count_get_their_classifier_fitted(setup, tmp_path):
+    _, config = setup
+    spec = load_spec(config.spec)
+    seven = build_model(dataclasses.replace(spec, num_classes=7))
+    torch.save(seven.state_dict(), tmp_path / "seven.pt")
+    fast = dataclasses.replace(config, budgets=("99%",), weights=str(tmp_path / "seven.pt"))
+    result = start_search(fast, tmp_path / "run", predict_ms=fake_ms, progress=False)
+    assert "fitted them" in result.seed["notes"][0]
+    seed = torch.load(tmp_path / "run" / "seed.pt")
+    fresh = build_model(dataclasses.replace(spec, num_classes=3)).state_dict()
+    assert not torch.equal(seed["classifier.3.weight"], fresh["classifier.3.weight"])
+    assert torch.equal(seed["features.0.0.weight"], seven.state_dict()["features.0.0.weight"])
 
 
 def test_export_of_a_runs_result_checks_the_runs_budget(setup, monkeypatch):
