@@ -68,9 +68,10 @@ class Split:
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std, self.labels[index].to(device, non_blocking=True)
 
-    def at(self, resolution: int) -> Split:
-        """The same images served at ``resolution`` x ``resolution``."""
-        return dataclasses.replace(self, size=(resolution, resolution))
+    def at(self, resolution: int | tuple[int, int]) -> Split:
+        """The same images served at ``resolution`` (a side, or (H, W))."""
+        size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        return dataclasses.replace(self, size=(int(size[0]), int(size[-1])))
 
     def batches(self, batch_size: int,
                 device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
@@ -138,13 +139,14 @@ class Data:
         assert self.train.size is not None
         return self.train.size[0]
 
-    def at(self, resolution: int) -> Data:
+    def at(self, resolution: int | tuple[int, int]) -> Data:
         """Every split served at ``resolution`` px (resized per batch from the stored
         images): e.g. the deployed input size of a network searched at a smaller one."""
         return dataclasses.replace(
             self, train=self.train.at(resolution), holdout=self.holdout.at(resolution),
             test=self.test.at(resolution),
-            description={**self.description, "resolution": resolution})
+            description={**self.description, "resolution": resolution if isinstance(
+                resolution, int) else list(resolution)})
 
 
 def load_data(source: Path | None, resolution: int, in_channels: int, holdout: int, seed: int,
@@ -192,7 +194,7 @@ def load_data(source: Path | None, resolution: int, in_channels: int, holdout: i
         test_idx = torch.sort(torch.randperm(len(test_y), generator=_generator(_TEST_SEED, -2))
                               [:max_test]).values
 
-    mean, std = _stats(in_channels)
+    mean, std = channel_stats(in_channels)
     size = (resolution, resolution)
     splits = [Split(name, x[idx], y[idx], in_channels, mean, std, size)
               for name, x, y, idx in (("train", train_x, train_y, train_idx),
@@ -380,7 +382,8 @@ def _to_channels(images: Tensor, in_channels: int) -> Tensor:
     return images
 
 
-def _stats(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) netadapt normalises inputs with (pixels in [0, 1])."""
     if in_channels == 3:
         return IMAGENET_MEAN, IMAGENET_STD
     return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)

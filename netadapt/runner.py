@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -42,7 +42,12 @@ from .search import (
 )
 from .spec import NetworkSpec, load_spec, spec_from_dict
 
+if TYPE_CHECKING:
+    from .data import Data
+
 CLASSIFIER_FIT_STEPS = 200  # a classifier for another class count, before the search
+DEPLOY_BATCH_SIZE = 32  # training at 224 px: ~1.8 s a step for a 20 ms network (1 thread)
+DEPLOY_SEED = -2  # the "iteration" whose seed every deployed-size phase shares
 BN_BATCHES = 4  # batches that re-estimate BN statistics before a proposal is scored
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "mobilenetv3_large.yaml"
 
@@ -61,6 +66,9 @@ class SearchConfig:
     step: float = 0.06  # fraction of the seed's value removed per iteration
     short_term_steps: int = 20
     long_term_steps: int = 500
+    # training at the spec's (deployed) input size after the search ran at --resolution,
+    # for the result and every baseline alike; 0: none (then the export may score chance)
+    deploy_steps: int = 50
     seed_steps: int = 500  # training of the seed when no weights are given
     resolution: int = 32  # training resolution (latency is always at the spec's size)
     batch_size: int = 64  # on CPU a step costs about the same at 32 or 64 (op overhead)
@@ -84,7 +92,8 @@ class SearchConfig:
             raise NetadaptError(f"--step {self.step}: must be a fraction in (0, 1), e.g. 0.05")
         for budget in self.budgets:  # syntax only: percentages need the seed's values
             parse_budget(budget, {"latency_ms": 1.0, "params": 1.0, "macs": 1.0})
-        for name in ("short_term_steps", "long_term_steps", "seed_steps", "threads"):
+        for name in ("short_term_steps", "long_term_steps", "seed_steps", "deploy_steps",
+                     "threads"):
             if getattr(self, name) < 0:
                 raise NetadaptError(f"--{name.replace('_', '-')}: must be >= 0")
         for name in ("resolution", "batch_size", "holdout"):
@@ -182,9 +191,11 @@ class Searcher:
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         self.table_label = f"{config.device} (injected predictor)"
+        self.table_sha256: str | None = None
         if predict_ms is None:
             table = load_table(config.device)
             predict_ms, self.table_label = table.predict_ms, table.label()
+            self.table_sha256 = getattr(table, "meta", {}).get("sha256")
         self.predict_ms = predict_ms
         self.data = load_data(Path(config.data) if config.data else None,
                               resolution=config.resolution, in_channels=seed_spec.in_channels,
@@ -383,7 +394,12 @@ class Searcher:
                          "reduction": event.reduction, "scheduled": event.scheduled,
                          "runner_up": event.runner_up, "margin": margin,
                          "margin_se": margin_se})
-        self.run.remove(str(Path(proposal_name(p.iteration, p.group)).parent))
+        # The proposals' weights go; their per-image correctness stays (a few KB each),
+        # so selection noise can be studied afterwards (scripts/measure_defaults.py).
+        folder = self.run.path / Path(proposal_name(p.iteration, p.group)).parent
+        for weights in folder.glob("*.pt"):
+            if not weights.name.endswith(".correct.pt"):
+                weights.unlink(missing_ok=True)
         self.run.write_csv()
         self._plot()
 
@@ -402,8 +418,6 @@ class Searcher:
                  batch_size=cfg.batch_size, seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
                  device=self.torch_device,
                  progress=self._bar("long-term fine-tune", cfg.long_term_steps))
-        self.run.write_spec("best.yaml", spec)
-        self.run.save_state("best.pt", model.state_dict())
         seed_model = build_model(self.seed_spec)
         seed_model.load_state_dict(read_state_dict(self.run.path / "seed.pt"))
         resources = resources_of(spec, self.predict_ms)
@@ -411,13 +425,54 @@ class Searcher:
             "type": "final", "iteration": len(iterations), **resources,
             # the training this network got from the seed: what every baseline gets too
             "steps": len(iterations) * cfg.short_term_steps + cfg.long_term_steps,
-            "accuracy": evaluate(model, self.data.holdout, 256, self.torch_device),
-            "test_accuracy": evaluate(model, self.data.test, 256, self.torch_device),
+            **self._finish(model, spec, "best", self.data),
             "seed_test_accuracy": evaluate(seed_model, self.data.test, 256, self.torch_device),
+            "seed_test_px": self.data.resolution,
             "budgets_met": not unmet(resources, self.budgets),
         }
         self.run.append(record)
         return record
+
+    def deploy_steps(self, spec: NetworkSpec, data: Data) -> int:
+        """Steps at the deployed input size: none when the search already ran at it."""
+        same = tuple(spec.input_size) == (data.resolution, data.resolution)
+        return 0 if same else self.config.deploy_steps
+
+    def _finish(self, model: torch.nn.Module, spec: NetworkSpec, name: str, data: Data
+                ) -> dict[str, Any]:
+        """The last steps every compared network takes alike: holdout accuracy at the
+        search's size; when the search ran at a smaller proxy size, ``deploy_steps`` of
+        training at the deployed input size (a network trained at 32 px alone scores
+        chance at 224 px); export to ONNX; and the test accuracy of that file, run by
+        onnxruntime at its input size: the accuracy of what is shipped."""
+        from .export import export_onnx, onnx_correct_items
+        from .train import evaluate, finetune
+
+        cfg = self.config
+        holdout = evaluate(model, data.holdout, 256, self.torch_device)
+        steps = self.deploy_steps(spec, data)
+        deployed = data.at(spec.input_size)
+        if steps:
+            finetune(model, deployed, steps, lr=cfg.lr, batch_size=DEPLOY_BATCH_SIZE,
+                     seed=_iteration_seed(cfg.seed, DEPLOY_SEED), device=self.torch_device,
+                     progress=self._bar(f"{name} at {spec.input_size[0]} px", steps))
+        self.run.write_spec(f"{name}.yaml", spec)
+        self.run.save_state(f"{name}.pt", model.state_dict())
+        onnx_path = self.run.path / f"{name}.onnx"
+        export_onnx(model, spec, onnx_path, metadata=self.metadata(spec))
+        correct = onnx_correct_items(onnx_path, deployed.test, threads=cfg.threads)
+        self.run.save_state(f"{name}.test_correct.pt", {"correct": correct})
+        return {"accuracy": holdout, "holdout_px": data.resolution, "deploy_steps": steps,
+                "test_accuracy": float(correct.float().mean()),
+                "test_px": "x".join(str(v) for v in spec.input_size)}
+
+    def metadata(self, spec: NetworkSpec) -> dict[str, str]:
+        """ONNX metadata_props of an exported network of this run."""
+        from .export import deployment_metadata
+
+        d = self.data.description
+        return deployment_metadata(spec, d["mean"], d["std"], d["classes"],
+                                   self.predict_ms(spec), self.config.device, self.table_sha256)
 
     def run_baselines(self) -> list[dict[str, Any]]:
         """Width multiplier, uniform pruning and input resolution at the same budgets,
@@ -426,8 +481,7 @@ class Searcher:
         steps), on the same data, evaluated the same way. Finished baselines (journal
         records) are not trained again."""
         from .baseline import BASELINES
-        from .data import load_data
-        from .train import evaluate, finetune
+        from .train import finetune
 
         cfg = self.config
         records = self.run.records()
@@ -453,19 +507,14 @@ class Searcher:
                     # Train at the same fraction of the seed's resolution as the latency.
                     res = max(8, round(cfg.resolution * found.spec.input_size[0]
                                        / self.seed_spec.input_size[0]))
-                    data = load_data(Path(cfg.data) if cfg.data else None, resolution=res,
-                                     in_channels=found.spec.in_channels,
-                                     holdout=cfg.holdout, seed=cfg.seed)
+                    data = self.data.at(res)
                 finetune(model, data, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
                          seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
                          device=self.torch_device,
                          progress=self._bar(f"baseline {name}", steps))
-                self.run.write_spec(f"baselines/{name}.yaml", found.spec)
-                self.run.save_state(f"baselines/{name}.pt", model.state_dict())
                 record = {"type": "baseline", "name": name, "knob": found.knob,
                           **found.resources, "steps": steps,
-                          "accuracy": evaluate(model, data.holdout, 256, self.torch_device),
-                          "test_accuracy": evaluate(model, data.test, 256, self.torch_device)}
+                          **self._finish(model, found.spec, f"baselines/{name}", data)}
             self.run.append(record)
         self.run.write_csv()
         self._plot()
@@ -505,7 +554,11 @@ def baselines_for_run(path: Path, **kwargs: Any) -> list[dict[str, Any]]:
 
 
 def comparison(path: Path) -> pd.DataFrame:
-    """Seed, the search's result and every baseline of a run, side by side."""
+    """Seed, the search's result and every baseline of a run, side by side; for each
+    baseline, netadapt's test-accuracy margin over it, paired on the same test images,
+    and that margin's standard error (``margin``, ``margin_se``)."""
+    from .train import paired_margin
+
     records = RunDir.open(path).records()
     final = next((r for r in records if r["type"] == "final"), None)
     if final is None:
@@ -513,15 +566,28 @@ def comparison(path: Path) -> pd.DataFrame:
                             f"`netadapt search --resume {path}` first")
     seed = next(r for r in records if r["type"] == "seed")
     rows = [{"network": "seed", "setting": "", "spec": "seed.yaml", **seed,
-             "steps": 0, "test_accuracy": final["seed_test_accuracy"]},
+             "steps": 0, "holdout_px": final.get("holdout_px"),
+             "test_accuracy": final["seed_test_accuracy"], "test_px": final.get("seed_test_px")},
             {"network": "netadapt", "setting": f"{final['iteration']} iterations",
              "spec": "best.yaml", **final}]
-    rows += [{"network": r["name"], "setting": r.get("knob", r.get("note", "")),
-              "spec": f"baselines/{r['name']}.yaml" if "knob" in r else "", **r}
-             for r in records if r["type"] == "baseline"]
-    columns = ["network", "setting", "latency_ms", "params", "macs", "steps", "accuracy",
-               "test_accuracy", "spec"]
+    ours = _test_correct(path / "best.test_correct.pt")
+    for r in records:
+        if r["type"] != "baseline":
+            continue
+        row = {"network": r["name"], "setting": r.get("knob", r.get("note", "")),
+               "spec": f"baselines/{r['name']}.yaml" if "knob" in r else "", **r}
+        theirs = _test_correct(path / f"baselines/{r['name']}.test_correct.pt")
+        if ours is not None and theirs is not None and ours.shape == theirs.shape:
+            row["margin"], row["margin_se"] = paired_margin(ours, theirs)
+        rows.append(row)
+    columns = ["network", "setting", "latency_ms", "params", "macs", "steps", "deploy_steps",
+               "accuracy", "holdout_px", "test_accuracy", "test_px", "margin", "margin_se",
+               "spec"]
     return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def _test_correct(path: Path) -> torch.Tensor | None:
+    return read_state_dict(path)["correct"] if path.is_file() else None
 
 
 def training_note(path: Path) -> str:
@@ -534,6 +600,39 @@ def training_note(path: Path) -> str:
             f"every baseline: {final['steps']} steps from the seed")
 
 
+def _run_of(spec_path: Path) -> Path | None:
+    """The run directory a spec belongs to (``RUN/best.yaml``, ``RUN/iterations/..``)."""
+    return next((p for p in (spec_path.parent, spec_path.parent.parent)
+                 if (p / "config.json").is_file()), None)
+
+
+def export_metadata(spec_path: Path, spec: NetworkSpec, device: str = "pixel"
+                    ) -> dict[str, str]:
+    """ONNX metadata_props for exporting ``spec``: for a spec of a search run, the run's
+    normalisation, class labels and latency table; otherwise netadapt's normalisation,
+    class indices, and ``device``'s predicted latency when its table covers the spec."""
+    from .data import channel_stats
+    from .export import deployment_metadata
+    from .latency import load_table
+
+    run_path = _run_of(spec_path)
+    mean, std = channel_stats(spec.in_channels)
+    labels = [str(i) for i in range(spec.num_classes)]
+    if run_path is not None:
+        run = RunDir.open(run_path)
+        data = run.config.get("data", {})
+        mean, std = data.get("mean", mean), data.get("std", std)
+        labels = data.get("classes", labels)
+        device = SearchConfig.from_json(run.config["search"]).device
+    try:
+        table = load_table(device)
+        latency: float | None = table.predict_ms(spec) if table.covers(spec) else None
+        sha = getattr(table, "meta", {}).get("sha256")
+    except NetadaptError:
+        latency, sha = None, None
+    return deployment_metadata(spec, mean, std, labels, latency, device, sha)
+
+
 def run_budget_report(spec_path: Path, spec: NetworkSpec) -> list[str]:
     """For a spec inside a search run directory (``RUN/best.yaml``, ``RUN/iterations/..``):
     its predicted latency on the run's device against the run's budgets, and for a
@@ -542,8 +641,7 @@ def run_budget_report(spec_path: Path, spec: NetworkSpec) -> list[str]:
     from .latency import load_device, load_table
     from .latency.profile import measure_e2e
 
-    run_path = next((p for p in (spec_path.parent, spec_path.parent.parent)
-                     if (p / "config.json").is_file()), None)
+    run_path = _run_of(spec_path)
     if run_path is None:
         return []
     run = RunDir.open(run_path)

@@ -2,6 +2,12 @@
 
     python scripts/measure_defaults.py seed --epochs 1 2        # seed length -> accuracy
     python scripts/measure_defaults.py deploy --steps 25 50 100  # 224 px phase -> accuracy
+    python scripts/measure_defaults.py holdout RUN_DIR           # selection noise by holdout size
+
+`holdout` reads a search run made with a large --holdout (its proposals' per-image
+correctness is kept) and reports, per iteration, the best-vs-second gap and its paired
+standard error, and for smaller holdouts (random subsets, 200 draws) the paired SE and
+how often the subset picks the same winner as the whole holdout.
 
 Every figure is printed as one line and appended to runs/measure/results.jsonl. Run it
 under `nice -n 10` on a shared machine. Uses the default Large spec on Fashion-MNIST at
@@ -35,7 +41,9 @@ def log(**row: object) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["seed", "deploy"])
+    parser.add_argument("what", choices=["seed", "deploy", "holdout"])
+    parser.add_argument("run", nargs="?", type=Path, help="run directory (holdout)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000, 5000])
     parser.add_argument("--epochs", type=float, nargs="+", default=[1.0])
     parser.add_argument("--steps", type=int, nargs="+", default=[50])
     parser.add_argument("--seed-weights", type=Path, default=OUT / "seed_e1.pt")
@@ -44,6 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
+    if args.what == "holdout":
+        return selection_noise(args.run, args.sizes)
     data = load_data(None, resolution=32, in_channels=3, holdout=5000, seed=0)
     spec = dataclasses.replace(load_spec(DEFAULT_SPEC), num_classes=10)
     if args.what == "seed":
@@ -68,6 +78,38 @@ def main() -> None:
         log(what="deploy", steps=steps, size=args.deploy, minutes=minutes,
             test_deployed=evaluate(model, small_test.at(args.deploy), 50),
             test_32=evaluate(model, small_test.at(32), 50), test_images=args.test)
+
+
+def selection_noise(run: Path, sizes: list[int], draws: int = 200) -> None:
+    """Per iteration of ``run``: gap and paired SE at the full holdout, and for each
+    smaller size the paired SE and the share of random subsets that pick the same winner."""
+    from netadapt.train import paired_margin
+
+    generator = torch.Generator().manual_seed(0)
+    for folder in sorted((run / "proposals").glob("iter_*")):
+        scores = {p.name.removesuffix(".correct.pt"): read_state_dict(p)["correct"]
+                  for p in sorted(folder.glob("*.correct.pt"))}
+        if len(scores) < 2:
+            continue
+        names = list(scores)
+        matrix = torch.stack([scores[n] for n in names]).float()  # proposals x images
+        order = matrix.mean(1).argsort(descending=True)
+        best, second = int(order[0]), int(order[1])
+        gap, se = paired_margin(matrix[best].bool(), matrix[second].bool())
+        row: dict[str, object] = {"what": "holdout", "run": str(run), "iteration": folder.name,
+                                  "proposals": len(names), "holdout": matrix.shape[1],
+                                  "best": names[best], "second": names[second],
+                                  "gap": gap, "se": se}
+        for size in sizes:
+            if size >= matrix.shape[1]:
+                continue
+            same = 0
+            for _ in range(draws):
+                subset = torch.randperm(matrix.shape[1], generator=generator)[:size]
+                same += int(int(matrix[:, subset].mean(1).argmax()) == best)
+            row[f"se_{size}"] = se * (matrix.shape[1] / size) ** 0.5
+            row[f"same_winner_{size}"] = same / draws
+        log(**row)
 
 
 if __name__ == "__main__":

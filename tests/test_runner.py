@@ -53,7 +53,8 @@ def setup(tmp_path_factory):
     budget = fake_ms(load_spec(spec_path)) * 0.75
     config = SearchConfig(budgets=(f"{budget:.4f}ms",), spec=str(spec_path), data=str(data),
                           device="fake", step=0.1, short_term_steps=3, long_term_steps=4,
-                          seed_steps=6, resolution=16, batch_size=16, holdout=40,
+                          seed_steps=6, deploy_steps=3, resolution=16, batch_size=16,
+                          holdout=40,
                           torch_device="cpu")
     start_search(config, tmp_path / "full", predict_ms=fake_ms, progress=False)
     return tmp_path, config
@@ -73,7 +74,8 @@ def test_a_search_leaves_a_complete_run_directory(setup):
     history = (run / "history.csv").read_text().splitlines()
     assert history[0].startswith("type,") and len(history) > 3
     assert (run / "accuracy_vs_latency.png").stat().st_size > 1000
-    assert not any((run / "proposals").glob("*/*.pt"))  # losers cleaned up
+    left = list((run / "proposals").glob("*/*.pt"))  # losers' weights cleaned up ...
+    assert left and all(p.name.endswith(".correct.pt") for p in left)  # ... not their scores
     config_json = json.loads((run / "config.json").read_text())
     assert config_json["search"]["budgets"] == list(config.budgets)
     assert 0 <= result.final["test_accuracy"] <= 1
@@ -243,7 +245,8 @@ def test_export_of_a_runs_result_checks_the_runs_budget(setup, monkeypatch):
     from netadapt.cli import app
 
     tmp_path, config = setup
-    table = SimpleNamespace(device="fake", is_estimate=True, predict_ms=fake_ms)
+    table = SimpleNamespace(device="fake", is_estimate=True, predict_ms=fake_ms,
+                            covers=lambda spec: True, meta={"sha256": "f00d"})
     monkeypatch.setattr(latency, "load_table", lambda device: table)
     monkeypatch.setattr(latency, "load_device", lambda device: SimpleNamespace(runner="adb"))
     out = tmp_path / "best.onnx"
@@ -253,3 +256,53 @@ def test_export_of_a_runs_result_checks_the_runs_budget(setup, monkeypatch):
     assert "weights: " in result.output and out.stat().st_size > 0
     assert "latency_ms on fake (ESTIMATE)" in result.output
     assert "predicted, within the budget" in result.output
+    from netadapt.export import read_metadata
+
+    meta = read_metadata(out)
+    assert meta["latency_device"] == "fake" and meta["latency_table_sha256"] == "f00d"
+
+
+def test_the_exported_result_scores_what_the_run_reported_with_plain_onnxruntime(
+        setup, monkeypatch):
+    """As a user would: export best.yaml, then only onnxruntime, numpy and PIL: read the
+    test images, resize them to the file's input size, normalise with its metadata."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from netadapt import latency
+    from netadapt.cli import app
+
+    tmp_path, config = setup
+    table = SimpleNamespace(device="fake", is_estimate=True, predict_ms=fake_ms,
+                            covers=lambda spec: True, meta={})
+    monkeypatch.setattr(latency, "load_table", lambda device: table)
+    monkeypatch.setattr(latency, "load_device", lambda device: SimpleNamespace(runner="adb"))
+    run = tmp_path / "full"
+    out = tmp_path / "user.onnx"
+    result = CliRunner().invoke(app, ["export", str(run / "best.yaml"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    channels, height, width = (int(v) for v in meta["input_size"].split(","))
+    mean = np.array([float(v) for v in meta["mean"].split(",")]).reshape(1, -1, 1, 1)
+    std = np.array([float(v) for v in meta["std"].split(",")]).reshape(1, -1, 1, 1)
+    assert json.loads(meta["labels"]) == ["0", "1", "2"]
+    assert float(meta["predicted_latency_ms"]) == pytest.approx(
+        fake_ms(load_spec(run / "best.yaml")), abs=1e-3)
+    with gzip.open(Path(config.data) / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read()[16:], np.uint8).reshape(-1, 28, 28)
+    with gzip.open(Path(config.data) / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read()[8:], np.uint8)
+    pixels = np.stack([np.asarray(Image.fromarray(im).resize((width, height),
+                                                             Image.Resampling.BILINEAR))
+                       for im in images]).astype(np.float32)[:, None] / 255
+    x = ((np.repeat(pixels, channels, axis=1) - mean) / std).astype(np.float32)
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+    accuracy = float((logits.argmax(1) == labels).mean())
+    final = next(r for r in map(json.loads, (run / "history.jsonl").read_text().splitlines())
+                 if r["type"] == "final")
+    assert final["test_px"] == f"{height}x{width}"
+    assert abs(accuracy - final["test_accuracy"]) <= 2 / len(labels)  # PIL vs torch resize
