@@ -45,7 +45,9 @@ def plot_history(history: pd.DataFrame, path: Path, budgets: Sequence[Budget] = 
         if budget.resource == "latency_ms":
             ax.axvline(budget.limit, color="tab:red", ls="--", lw=1, label="latency budget")
     ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel("holdout accuracy")
+    px = history["holdout_px"].dropna() if "holdout_px" in history else pd.Series([])
+    ax.set_ylabel(f"holdout accuracy (at {int(px.iloc[0])} px)" if len(px)
+                  else "holdout accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

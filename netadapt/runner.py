@@ -270,6 +270,7 @@ class Searcher:
                             batch_size=256, device=self.torch_device)
         record = {"type": "seed", "accuracy": accuracy, "trained_steps": 0 if cfg.weights
                   else cfg.seed_steps, "notes": notes, "accuracy_protocol": "BN re-estimated",
+                  "holdout_px": self.data.resolution,
                   **resources_of(self.seed_spec, self.predict_ms)}
         self.run.append(record)
         return record
@@ -354,6 +355,7 @@ class Searcher:
                     "type": "proposal", "iteration": event.iteration, "group": event.group,
                     "width_from": event.width_from, "width_to": event.width_to,
                     **event.resources, "accuracy": event.accuracy,
+                    "holdout_px": self.data.resolution,
                     "seconds": round(time.time() - started, 2)})
                 bar.update()
                 bar.set_postfix_str(f"iter {event.iteration} {event.group} "
@@ -390,7 +392,8 @@ class Searcher:
         self.run.append({"type": "iteration", "iteration": event.iteration,
                          "target": event.target, "group": p.group,
                          "width_from": p.width_from, "width_to": p.width_to,
-                         **p.resources, "accuracy": p.accuracy, "score": event.score,
+                         **p.resources, "accuracy": p.accuracy,
+                         "holdout_px": self.data.resolution, "score": event.score,
                          "reduction": event.reduction, "scheduled": event.scheduled,
                          "runner_up": event.runner_up, "margin": margin,
                          "margin_se": margin_se})

@@ -6,8 +6,9 @@
 
 `holdout` reads a search run made with a large --holdout (its proposals' per-image
 correctness is kept) and reports, per iteration, the best-vs-second gap and its paired
-standard error, and for smaller holdouts (random subsets, 200 draws) the paired SE and
-how often the subset picks the same winner as the whole holdout.
+standard error, and for smaller holdouts (random subsets, 200 draws) the paired SE, how
+often the subset picks the same winner as the whole holdout, and the mean accuracy (on
+the whole holdout) lost by choosing on the subset ("regret").
 
 Every figure is printed as one line and appended to runs/measure/results.jsonl. Run it
 under `nice -n 10` on a shared machine. Uses the default Large spec on Fashion-MNIST at
@@ -103,12 +104,17 @@ def selection_noise(run: Path, sizes: list[int], draws: int = 200) -> None:
         for size in sizes:
             if size >= matrix.shape[1]:
                 continue
-            same = 0
+            same, regret = 0, 0.0
+            full = matrix.mean(1)
             for _ in range(draws):
                 subset = torch.randperm(matrix.shape[1], generator=generator)[:size]
-                same += int(int(matrix[:, subset].mean(1).argmax()) == best)
+                pick = int(matrix[:, subset].mean(1).argmax())
+                same += int(pick == best)
+                regret += float(full[best] - full[pick])
             row[f"se_{size}"] = se * (matrix.shape[1] / size) ** 0.5
             row[f"same_winner_{size}"] = same / draws
+            # what choosing on the smaller holdout costs, in whole-holdout accuracy
+            row[f"regret_{size}"] = regret / draws
         log(**row)
 
 
