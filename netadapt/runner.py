@@ -483,7 +483,7 @@ class Searcher:
         winner got from the seed (its iterations' short-term steps + the long-term
         steps), on the same data, evaluated the same way. Finished baselines (journal
         records) are not trained again."""
-        from .baseline import BASELINES
+        from .baseline import BASELINES, BaselineUnavailable
         from .train import finetune
 
         cfg = self.config
@@ -495,16 +495,24 @@ class Searcher:
         for name, make in BASELINES.items():
             if name in done:
                 continue
-            found = make(self.seed_spec, self.budgets, self.predict_ms)
+            try:
+                found = make(self.seed_spec, self.budgets, self.predict_ms, seed_state)
+            except BaselineUnavailable as exc:
+                self.run.append({"type": "baseline", "name": name, "note": str(exc)})
+                continue
             if found is None:
                 record: dict[str, Any] = {
                     "type": "baseline", "name": name,
                     "note": "no setting meets the budgets (or the latency table lacks it)"}
             else:
                 model = build_model(found.spec)
-                model.load_state_dict(inherit_weights(self.seed_spec, seed_state, found.spec)
-                                      if found.spec.input_size == self.seed_spec.input_size
-                                      else seed_state)
+                if found.state is not None:  # the method's own weights (Torch-Pruning)
+                    model.load_state_dict(found.state)
+                else:
+                    model.load_state_dict(
+                        inherit_weights(self.seed_spec, seed_state, found.spec)
+                        if found.spec.input_size == self.seed_spec.input_size
+                        else seed_state)
                 data = self.data
                 if found.spec.input_size != self.seed_spec.input_size:
                     # Train at the same fraction of the seed's resolution as the latency.

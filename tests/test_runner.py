@@ -153,7 +153,8 @@ def test_baselines_meet_the_budget_and_sit_beside_the_search(setup):
     records = baselines_for_run(run, predict_ms=fake_ms, progress=False)
     budget = float(config.budgets[0][:-2])
     trained = [r for r in records if "knob" in r]
-    assert {r["name"] for r in records} == {"width_multiplier", "uniform_pruning", "resolution"}
+    assert {r["name"] for r in records} == {"width_multiplier", "uniform_pruning", "resolution",
+                                            "torch_pruning"}
     assert len(trained) >= 2 and all(r["latency_ms"] <= budget for r in trained)
     final = next(r for r in map(json.loads, (run / "history.jsonl").read_text().splitlines())
                  if r["type"] == "final")
@@ -162,7 +163,7 @@ def test_baselines_meet_the_budget_and_sit_beside_the_search(setup):
         load_weights(build_model(load_spec(run / f"baselines/{r['name']}.yaml")),
                      run / f"baselines/{r['name']}.pt")
     table = comparison(run)
-    assert list(table["network"][:2]) == ["seed", "netadapt"] and len(table) == 5
+    assert list(table["network"][:2]) == ["seed", "netadapt"] and len(table) == 6
     assert baselines_for_run(run, predict_ms=fake_ms, progress=False) == records  # no rework
     result = CliRunner().invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
