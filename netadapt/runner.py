@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from .data import Data
 
 CLASSIFIER_FIT_STEPS = 200  # a classifier for another class count, before the search
-DEPLOY_BATCH_SIZE = 32  # training at 224 px: ~1.8 s a step for a 20 ms network (1 thread)
 DEPLOY_SEED = -2  # the "iteration" whose seed every deployed-size phase shares
 BN_BATCHES = 4  # batches that re-estimate BN statistics before a proposal is scored
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "mobilenetv3_large.yaml"
@@ -69,6 +68,8 @@ class SearchConfig:
     # training at the spec's (deployed) input size after the search ran at --resolution,
     # for the result and every baseline alike; 0: none (then the export may score chance)
     deploy_steps: int = 50
+    deploy_lr: float = 0.1  # a fresh input size needs a larger LR than fine-tuning's
+    deploy_batch_size: int = 8  # at 224 px a step's cost grows with the batch
     seed_steps: int = 500  # training of the seed when no weights are given
     resolution: int = 32  # training resolution (latency is always at the spec's size)
     batch_size: int = 64  # on CPU a step costs about the same at 32 or 64 (op overhead)
@@ -96,7 +97,9 @@ class SearchConfig:
                      "threads"):
             if getattr(self, name) < 0:
                 raise NetadaptError(f"--{name.replace('_', '-')}: must be >= 0")
-        for name in ("resolution", "batch_size", "holdout"):
+        if not self.deploy_lr > 0:
+            raise NetadaptError(f"--deploy-lr {self.deploy_lr}: must be positive")
+        for name in ("resolution", "batch_size", "holdout", "deploy_batch_size"):
             if getattr(self, name) <= 0:
                 raise NetadaptError(f"--{name.replace('_', '-')}: must be positive")
         if self.weights is None and self.seed_steps == 0:
@@ -456,7 +459,7 @@ class Searcher:
         steps = self.deploy_steps(spec, data)
         deployed = data.at(spec.input_size)
         if steps:
-            finetune(model, deployed, steps, lr=cfg.lr, batch_size=DEPLOY_BATCH_SIZE,
+            finetune(model, deployed, steps, lr=cfg.deploy_lr, batch_size=cfg.deploy_batch_size,
                      seed=_iteration_seed(cfg.seed, DEPLOY_SEED), device=self.torch_device,
                      progress=self._bar(f"{name} at {spec.input_size[0]} px", steps))
         self.run.write_spec(f"{name}.yaml", spec)

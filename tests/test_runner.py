@@ -307,3 +307,26 @@ def test_the_exported_result_scores_what_the_run_reported_with_plain_onnxruntime
                  if r["type"] == "final")
     assert final["test_px"] == f"{height}x{width}"
     assert abs(accuracy - final["test_accuracy"]) <= 2 / len(labels)  # PIL vs torch resize
+
+
+def test_the_search_command_prints_each_accuracy_with_its_input_size(setup, tmp_path,
+                                                                     monkeypatch):
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from netadapt import latency
+    from netadapt.cli import app
+
+    _, config = setup
+    table = SimpleNamespace(device="fake", is_estimate=True, predict_ms=fake_ms,
+                            covers=lambda spec: True, meta={}, label=lambda: "fake")
+    monkeypatch.setattr(latency, "load_table", lambda device: table)
+    result = CliRunner().invoke(app, [
+        "search", "--budget", "99%", "--spec", config.spec, "--data", config.data,
+        "--seed-steps", "6", "--deploy-steps", "2", "--resolution", "16", "--batch-size", "16",
+        "--holdout", "40", "--long-term-steps", "2", "--torch-device", "cpu",
+        "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "holdout acc @16" in result.output
+    assert "at input px" in result.output and "32x32" in result.output
