@@ -52,8 +52,9 @@ def deployment_metadata(spec: NetworkSpec, mean: Sequence[float], std: Sequence[
     """The metadata_props that make an exported file usable on its own."""
     meta = {"input_size": ",".join(str(v) for v in (spec.in_channels, *spec.input_size)),
             "mean": ",".join(f"{v:g}" for v in mean), "std": ",".join(f"{v:g}" for v in std),
-            "labels": json.dumps(list(labels)), "preprocessing":
-            "resize to input_size (bilinear), pixels / 255, then (x - mean) / std"}
+            "labels": json.dumps(list(labels)),
+            "preprocessing": "resize to input_size (bilinear), pixels / 255, grey repeated "
+                             "to C channels, then (x - mean) / std per channel"}
     if latency_ms is not None:
         meta.update(predicted_latency_ms=f"{latency_ms:.3f}", latency_device=str(device),
                     latency_table_sha256=str(table_sha256))
