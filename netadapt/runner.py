@@ -615,7 +615,9 @@ def training_note(path: Path) -> str:
     final = next(r for r in run.records() if r["type"] == "final")
     return (f"netadapt: {final['iteration']} iterations x {config.short_term_steps} + "
             f"{config.long_term_steps} long-term = {final['steps']} steps from the seed; "
-            f"every baseline: {final['steps']} steps from the seed")
+            f"every baseline: {final['steps']} steps from the seed"
+            + (f"; then each {final['deploy_steps']} steps at its input size"
+               if final.get("deploy_steps") else ""))
 
 
 def _run_of(spec_path: Path) -> Path | None:
