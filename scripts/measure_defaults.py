@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[50])
     parser.add_argument("--seed-weights", type=Path, default=OUT / "seed_e1.pt")
     parser.add_argument("--deploy", type=int, default=224)
+    parser.add_argument("--lr", type=float, default=0.02, help="deploy phase learning rate")
+    parser.add_argument("--batch", type=int, default=32, help="deploy phase batch size")
     parser.add_argument("--test", type=int, default=1000, help="test images at the deployed size")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -74,9 +76,10 @@ def main() -> None:
         model = build_model(spec)
         model.load_state_dict(read_state_dict(args.seed_weights))
         started = time.time()
-        finetune(model, deployed, steps, lr=0.02, batch_size=32, seed=1)
+        finetune(model, deployed, steps, lr=args.lr, batch_size=args.batch, seed=1)
         minutes = (time.time() - started) / 60
-        log(what="deploy", steps=steps, size=args.deploy, minutes=minutes,
+        log(what="deploy", steps=steps, size=args.deploy, lr=args.lr, batch=args.batch,
+            minutes=minutes,
             test_deployed=evaluate(model, small_test.at(args.deploy), 50),
             test_32=evaluate(model, small_test.at(32), 50), test_images=args.test)
 
