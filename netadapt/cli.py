@@ -91,6 +91,9 @@ def search(
         help="T: fine-tuning steps per proposal")] = None,
     long_term_steps: Annotated[int | None, typer.Option(
         help="Fine-tuning steps of the final network")] = None,
+    deploy_steps: Annotated[int | None, typer.Option(
+        help="Training steps at the spec's input size after a search at a smaller "
+        "--resolution (result and baselines alike)")] = None,
     seed_steps: Annotated[int | None, typer.Option(
         help="Training steps of the seed when no --weights are given")] = None,
     resolution: Annotated[int | None, typer.Option(
@@ -131,7 +134,8 @@ def search(
             spec=str(spec) if spec else None, weights=weights, device=device, data=data,
             criterion=criterion, schedule=schedule, step=step,
             short_term_steps=short_term_steps, long_term_steps=long_term_steps,
-            seed_steps=seed_steps, resolution=resolution, batch_size=batch_size, lr=lr,
+            deploy_steps=deploy_steps, seed_steps=seed_steps, resolution=resolution,
+            batch_size=batch_size, lr=lr,
             holdout=holdout, seed=seed, torch_device=torch_device,
             threads=threads).items() if v is not None}
         config = SearchConfig(budgets=tuple(budget), compare=compare,
@@ -148,9 +152,14 @@ def search(
     typer.echo(f"{'latency (ms)':<16}{seed_r['latency_ms']:>12.2f}{final['latency_ms']:>12.2f}")
     typer.echo(f"{'params (M)':<16}{seed_r['params'] / 1e6:>12.3f}{final['params'] / 1e6:>12.3f}")
     typer.echo(f"{'MACs (M)':<16}{seed_r['macs'] / 1e6:>12.2f}{final['macs'] / 1e6:>12.2f}")
-    typer.echo(f"{'holdout acc':<16}{seed_r['accuracy']:>12.4f}{final['accuracy']:>12.4f}")
+    px = final.get("holdout_px")
+    typer.echo(f"{f'holdout acc @{px}':<16}{seed_r['accuracy']:>12.4f}"
+               f"{final['accuracy']:>12.4f}")
     typer.echo(f"{'test acc':<16}{final['seed_test_accuracy']:>12.4f}"
                f"{final['test_accuracy']:>12.4f}")
+    typer.echo(f"{'  at input px':<16}{str(final.get('seed_test_px')):>12}"
+               f"{str(final.get('test_px')):>12}  (the result's: its exported ONNX file, run "
+               f"by onnxruntime, after {final.get('deploy_steps', 0)} steps at that size)")
     # which device and table predicted the latencies: a phone ESTIMATE must say so
     from .runs import RunDir
 
@@ -166,7 +175,7 @@ def search(
 
 def _print_comparison(run_dir: Path, measure: bool) -> None:
     from .report import comparison_text, measure_here_ms, verdict
-    from .runner import comparison
+    from .runner import comparison, training_note
     from .spec import load_spec
 
     table = comparison(run_dir)
@@ -174,8 +183,9 @@ def _print_comparison(run_dir: Path, measure: bool) -> None:
         present = table["spec"].astype(bool)
         specs = [load_spec(run_dir / p) for p in table.loc[present, "spec"]]
         table.loc[present, "measured_ms"] = measure_here_ms(specs)
-    typer.echo(f"\nthe search beside the baselines (same budgets, seed weights and "
-               f"fine-tuning steps):\n{comparison_text(table.drop(columns='spec'))}")
+    typer.echo(f"\nthe search beside the baselines (same budgets, seed weights, data and "
+               f"evaluation; {training_note(run_dir)}):\n"
+               f"{comparison_text(table.drop(columns='spec'))}")
     typer.echo(verdict(table))
 
 
@@ -234,12 +244,19 @@ def export(
     else:
         typer.secho("weights: none given, exporting the randomly initialised network "
                     "(pass --weights W.pt for trained weights)", fg=typer.colors.YELLOW)
+    from .runner import export_metadata
+
     output = output or spec_path.with_suffix(".onnx")
-    report = export_onnx(model, spec, output, opset=opset)
+    metadata = export_metadata(spec_path, spec)
+    report = export_onnx(model, spec, output, opset=opset, metadata=metadata)
     typer.echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset})")
     typer.secho(f"parity: onnxruntime matches PyTorch on random input: max |diff| = "
                 f"{report.max_abs_diff:.2e} <= {report.tolerance:g} (outputs up to "
                 f"{report.output_scale:.3g})", fg=typer.colors.GREEN)
+    typer.echo(f"metadata: input {metadata['input_size']} (C,H,W), mean {metadata['mean']}, "
+               f"std {metadata['std']}, {spec.num_classes} labels"
+               + (f", predicted {metadata['predicted_latency_ms']} ms on "
+                  f"{metadata['latency_device']}" if "predicted_latency_ms" in metadata else ""))
     from .runner import run_budget_report
 
     for line in run_budget_report(spec_path, spec):

@@ -1,12 +1,22 @@
-"""Export a network to ONNX and prove onnxruntime computes what PyTorch computes."""
+"""Export a network to ONNX and prove onnxruntime computes what PyTorch computes; score an
+exported file with onnxruntime alone (the accuracy of what is shipped).
+
+The file carries what a user needs to run it without netadapt, as ONNX metadata_props:
+``input_size`` (C,H,W), ``mean`` and ``std`` (per channel, for pixels in [0, 1]),
+``labels`` (a JSON list) and, when known, the latency predicted for it
+(``predicted_latency_ms``, ``latency_device``, ``latency_table_sha256``).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +25,9 @@ from torch import nn
 
 from .errors import ExportError
 from .spec import NetworkSpec
+
+if TYPE_CHECKING:
+    from .data import Split
 
 OPSET = 17  # >= 14 has HardSwish as one op; 17 is widely supported by mobile runtimes
 PARITY_TOLERANCE = 1e-4  # max |onnxruntime - torch| on logits
@@ -32,9 +45,27 @@ class ExportReport:
     tolerance: float
 
 
+def deployment_metadata(spec: NetworkSpec, mean: Sequence[float], std: Sequence[float],
+                        labels: Sequence[str], latency_ms: float | None = None,
+                        device: str | None = None, table_sha256: str | None = None
+                        ) -> dict[str, str]:
+    """The metadata_props that make an exported file usable on its own."""
+    meta = {"input_size": ",".join(str(v) for v in (spec.in_channels, *spec.input_size)),
+            "mean": ",".join(f"{v:g}" for v in mean), "std": ",".join(f"{v:g}" for v in std),
+            "labels": json.dumps(list(labels)),
+            "preprocessing": "resize to input_size (bilinear), pixels / 255, grey repeated "
+                             "to C channels, then (x - mean) / std per channel"}
+    if latency_ms is not None:
+        meta.update(predicted_latency_ms=f"{latency_ms:.3f}", latency_device=str(device),
+                    latency_table_sha256=str(table_sha256))
+    return meta
+
+
 def export_onnx(model: nn.Module, spec: NetworkSpec, path: str | os.PathLike[str],
-                opset: int = OPSET, tolerance: float = PARITY_TOLERANCE) -> ExportReport:
-    """Write ``model`` as ONNX (dynamic batch) and check it against PyTorch.
+                opset: int = OPSET, tolerance: float = PARITY_TOLERANCE,
+                metadata: Mapping[str, str] | None = None) -> ExportReport:
+    """Write ``model`` as ONNX (dynamic batch) with ``metadata`` as metadata_props, and
+    check it against PyTorch.
 
     The file appears at ``path`` only after the parity check passes; a failed export
     leaves any existing file untouched.
@@ -42,7 +73,7 @@ def export_onnx(model: nn.Module, spec: NetworkSpec, path: str | os.PathLike[str
     path = Path(path)
     if not path.parent.is_dir():
         raise ExportError(f"{path}: directory {path.parent} does not exist; create it first")
-    model = model.eval()
+    model = model.cpu().eval()
     shape = (1, spec.in_channels, *spec.input_size)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -57,7 +88,13 @@ def export_onnx(model: nn.Module, spec: NetworkSpec, path: str | os.PathLike[str
                 input_names=["input"], output_names=["output"],
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             )
-        diff, scale = parity(model, tmp, (2, *shape[1:]))
+        if metadata:
+            import onnx
+
+            proto = onnx.load(str(tmp))
+            onnx.helper.set_model_props(proto, dict(metadata))
+            onnx.save(proto, str(tmp))
+        diff, scale = parity(model.cpu(), tmp, (2, *shape[1:]))
         if not diff <= tolerance:
             raise ExportError(
                 f"{path}: onnxruntime output differs from PyTorch by {diff:.3g} "
@@ -78,3 +115,25 @@ def parity(model: nn.Module, onnx_path: Path, shape: tuple[int, ...],
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (actual,) = session.run(None, {"input": x.numpy()})
     return float(np.max(np.abs(actual - expected))), float(np.max(np.abs(expected)))
+
+
+def read_metadata(onnx_path: str | os.PathLike[str]) -> dict[str, str]:
+    """An exported file's metadata_props, as onnxruntime reads them."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def onnx_correct_items(onnx_path: str | os.PathLike[str], split: Split, batch_size: int = 128,
+                       threads: int = 1) -> torch.Tensor:
+    """Per image of ``split`` (served at the file's input size), whether onnxruntime's
+    top-1 prediction from the exported file is right: the accuracy of what is shipped."""
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    parts = []
+    for x, y in split.batches(batch_size):
+        (logits,) = session.run(None, {name: x.numpy()})
+        parts.append(torch.from_numpy(logits.argmax(1)) == y)
+    return torch.cat(parts)

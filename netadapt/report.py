@@ -45,7 +45,9 @@ def plot_history(history: pd.DataFrame, path: Path, budgets: Sequence[Budget] = 
         if budget.resource == "latency_ms":
             ax.axvline(budget.limit, color="tab:red", ls="--", lw=1, label="latency budget")
     ax.set_xlabel("predicted latency (ms)")
-    ax.set_ylabel("holdout accuracy")
+    px = history["holdout_px"].dropna() if "holdout_px" in history else pd.Series([])
+    ax.set_ylabel(f"holdout accuracy (at {int(px.iloc[0])} px)" if len(px)
+                  else "holdout accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -79,8 +81,9 @@ def comparison_text(table: pd.DataFrame) -> str:
     shown["params"] = (shown["params"] / 1e6).round(3)
     shown["macs"] = (shown["macs"] / 1e6).round(1)
     shown["latency_ms"] = shown["latency_ms"].round(2)
-    for column in ("accuracy", "test_accuracy"):
-        shown[column] = shown[column].round(4)
+    for column in ("accuracy", "test_accuracy", "margin", "margin_se"):
+        if column in shown:
+            shown[column] = shown[column].round(4)
     if "measured_ms" in shown:
         shown["measured_ms"] = shown["measured_ms"].round(2)
     shown = shown.rename(columns={"latency_ms": "pred_ms", "params": "params_M",
@@ -88,15 +91,26 @@ def comparison_text(table: pd.DataFrame) -> str:
     return shown.astype(object).where(shown.notna(), "").to_string(index=False)
 
 
+Z95 = 1.96  # a 95% interval is the margin +- 1.96 standard errors
+
+
 def verdict(table: pd.DataFrame) -> str:
-    """One plain line: did the search beat the best baseline on test accuracy?"""
+    """One plain line: does the search beat the best baseline on test accuracy? "beats"
+    or "LOSES TO" only when the paired margin's 95% interval excludes zero; else "ties"."""
     ours = float(table.loc[table["network"] == "netadapt", "test_accuracy"].iloc[0])
     others = table[~table["network"].isin(["seed", "netadapt"])].dropna(
         subset=["test_accuracy"])
     if others.empty:
         return "no baseline could meet the budgets"
     best = others.loc[others["test_accuracy"].idxmax()]
-    word = "beats" if ours > best["test_accuracy"] else (
-        "ties" if ours == best["test_accuracy"] else "LOSES TO")
+    margin = best.get("margin")
+    se = best.get("margin_se")
+    if margin is None or se is None or pd.isna(margin) or pd.isna(se):
+        return (f"netadapt vs the best baseline ({best['network']}) on test accuracy: "
+                f"{ours:.4f} vs {best['test_accuracy']:.4f}; no per-image results to tell "
+                f"whether that differs from noise")
+    half = Z95 * float(se)
+    word = "beats" if margin > half else ("LOSES TO" if margin < -half else "ties with")
     return (f"netadapt {word} the best baseline ({best['network']}) on test accuracy: "
-            f"{ours:.4f} vs {best['test_accuracy']:.4f}")
+            f"{ours:.4f} vs {best['test_accuracy']:.4f}, margin {100 * margin:+.2f} "
+            f"+- {100 * half:.2f} points (95%, paired on the same test images)")

@@ -8,6 +8,7 @@ records them (runs.py).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 import time
@@ -15,7 +16,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -41,6 +42,11 @@ from .search import (
 )
 from .spec import NetworkSpec, load_spec, spec_from_dict
 
+if TYPE_CHECKING:
+    from .data import Data
+
+CLASSIFIER_FIT_STEPS = 200  # a classifier for another class count, before the search
+DEPLOY_SEED = -2  # the "iteration" whose seed every deployed-size phase shares
 BN_BATCHES = 4  # batches that re-estimate BN statistics before a proposal is scored
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "mobilenetv3_large.yaml"
 
@@ -59,11 +65,20 @@ class SearchConfig:
     step: float = 0.06  # fraction of the seed's value removed per iteration
     short_term_steps: int = 20
     long_term_steps: int = 500
-    seed_steps: int = 500  # training of the seed when no weights are given
+    # training at the spec's (deployed) input size after the search ran at --resolution,
+    # for the result and every baseline alike; 0: none (then the export may score chance)
+    deploy_steps: int = 100
+    deploy_lr: float = 0.1  # a fresh input size needs a larger LR than fine-tuning's
+    deploy_batch_size: int = 8  # at 224 px a step's cost grows with the batch
+    # training of the seed when no weights are given: one epoch of Fashion-MNIST at batch
+    # 64 (README: 1 epoch 0.876 test accuracy at 32 px; 500 steps ~0.85)
+    seed_steps: int = 900
     resolution: int = 32  # training resolution (latency is always at the spec's size)
     batch_size: int = 64  # on CPU a step costs about the same at 32 or 64 (op overhead)
     lr: float = 0.02  # fine-tuning (SGD); the seed trains from scratch at 5x this
-    holdout: int = 500
+    # images that score proposals; measured (README): choosing on 2000 instead of 5000
+    # costs ~0.05 points a iteration, on 500 ~0.17
+    holdout: int = 2000
     seed: int = 0
     torch_device: str = "auto"
     # CPU threads for training. One: at 32 px the ops are too small to split, and two
@@ -82,10 +97,13 @@ class SearchConfig:
             raise NetadaptError(f"--step {self.step}: must be a fraction in (0, 1), e.g. 0.05")
         for budget in self.budgets:  # syntax only: percentages need the seed's values
             parse_budget(budget, {"latency_ms": 1.0, "params": 1.0, "macs": 1.0})
-        for name in ("short_term_steps", "long_term_steps", "seed_steps", "threads"):
+        for name in ("short_term_steps", "long_term_steps", "seed_steps", "deploy_steps",
+                     "threads"):
             if getattr(self, name) < 0:
                 raise NetadaptError(f"--{name.replace('_', '-')}: must be >= 0")
-        for name in ("resolution", "batch_size", "holdout"):
+        if not self.deploy_lr > 0:
+            raise NetadaptError(f"--deploy-lr {self.deploy_lr}: must be positive")
+        for name in ("resolution", "batch_size", "holdout", "deploy_batch_size"):
             if getattr(self, name) <= 0:
                 raise NetadaptError(f"--{name.replace('_', '-')}: must be positive")
         if self.weights is None and self.seed_steps == 0:
@@ -128,15 +146,25 @@ def _torch_device(name: str) -> str:
     return name
 
 
-def _proposal_seed(seed: int, iteration: int, group: str) -> int:
-    """A per-proposal seed: the same whether the run was interrupted or not."""
-    return zlib.crc32(f"{seed}/{iteration}/{group}".encode())
+def _iteration_seed(seed: int, iteration: int) -> int:
+    """The training and BN-recalibration seed of every proposal of an iteration: common
+    random numbers, so proposals differ by their architecture, not by their batches (and
+    the same whether the run was interrupted or not)."""
+    return zlib.crc32(f"{seed}/{iteration}".encode())
+
+
+LONG_TERM_SEED = -1  # the "iteration" whose seed the long-term fine-tunes share
+
+
+def correct_name(weights: str) -> str:
+    """Where the per-holdout-image correctness of a proposal's weights is kept."""
+    return weights.removesuffix(".pt") + ".correct.pt"
 
 
 def load_seed_weights(model: torch.nn.Module, path: str, num_classes: int) -> list[str]:
     """Load a netadapt / torchvision checkpoint strictly, except that output layers made
     for another class count (e.g. ImageNet's 1000) keep their fresh initialisation.
-    Returns notes for the user."""
+    Returns the names of those re-initialised tensors."""
     state = read_state_dict(path)
     own = model.state_dict()
     reinit = sorted(k for k, t in own.items() if k in state and t.dim() >= 1
@@ -146,8 +174,7 @@ def load_seed_weights(model: torch.nn.Module, path: str, num_classes: int) -> li
         state[key] = own[key]
     check_state_dict(model, state, path)
     model.load_state_dict(state)
-    return [f"re-initialised {', '.join(reinit)}: the checkpoint has another class count"
-            ] if reinit else []
+    return reinit
 
 
 def resolve_budgets(texts: Sequence[str], seed: NetworkSpec,
@@ -171,9 +198,11 @@ class Searcher:
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         self.table_label = f"{config.device} (injected predictor)"
+        self.table_sha256: str | None = None
         if predict_ms is None:
             table = load_table(config.device)
             predict_ms, self.table_label = table.predict_ms, table.label()
+            self.table_sha256 = getattr(table, "meta", {}).get("sha256")
         self.predict_ms = predict_ms
         self.data = load_data(Path(config.data) if config.data else None,
                               resolution=config.resolution, in_channels=seed_spec.in_channels,
@@ -213,26 +242,55 @@ class Searcher:
                             time.time() - started, baselines)
 
     def _prepare_seed(self) -> dict[str, Any]:
-        from .train import evaluate, train_seed
+        from .seedcache import cached_seed
+        from .train import evaluate, fit_layers, train_seed
 
         cfg = self.config
         notes: list[str] = []
+        model = build_model(self.seed_spec)
         if cfg.weights:
-            model = build_model(self.seed_spec)
-            notes = load_seed_weights(model, cfg.weights, self.seed_spec.num_classes)
+            fresh = load_seed_weights(model, cfg.weights, self.seed_spec.num_classes)
+            if fresh:  # fit the new classifier first, so that dAcc means what it says
+                fit_layers(model, self.data, fresh, CLASSIFIER_FIT_STEPS, lr=cfg.lr * 5,
+                           batch_size=cfg.batch_size, seed=cfg.seed, device=self.torch_device,
+                           progress=self._bar("fit the new classifier", CLASSIFIER_FIT_STEPS))
+                notes.append(f"re-initialised {', '.join(fresh)} (the checkpoint has another "
+                             f"class count) and fitted them {CLASSIFIER_FIT_STEPS} steps, the "
+                             f"rest frozen")
         else:  # from scratch a larger LR than fine-tuning's pays off
-            model = train_seed(self.seed_spec, self.data, steps=cfg.seed_steps, lr=cfg.lr * 5,
-                               batch_size=cfg.batch_size, seed=cfg.seed,
-                               device=self.torch_device,
-                               progress=self._bar("train seed", cfg.seed_steps))
+            def train() -> dict[str, torch.Tensor]:
+                trained = train_seed(self.seed_spec, self.data, steps=cfg.seed_steps,
+                                     lr=cfg.lr * 5, batch_size=cfg.batch_size, seed=cfg.seed,
+                                     device=self.torch_device,
+                                     progress=self._bar("train seed", cfg.seed_steps))
+                return {k: v.cpu() for k, v in trained.state_dict().items()}
+
+            state, path, hit = cached_seed(self._seed_recipe(), train)
+            model.load_state_dict(state)
+            notes.append(f"{'reused the cached seed' if hit else 'trained the seed; cached'} "
+                         f"{path}")
         self.run.write_spec("seed.yaml", self.seed_spec)
         self.run.save_state("seed.pt", model.state_dict())
-        accuracy = evaluate(model, self.data.holdout, batch_size=256, device=self.torch_device)
+        # Scored as its children will be (BN re-estimated on a copy), so that dAcc
+        # compares weights, not protocols.
+        accuracy = evaluate(self._recalibrated(copy.deepcopy(model), 0), self.data.holdout,
+                            batch_size=256, device=self.torch_device)
         record = {"type": "seed", "accuracy": accuracy, "trained_steps": 0 if cfg.weights
-                  else cfg.seed_steps, "notes": notes,
+                  else cfg.seed_steps, "notes": notes, "accuracy_protocol": "BN re-estimated",
+                  "holdout_px": self.data.resolution,
                   **resources_of(self.seed_spec, self.predict_ms)}
         self.run.append(record)
         return record
+
+    def _seed_recipe(self) -> dict[str, Any]:
+        """Everything that decides a seed trained from scratch: its cache key."""
+        cfg, data = self.config, self.data.description
+        return {"spec": self.seed_spec.to_dict(),
+                "data": {k: data[k] for k in ("source", "format", "resolution", "in_channels",
+                                              "classes", "seed", "sizes", "split_sha256")},
+                "steps": cfg.seed_steps, "lr": cfg.lr * 5, "batch_size": cfg.batch_size,
+                "seed": cfg.seed, "schedule": "cosine, warm-up min(100, steps // 20)",
+                "torch_device": torch.device(self.torch_device).type}
 
     def _parent(self, iteration: int) -> tuple[NetworkSpec, dict[str, torch.Tensor]]:
         """Spec and weights of the network iteration ``iteration`` starts from, read once
@@ -246,23 +304,37 @@ class Searcher:
             self._parent_cache = (iteration, spec, read_state_dict(self.run.path / name))
         return self._parent_cache[1], self._parent_cache[2]
 
+    def _recalibrated(self, model: torch.nn.Module, iteration: int) -> torch.nn.Module:
+        """BN statistics re-estimated on the iteration's batches (the same for every
+        proposal of an iteration)."""
+        from .train import recalibrate_bn
+
+        cfg = self.config
+        return recalibrate_bn(model, self.data, BN_BATCHES, batch_size=cfg.batch_size,
+                              seed=_iteration_seed(cfg.seed, iteration),
+                              device=self.torch_device)
+
     def _evaluate(self, iteration: int, child: NetworkSpec, group: str) -> float:
-        """Inherit the largest-norm filters, fine-tune T steps, score on the holdout."""
-        from .train import evaluate, finetune, recalibrate_bn
+        """Inherit the largest-norm filters, fine-tune T steps, score on the holdout.
+        Every proposal of an iteration sees the same training and BN batches."""
+        from .train import correct_items, finetune
 
         cfg = self.config
         state = inherit_weights(*self._parent(iteration), child)
         model = build_model(child)
         model.load_state_dict(state)
-        seed = _proposal_seed(cfg.seed, iteration, group)
         finetune(model, self.data, steps=cfg.short_term_steps, lr=cfg.lr,
-                 batch_size=cfg.batch_size, seed=seed, device=self.torch_device)
+                 batch_size=cfg.batch_size, seed=_iteration_seed(cfg.seed, iteration),
+                 device=self.torch_device)
         # A few hundred steps leave BN running statistics behind the new weights; measure
         # them afresh so that proposals are compared on their weights, not on stale BN.
-        recalibrate_bn(model, self.data, BN_BATCHES, batch_size=cfg.batch_size, seed=seed,
-                       device=self.torch_device)
-        self.run.save_state(proposal_name(iteration, group), model.state_dict())
-        return evaluate(model, self.data.holdout, batch_size=256, device=self.torch_device)
+        self._recalibrated(model, iteration)
+        name = proposal_name(iteration, group)
+        correct = correct_items(model, self.data.holdout, batch_size=256,
+                                device=self.torch_device)
+        self.run.save_state(correct_name(name), {"correct": correct})
+        self.run.save_state(name, model.state_dict())
+        return float(correct.float().mean())
 
     def _loop(self, start: Start, history: list) -> list[Iteration]:
         chosen: list[Iteration] = []
@@ -290,6 +362,7 @@ class Searcher:
                     "type": "proposal", "iteration": event.iteration, "group": event.group,
                     "width_from": event.width_from, "width_to": event.width_to,
                     **event.resources, "accuracy": event.accuracy,
+                    "holdout_px": self.data.resolution,
                     "seconds": round(time.time() - started, 2)})
                 bar.update()
                 bar.set_postfix_str(f"iter {event.iteration} {event.group} "
@@ -310,15 +383,33 @@ class Searcher:
         return chosen
 
     def _promote(self, event: Iteration) -> None:
-        """Make the chosen proposal the iteration's network, then record it."""
+        """Make the chosen proposal the iteration's network, then record it with its
+        holdout margin over the runner-up (paired on the same images) and that margin's
+        standard error: a margin inside ~2 SE means the choice was a coin toss."""
+        from .train import paired_margin
+
         p = event.chosen
+        margin = margin_se = None
+        if event.runner_up is not None:
+            chosen, second = (read_state_dict(self.run.path / correct_name(
+                proposal_name(p.iteration, g)))["correct"] for g in (p.group, event.runner_up))
+            margin, margin_se = paired_margin(chosen, second)
         self.run.write_spec(f"{iteration_name(p.iteration)}.yaml", p.spec)
         self.run.copy(proposal_name(p.iteration, p.group), f"{iteration_name(p.iteration)}.pt")
         self.run.append({"type": "iteration", "iteration": event.iteration,
                          "target": event.target, "group": p.group,
                          "width_from": p.width_from, "width_to": p.width_to,
-                         **p.resources, "accuracy": p.accuracy, "score": event.score})
-        self.run.remove(str(Path(proposal_name(p.iteration, p.group)).parent))
+                         **p.resources, "accuracy": p.accuracy,
+                         "holdout_px": self.data.resolution, "score": event.score,
+                         "reduction": event.reduction, "scheduled": event.scheduled,
+                         "runner_up": event.runner_up, "margin": margin,
+                         "margin_se": margin_se})
+        # The proposals' weights go; their per-image correctness stays (a few KB each),
+        # so selection noise can be studied afterwards (scripts/measure_defaults.py).
+        folder = self.run.path / Path(proposal_name(p.iteration, p.group)).parent
+        for weights in folder.glob("*.pt"):
+            if not weights.name.endswith(".correct.pt"):
+                weights.unlink(missing_ok=True)
         self.run.write_csv()
         self._plot()
 
@@ -334,67 +425,114 @@ class Searcher:
         model = build_model(spec)
         model.load_state_dict(state)
         finetune(model, self.data, steps=cfg.long_term_steps, lr=cfg.lr,
-                 batch_size=cfg.batch_size, seed=_proposal_seed(cfg.seed, 0, "long-term"),
+                 batch_size=cfg.batch_size, seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
                  device=self.torch_device,
                  progress=self._bar("long-term fine-tune", cfg.long_term_steps))
-        self.run.write_spec("best.yaml", spec)
-        self.run.save_state("best.pt", model.state_dict())
         seed_model = build_model(self.seed_spec)
         seed_model.load_state_dict(read_state_dict(self.run.path / "seed.pt"))
         resources = resources_of(spec, self.predict_ms)
         record = {
             "type": "final", "iteration": len(iterations), **resources,
-            "accuracy": evaluate(model, self.data.holdout, 256, self.torch_device),
-            "test_accuracy": evaluate(model, self.data.test, 256, self.torch_device),
+            # the training this network got from the seed: what every baseline gets too
+            "steps": len(iterations) * cfg.short_term_steps + cfg.long_term_steps,
+            **self._finish(model, spec, "best", self.data),
             "seed_test_accuracy": evaluate(seed_model, self.data.test, 256, self.torch_device),
+            "seed_test_px": self.data.resolution,
             "budgets_met": not unmet(resources, self.budgets),
         }
         self.run.append(record)
         return record
 
-    def run_baselines(self) -> list[dict[str, Any]]:
-        """Width multiplier, uniform pruning and input resolution at the same budgets,
-        from the same seed weights, fine-tuned as long as the search's winner.
-        Finished baselines (journal records) are not trained again."""
-        from .baseline import BASELINES
-        from .data import load_data
+    def deploy_steps(self, spec: NetworkSpec, data: Data) -> int:
+        """Steps at the deployed input size: none when the search already ran at it."""
+        same = tuple(spec.input_size) == (data.resolution, data.resolution)
+        return 0 if same else self.config.deploy_steps
+
+    def _finish(self, model: torch.nn.Module, spec: NetworkSpec, name: str, data: Data
+                ) -> dict[str, Any]:
+        """The last steps every compared network takes alike: holdout accuracy at the
+        search's size; when the search ran at a smaller proxy size, ``deploy_steps`` of
+        training at the deployed input size (a network trained at 32 px alone scores
+        chance at 224 px); export to ONNX; and the test accuracy of that file, run by
+        onnxruntime at its input size: the accuracy of what is shipped."""
+        from .export import export_onnx, onnx_correct_items
         from .train import evaluate, finetune
 
         cfg = self.config
-        done = {r["name"]: r for r in self.run.records() if r["type"] == "baseline"}
+        holdout = evaluate(model, data.holdout, 256, self.torch_device)
+        steps = self.deploy_steps(spec, data)
+        deployed = data.at(spec.input_size)
+        if steps:
+            finetune(model, deployed, steps, lr=cfg.deploy_lr, batch_size=cfg.deploy_batch_size,
+                     seed=_iteration_seed(cfg.seed, DEPLOY_SEED), device=self.torch_device,
+                     progress=self._bar(f"{name} at {spec.input_size[0]} px", steps))
+        self.run.write_spec(f"{name}.yaml", spec)
+        self.run.save_state(f"{name}.pt", model.state_dict())
+        onnx_path = self.run.path / f"{name}.onnx"
+        export_onnx(model, spec, onnx_path, metadata=self.metadata(spec))
+        correct = onnx_correct_items(onnx_path, deployed.test, threads=cfg.threads)
+        self.run.save_state(f"{name}.test_correct.pt", {"correct": correct})
+        return {"accuracy": holdout, "holdout_px": data.resolution, "deploy_steps": steps,
+                "test_accuracy": float(correct.float().mean()),
+                "test_px": "x".join(str(v) for v in spec.input_size)}
+
+    def metadata(self, spec: NetworkSpec) -> dict[str, str]:
+        """ONNX metadata_props of an exported network of this run."""
+        from .export import deployment_metadata
+
+        d = self.data.description
+        return deployment_metadata(spec, d["mean"], d["std"], d["classes"],
+                                   self.predict_ms(spec), self.config.device, self.table_sha256)
+
+    def run_baselines(self) -> list[dict[str, Any]]:
+        """Width multiplier, uniform pruning and input resolution at the same budgets,
+        from the same seed weights, each trained exactly as many steps as the search's
+        winner got from the seed (its iterations' short-term steps + the long-term
+        steps), on the same data, evaluated the same way. Finished baselines (journal
+        records) are not trained again."""
+        from .baseline import BASELINES, BaselineUnavailable
+        from .train import finetune
+
+        cfg = self.config
+        records = self.run.records()
+        final = next(r for r in records if r["type"] == "final")
+        steps = int(final["steps"])
+        done = {r["name"]: r for r in records if r["type"] == "baseline"}
         seed_state = read_state_dict(self.run.path / "seed.pt")
         for name, make in BASELINES.items():
             if name in done:
                 continue
-            found = make(self.seed_spec, self.budgets, self.predict_ms)
+            try:
+                found = make(self.seed_spec, self.budgets, self.predict_ms, seed_state)
+            except BaselineUnavailable as exc:
+                self.run.append({"type": "baseline", "name": name, "note": str(exc)})
+                continue
             if found is None:
                 record: dict[str, Any] = {
                     "type": "baseline", "name": name,
                     "note": "no setting meets the budgets (or the latency table lacks it)"}
             else:
                 model = build_model(found.spec)
-                model.load_state_dict(inherit_weights(self.seed_spec, seed_state, found.spec)
-                                      if found.spec.input_size == self.seed_spec.input_size
-                                      else seed_state)
+                if found.state is not None:  # the method's own weights (Torch-Pruning)
+                    model.load_state_dict(found.state)
+                else:
+                    model.load_state_dict(
+                        inherit_weights(self.seed_spec, seed_state, found.spec)
+                        if found.spec.input_size == self.seed_spec.input_size
+                        else seed_state)
                 data = self.data
                 if found.spec.input_size != self.seed_spec.input_size:
                     # Train at the same fraction of the seed's resolution as the latency.
                     res = max(8, round(cfg.resolution * found.spec.input_size[0]
                                        / self.seed_spec.input_size[0]))
-                    data = load_data(Path(cfg.data) if cfg.data else None, resolution=res,
-                                     in_channels=found.spec.in_channels,
-                                     holdout=cfg.holdout, seed=cfg.seed)
-                finetune(model, data, steps=cfg.long_term_steps, lr=cfg.lr,
-                         batch_size=cfg.batch_size,
-                         seed=_proposal_seed(cfg.seed, 0, "long-term"),
+                    data = self.data.at(res)
+                finetune(model, data, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                         seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
                          device=self.torch_device,
-                         progress=self._bar(f"baseline {name}", cfg.long_term_steps))
-                self.run.write_spec(f"baselines/{name}.yaml", found.spec)
-                self.run.save_state(f"baselines/{name}.pt", model.state_dict())
+                         progress=self._bar(f"baseline {name}", steps))
                 record = {"type": "baseline", "name": name, "knob": found.knob,
-                          **found.resources,
-                          "accuracy": evaluate(model, data.holdout, 256, self.torch_device),
-                          "test_accuracy": evaluate(model, data.test, 256, self.torch_device)}
+                          **found.resources, "steps": steps,
+                          **self._finish(model, found.spec, f"baselines/{name}", data)}
             self.run.append(record)
         self.run.write_csv()
         self._plot()
@@ -434,7 +572,11 @@ def baselines_for_run(path: Path, **kwargs: Any) -> list[dict[str, Any]]:
 
 
 def comparison(path: Path) -> pd.DataFrame:
-    """Seed, the search's result and every baseline of a run, side by side."""
+    """Seed, the search's result and every baseline of a run, side by side; for each
+    baseline, netadapt's test-accuracy margin over it, paired on the same test images,
+    and that margin's standard error (``margin``, ``margin_se``)."""
+    from .train import paired_margin
+
     records = RunDir.open(path).records()
     final = next((r for r in records if r["type"] == "final"), None)
     if final is None:
@@ -442,15 +584,73 @@ def comparison(path: Path) -> pd.DataFrame:
                             f"`netadapt search --resume {path}` first")
     seed = next(r for r in records if r["type"] == "seed")
     rows = [{"network": "seed", "setting": "", "spec": "seed.yaml", **seed,
-             "test_accuracy": final["seed_test_accuracy"]},
+             "steps": 0, "holdout_px": final.get("holdout_px"),
+             "test_accuracy": final["seed_test_accuracy"], "test_px": final.get("seed_test_px")},
             {"network": "netadapt", "setting": f"{final['iteration']} iterations",
              "spec": "best.yaml", **final}]
-    rows += [{"network": r["name"], "setting": r.get("knob", r.get("note", "")),
-              "spec": f"baselines/{r['name']}.yaml" if "knob" in r else "", **r}
-             for r in records if r["type"] == "baseline"]
-    columns = ["network", "setting", "latency_ms", "params", "macs", "accuracy",
-               "test_accuracy", "spec"]
+    ours = _test_correct(path / "best.test_correct.pt")
+    for r in records:
+        if r["type"] != "baseline":
+            continue
+        row = {"network": r["name"], "setting": r.get("knob", r.get("note", "")),
+               "spec": f"baselines/{r['name']}.yaml" if "knob" in r else "", **r}
+        theirs = _test_correct(path / f"baselines/{r['name']}.test_correct.pt")
+        if ours is not None and theirs is not None and ours.shape == theirs.shape:
+            row["margin"], row["margin_se"] = paired_margin(ours, theirs)
+        rows.append(row)
+    columns = ["network", "setting", "latency_ms", "params", "macs", "steps", "deploy_steps",
+               "accuracy", "holdout_px", "test_accuracy", "test_px", "margin", "margin_se",
+               "spec"]
     return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def _test_correct(path: Path) -> torch.Tensor | None:
+    return read_state_dict(path)["correct"] if path.is_file() else None
+
+
+def training_note(path: Path) -> str:
+    """How many training steps from the seed the comparison's networks got, in words."""
+    run = RunDir.open(path)
+    config = SearchConfig.from_json(run.config["search"])
+    final = next(r for r in run.records() if r["type"] == "final")
+    return (f"netadapt: {final['iteration']} iterations x {config.short_term_steps} + "
+            f"{config.long_term_steps} long-term = {final['steps']} steps from the seed; "
+            f"every baseline: {final['steps']} steps from the seed"
+            + (f"; then each {final['deploy_steps']} steps at its input size"
+               if final.get("deploy_steps") else ""))
+
+
+def _run_of(spec_path: Path) -> Path | None:
+    """The run directory a spec belongs to (``RUN/best.yaml``, ``RUN/iterations/..``)."""
+    return next((p for p in (spec_path.parent, spec_path.parent.parent)
+                 if (p / "config.json").is_file()), None)
+
+
+def export_metadata(spec_path: Path, spec: NetworkSpec, device: str = "pixel"
+                    ) -> dict[str, str]:
+    """ONNX metadata_props for exporting ``spec``: for a spec of a search run, the run's
+    normalisation, class labels and latency table; otherwise netadapt's normalisation,
+    class indices, and ``device``'s predicted latency when its table covers the spec."""
+    from .data import channel_stats
+    from .export import deployment_metadata
+    from .latency import load_table
+
+    run_path = _run_of(spec_path)
+    mean, std = channel_stats(spec.in_channels)
+    labels = [str(i) for i in range(spec.num_classes)]
+    if run_path is not None:
+        run = RunDir.open(run_path)
+        data = run.config.get("data", {})
+        mean, std = data.get("mean", mean), data.get("std", std)
+        labels = data.get("classes", labels)
+        device = SearchConfig.from_json(run.config["search"]).device
+    try:
+        table = load_table(device)
+        latency: float | None = table.predict_ms(spec) if table.covers(spec) else None
+        sha = getattr(table, "meta", {}).get("sha256")
+    except NetadaptError:
+        latency, sha = None, None
+    return deployment_metadata(spec, mean, std, labels, latency, device, sha)
 
 
 def run_budget_report(spec_path: Path, spec: NetworkSpec) -> list[str]:
@@ -461,8 +661,7 @@ def run_budget_report(spec_path: Path, spec: NetworkSpec) -> list[str]:
     from .latency import load_device, load_table
     from .latency.profile import measure_e2e
 
-    run_path = next((p for p in (spec_path.parent, spec_path.parent.parent)
-                     if (p / "config.json").is_file()), None)
+    run_path = _run_of(spec_path)
     if run_path is None:
         return []
     run = RunDir.open(run_path)

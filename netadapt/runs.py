@@ -159,7 +159,9 @@ class RunDir:
                 events.append(p)
             elif r["type"] == "iteration":
                 chosen = pending[(r["iteration"], r["group"])]
-                events.append(Iteration(r["iteration"], r["target"], chosen, r["score"]))
+                events.append(Iteration(r["iteration"], r["target"], chosen, r["score"],
+                                        r.get("reduction", 0.0), r.get("scheduled", 0.0),
+                                        r.get("runner_up")))
                 current = chosen.spec
         return events
 

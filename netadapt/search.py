@@ -1,7 +1,8 @@
 """The NetAdapt loop as plain code over injected functions.
 
     while any Res_j(net) > Bud_j:
-        target = Res(net) - dR_i                        (never below the budget)
+        target = Res(net) - dR_i                        (never below the budget; halved
+                                                         while no single group can meet it)
         for each channel group g:
             child = net with g cut to the widest width meeting the target
             acc   = evaluate(child)                     (inherit, fine-tune T steps, holdout)
@@ -26,6 +27,10 @@ from .spec import WIDTH_STEP, NetworkSpec
 
 RESOURCES = ("latency_ms", "params", "macs")
 CRITERIA = ("accuracy", "slope")
+# When no single group can meet an iteration's target, the step is halved up to this many
+# times (to 1/256 of the scheduled step) before the search gives up: a smaller step, never
+# a destructive one (cutting a group to its narrowest width).
+MAX_HALVINGS = 8
 
 
 class BudgetError(NetadaptError):
@@ -139,6 +144,9 @@ class Iteration:
     target: dict[str, float]  # {driving resource: target value}
     chosen: Proposal
     score: float  # the criterion's value for the chosen proposal
+    reduction: float = 0.0  # the step asked for (driving resource); < scheduled if halved
+    scheduled: float = 0.0  # the schedule's step for this iteration
+    runner_up: str | None = None  # the second-best proposal's group (None: only one)
 
 
 @dataclass(frozen=True)
@@ -218,8 +226,9 @@ def netadapt(
 
     ``history`` holds records of an earlier, interrupted run of the same search: its
     iterations are replayed without work and its finished proposals are not
-    re-evaluated. Raises BudgetError when no single-group change can reduce the
-    driving resource any further.
+    re-evaluated. When no single group can meet an iteration's target, the step is
+    halved (recorded as the iteration's ``reduction``). Raises BudgetError when no
+    single-group change can reduce the driving resource any further.
     """
     if criterion not in CRITERIA:
         raise BudgetError(f"unknown criterion {criterion!r}; use accuracy (NetAdapt) or "
@@ -244,16 +253,19 @@ def netadapt(
             continue
         driver = pending[0]  # latency first when it is unmet (budgets keep CLI order)
         resource = driver.resource
-        target = max(resources[resource]
-                     - schedule.reduction(iteration, start.resources[resource]),
-                     driver.limit)
-        candidates = propose(spec, resource, target, measures[resource])
-        if not candidates:  # the step is too large for any single group: take what exists
-            candidates = _largest_reductions(spec, resources[resource], measures[resource])
+        scheduled = schedule.reduction(iteration, start.resources[resource])
+        reduction, candidates = scheduled, []
+        for _ in range(MAX_HALVINGS + 1):  # no group meets the target: a smaller step
+            target = max(resources[resource] - reduction, driver.limit)
+            candidates = propose(spec, resource, target, measures[resource])
+            if candidates:
+                break
+            reduction /= 2
         if not candidates:
             raise BudgetError(
                 f"cannot reduce {resource} below {format_resource(resource, resources[resource])}"
-                f" by shrinking any single channel group; the unmet budget is {driver}")
+                f" by shrinking any single channel group, even by 1/{2 ** MAX_HALVINGS} of the "
+                f"scheduled step; the unmet budget is {driver}")
         proposals = []
         for group, width, child, _ in candidates:
             proposal = done_proposals.get((iteration, group))
@@ -263,34 +275,22 @@ def netadapt(
                     resources_of(child, predict_ms), evaluate(iteration, child, group))
                 yield proposal
             proposals.append(proposal)
-        best, score = _choose(proposals, criterion, accuracy, resources, resource)
-        yield Iteration(iteration, {resource: target}, best, score)
+        ranked = _rank(proposals, criterion, accuracy, resources, resource)
+        (best, score), runner_up = ranked[0], (ranked[1][0].group if len(ranked) > 1 else None)
+        yield Iteration(iteration, {resource: target}, best, score, reduction, scheduled,
+                        runner_up)
         spec, accuracy, resources = best.spec, best.accuracy, dict(best.resources)
     raise BudgetError(f"budgets not met after {max_iterations} iterations")
 
 
-def _largest_reductions(spec: NetworkSpec, current: float,
-                        measure: Callable[[NetworkSpec], float]
-                        ) -> list[tuple[str, int, NetworkSpec, float]]:
-    """Per group, the width with the lowest value, when it is below ``current``."""
-    out = []
-    for group in spec.groups:
-        options = [(measure(c), w, c) for w in range(group.width - WIDTH_STEP, 0, -WIDTH_STEP)
-                   for c in [spec.with_group_width(group.name, w)]]
-        if options:
-            value, width, child = min(options, key=lambda o: (o[0], -o[1]))
-            if value < current:
-                out.append((group.name, width, child, value))
-    return out
-
-
-def _choose(proposals: list[Proposal], criterion: str, accuracy: float,
-            resources: dict[str, float], resource: str) -> tuple[Proposal, float]:
-    """Highest accuracy (NetAdapt), or highest dAcc / |dRes| (MobileNetV3)."""
+def _rank(proposals: list[Proposal], criterion: str, accuracy: float,
+          resources: dict[str, float], resource: str) -> list[tuple[Proposal, float]]:
+    """Proposals with their scores, best first: highest accuracy (NetAdapt), or highest
+    dAcc / |dRes| (MobileNetV3); ties go to the lower resource."""
     def score(p: Proposal) -> float:
         if criterion == "accuracy":
             return p.accuracy
         saved = abs(resources[resource] - p.resources[resource])
         return (p.accuracy - accuracy) / max(saved, 1e-12)
-    best = max(proposals, key=lambda p: (score(p), -p.resources[resource]))
-    return best, score(best)
+    ranked = sorted(proposals, key=lambda p: (score(p), -p.resources[resource]), reverse=True)
+    return [(p, score(p)) for p in ranked]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
@@ -116,6 +116,28 @@ def train_seed(spec: NetworkSpec, data: Data, steps: int, *, lr: float = 0.1,
                     device=device, warmup_steps=warmup_steps, progress=progress, **options)
 
 
+def fit_layers(model: nn.Module, data: Data, names: Collection[str], steps: int, *,
+               lr: float = 0.1, batch_size: int = 64, seed: int = 0,
+               device: str | torch.device = "cpu", progress: Progress | None = None
+               ) -> nn.Module:
+    """Train only the parameters ``names`` (e.g. a classifier re-initialised for another
+    class count), everything else frozen, for ``steps`` steps; return the model in eval
+    mode. BN statistics follow the data meanwhile, as in any training step."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(names) - set(params))
+    if unknown:
+        raise TrainError(f"no parameter {unknown[0]!r} in the model")
+    saved = {n: p.requires_grad for n, p in params.items()}
+    for name, p in params.items():
+        p.requires_grad_(name in names)
+    try:
+        return finetune(model, data, steps, lr=lr, batch_size=batch_size, seed=seed,
+                        device=device, weight_decay=0.0, progress=progress)
+    finally:
+        for name, p in params.items():
+            p.requires_grad_(saved[name])
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, data: Data, batches: int, *, batch_size: int = 128,
                    seed: int = 0, device: str | torch.device = "cpu") -> nn.Module:
@@ -140,27 +162,45 @@ def recalibrate_bn(model: nn.Module, data: Data, batches: int, *, batch_size: in
     return model.eval()
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 256,
              device: str | torch.device = "cpu") -> float:
     """Top-1 accuracy in [0, 1] (pixel accuracy for segmentation logits N x K x H x W)."""
+    return float(correct_items(model, split, batch_size, device).float().mean())
+
+
+@torch.no_grad()
+def correct_items(model: nn.Module, split: Split, batch_size: int = 256,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """Per item (per pixel for segmentation), whether the top-1 prediction is right: a
+    flat bool tensor in split order, so two networks can be compared image by image."""
     device = _device(device)
     was_training = model.training
     model.to(device).eval()
     autocast, _ = _mixed_precision(device, amp=True)
-    correct = total = 0
+    parts = []
     try:
         with _fast_layout(model, device) as layout:
             for x, y in split.batches(batch_size, device):
                 with autocast():
                     predicted = model(x.contiguous(memory_format=layout)).argmax(dim=1)
-                correct += int((predicted == y).sum())
-                total += y.numel()
+                parts.append((predicted == y).flatten().cpu())
     finally:
         model.train(was_training)
-    if total == 0:
+    if not parts:
         raise TrainError(f"the {split.name} split is empty; nothing to evaluate")
-    return correct / total
+    return torch.cat(parts)
+
+
+def paired_margin(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Accuracy of ``a`` minus accuracy of ``b`` (per-item correctness on the same items)
+    and the standard error of that paired difference: std(a_i - b_i) / sqrt(n)."""
+    if a.shape != b.shape:
+        raise TrainError(f"paired comparison of {a.numel()} and {b.numel()} items: the two "
+                         f"networks were not scored on the same items")
+    d = a.double() - b.double()
+    n = d.numel()
+    se = float(d.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
+    return float(d.mean()), se
 
 
 def lr_at(step: int, steps: int, lr: float, schedule: str, warmup_steps: int) -> float:

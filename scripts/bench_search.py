@@ -1,20 +1,28 @@
-"""Is the search worth running? NetAdapt vs the simple answers at matched budgets.
+"""Is the search worth running? NetAdapt vs the simple answers at matched budgets, over
+several seeds.
 
-    python scripts/bench_search.py                       # 70%, 50%, 35% of the seed
-    python scripts/bench_search.py --budgets 60% --out runs/bench-quick -- --step 0.1
+    python scripts/bench_search.py                                  # seeds 0 1 2; 70/50/35%
+    python scripts/bench_search.py --seeds 0 --budgets 60% --out runs/bench-quick step=0.1
 
-For each budget (a share of the seed's predicted latency on the default device) it runs
-`netadapt search --compare` with a fixed seed: all budgets start from the same seed
-weights (trained once, by the first run), and every baseline gets the same number of
-fine-tuning steps as the search's winner. Runs are resumable: re-running the command
-continues unfinished ones and reuses finished ones. Prints one table and a verdict per
-budget. Extra arguments after `--` are SearchConfig fields as name=value.
+For each seed (it moves the holdout split, the seed network's training and every
+fine-tune) and each budget (a share of the seed's predicted latency on the default
+device) it runs `netadapt search --compare`: every baseline starts from the same seed
+weights and gets exactly the winner's training from the seed, and every test accuracy
+is the exported ONNX file's at its input size. A seed network is trained once per seed
+and reused from the seed cache by the other budgets. Runs are resumable: re-running the
+command continues unfinished ones and reuses finished ones.
+
+Prints every run's table, then per budget and network the mean test accuracy over the
+seeds with a 95% t-interval, and netadapt's paired margin over each baseline (per seed
+on the same test images; across seeds its mean with a 95% t-interval). Extra arguments
+are SearchConfig fields as name=value.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -44,39 +52,78 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
     return out
 
 
+# two-sided 95% quantiles of Student's t by degrees of freedom (no scipy needed)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+       9: 2.262, 10: 2.228}
+
+
+def interval(values: pd.Series) -> tuple[float, float]:
+    """Mean and half-width of its 95% t-interval (nan for a single value)."""
+    n = len(values)
+    mean = float(values.mean())
+    if n < 2:
+        return mean, float("nan")
+    return mean, T95.get(n - 1, 1.96) * float(values.std(ddof=1)) / math.sqrt(n)
+
+
+def summarise(everything: pd.DataFrame) -> pd.DataFrame:
+    """Per budget and network: mean test accuracy and latency over seeds, 95% intervals,
+    and netadapt's margin over it (per seed paired on the test images)."""
+    rows = []
+    for (budget, network), group in everything.groupby(["budget", "network"], sort=False):
+        accuracy, accuracy_half = interval(group["test_accuracy"].dropna())
+        row = {"budget": budget, "network": network, "seeds": group["seed"].nunique(),
+               "pred_ms": round(float(group["latency_ms"].mean()), 2),
+               "test_px": group["test_px"].iloc[0],
+               "test_mean": round(accuracy, 4), "test_95": round(accuracy_half, 4)}
+        margins = group["margin"].dropna()
+        if len(margins):
+            margin, half = interval(margins)
+            row.update(margin_mean=round(margin, 4), margin_95=round(half, 4),
+                       per_seed=" ".join(f"{m:+.4f}+-{1.96 * se:.4f}" for m, se in
+                                         zip(group["margin"], group["margin_se"])
+                                         if not pd.isna(m)))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", nargs="+", default=["70%", "50%", "35%"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-search"))
     parser.add_argument("overrides", nargs="*", help="SearchConfig fields as name=value")
     args = parser.parse_args()
     overrides = parse_overrides(args.overrides)
     args.out.mkdir(parents=True, exist_ok=True)
     tables = []
-    seed_weights = overrides.pop("weights", None)
-    for budget in args.budgets:
-        run = args.out / budget.replace("%", "pct")
-        started = time.time()
-        if (run / "config.json").exists():
-            result = resume_search(run)
-        else:
-            config = SearchConfig(budgets=(budget,), compare=True, seed=0,
-                                  weights=seed_weights, **overrides)  # type: ignore[arg-type]
-            result = start_search(config, run)
-        if seed_weights is None:  # later budgets start from the very same seed weights
-            seed_weights = str(run / "seed.pt")
-        table = comparison(run)
-        table.insert(0, "budget", budget)
-        tables.append(table)
-        print(f"{budget}: {result.iterations} iterations, {(time.time() - started) / 60:.1f} "
-              f"min (this call)", flush=True)
+    for seed in args.seeds:
+        for budget in args.budgets:
+            run = args.out / f"seed{seed}" / budget.replace("%", "pct")
+            run.parent.mkdir(parents=True, exist_ok=True)
+            started = time.time()
+            if (run / "config.json").exists():
+                result = resume_search(run)
+            else:
+                config = SearchConfig(budgets=(budget,), compare=True,
+                                      **{"seed": seed, **overrides})  # type: ignore[arg-type]
+                result = start_search(config, run)
+            table = comparison(run)
+            table.insert(0, "budget", budget)
+            table.insert(0, "seed", seed)
+            tables.append(table)
+            print(f"seed {seed}, {budget}: {result.iterations} iterations, "
+                  f"{(time.time() - started) / 60:.1f} min (this call); {verdict(table)}",
+                  flush=True)
     everything = pd.concat(tables, ignore_index=True)
     print("\n" + comparison_text(everything.drop(columns="spec")))
-    print()
-    for budget, table in zip(args.budgets, tables):
-        print(f"{budget}: {verdict(table)}")
-    everything.to_csv(args.out / "summary.csv", index=False)
-    print(f"\nsummary: {args.out / 'summary.csv'}")
+    summary = summarise(everything)
+    print("\nover seeds (test accuracy mean +- 95% t-interval; margin = netadapt minus the "
+          "network, paired on the test images per seed):")
+    print(summary.astype(object).where(summary.notna(), "").to_string(index=False))
+    everything.to_csv(args.out / "runs.csv", index=False)
+    summary.to_csv(args.out / "summary.csv", index=False)
+    print(f"\nevery run: {args.out / 'runs.csv'}; summary: {args.out / 'summary.csv'}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_seed_cache(tmp_path_factory):
+    """Seeds trained by the tests go to a cache of their own, never the user's."""
+    import os
+
+    saved = os.environ.get("NETADAPT_CACHE")
+    os.environ["NETADAPT_CACHE"] = str(tmp_path_factory.mktemp("seed-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("NETADAPT_CACHE", None)
+    else:
+        os.environ["NETADAPT_CACHE"] = saved
+
+
 @pytest.fixture
 def tiny_dict() -> dict:
     """A fresh, mutable copy of the tiny spec's data."""

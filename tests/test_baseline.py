@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from netadapt.baseline import resolution, uniform_pruning, width_multiplier
 from netadapt.search import Budget
 from netadapt.spec import load_spec
@@ -40,3 +42,20 @@ def test_resolution_keeps_widths_and_shrinks_the_input():
 def test_a_budget_no_setting_meets_gives_none():
     assert width_multiplier(LARGE, [Budget("latency_ms", 1e-6)], fake_ms) is None
     assert resolution(LARGE, [Budget("params", 10.0)], fake_ms) is None
+
+
+def test_torch_pruning_steps_until_the_budget_is_met():
+    pytest.importorskip("torch_pruning")
+    from netadapt.baseline import torch_pruning
+    from netadapt.model import build_model
+
+    from .conftest import randomize_
+
+    seed = load_spec(CONFIGS / "mobilenetv3_small.yaml")
+    state = randomize_(build_model(seed), (224, 224)).state_dict()
+    budget = [Budget("latency_ms", fake_ms(seed) * 0.6)]
+    found = torch_pruning(seed, budget, fake_ms, state)
+    assert found is not None and found.resources["latency_ms"] <= budget[0].limit
+    assert all(g.width % 8 == 0 for g in found.spec.groups)
+    if found.state is not None:  # its own pruned weights fit the spec strictly
+        build_model(found.spec).load_state_dict(found.state)

@@ -197,5 +197,7 @@ def test_fashion_mnist_loads_by_default():
                      max_train=1000, max_test=500)
     assert (len(data.train), len(data.holdout), len(data.test)) == (1000, 5000, 500)
     assert data.classes[0] == "T-shirt/top" and data.num_classes == 10
-    assert data.train.images.shape[1:] == (1, 32, 32)
+    assert data.train.images.shape[1:] == (1, 28, 28)  # stored as in the file
+    assert data.train.batch(torch.arange(2))[0].shape == (2, 3, 32, 32)  # served at 32
+    assert data.at(224).test.batch(torch.arange(2))[0].shape == (2, 3, 224, 224)
     assert set(data.test.labels.tolist()) == set(range(10))

@@ -53,7 +53,8 @@ def setup(tmp_path_factory):
     budget = fake_ms(load_spec(spec_path)) * 0.75
     config = SearchConfig(budgets=(f"{budget:.4f}ms",), spec=str(spec_path), data=str(data),
                           device="fake", step=0.1, short_term_steps=3, long_term_steps=4,
-                          seed_steps=6, resolution=16, batch_size=16, holdout=40,
+                          seed_steps=6, deploy_steps=3, resolution=16, batch_size=16,
+                          holdout=40,
                           torch_device="cpu")
     start_search(config, tmp_path / "full", predict_ms=fake_ms, progress=False)
     return tmp_path, config
@@ -73,10 +74,18 @@ def test_a_search_leaves_a_complete_run_directory(setup):
     history = (run / "history.csv").read_text().splitlines()
     assert history[0].startswith("type,") and len(history) > 3
     assert (run / "accuracy_vs_latency.png").stat().st_size > 1000
-    assert not any((run / "proposals").glob("*/*.pt"))  # losers cleaned up
+    left = list((run / "proposals").glob("*/*.pt"))  # losers' weights cleaned up ...
+    assert left and all(p.name.endswith(".correct.pt") for p in left)  # ... not their scores
     config_json = json.loads((run / "config.json").read_text())
     assert config_json["search"]["budgets"] == list(config.budgets)
     assert 0 <= result.final["test_accuracy"] <= 1
+    # every iteration records its margin over the runner-up with the paired SE
+    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    chosen = [r for r in rows if r["type"] == "iteration"]
+    assert all(r["runner_up"] and r["margin"] >= 0 and r["margin_se"] >= 0 for r in chosen)
+    assert "margin_se" in history[0] and "reduction" in history[0]
+    assert result.final["steps"] == result.iterations * config.short_term_steps \
+        + config.long_term_steps
 
 
 def test_an_interrupted_search_resumes_to_the_same_result(setup, monkeypatch):
@@ -144,13 +153,17 @@ def test_baselines_meet_the_budget_and_sit_beside_the_search(setup):
     records = baselines_for_run(run, predict_ms=fake_ms, progress=False)
     budget = float(config.budgets[0][:-2])
     trained = [r for r in records if "knob" in r]
-    assert {r["name"] for r in records} == {"width_multiplier", "uniform_pruning", "resolution"}
+    assert {r["name"] for r in records} == {"width_multiplier", "uniform_pruning", "resolution",
+                                            "torch_pruning"}
     assert len(trained) >= 2 and all(r["latency_ms"] <= budget for r in trained)
+    final = next(r for r in map(json.loads, (run / "history.jsonl").read_text().splitlines())
+                 if r["type"] == "final")
+    assert all(r["steps"] == final["steps"] for r in trained)  # the winner's training
     for r in trained:  # each is a normal spec + weights that export accepts
         load_weights(build_model(load_spec(run / f"baselines/{r['name']}.yaml")),
                      run / f"baselines/{r['name']}.pt")
     table = comparison(run)
-    assert list(table["network"][:2]) == ["seed", "netadapt"] and len(table) == 5
+    assert list(table["network"][:2]) == ["seed", "netadapt"] and len(table) == 6
     assert baselines_for_run(run, predict_ms=fake_ms, progress=False) == records  # no rework
     result = CliRunner().invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
@@ -185,12 +198,43 @@ def test_imagenet_weights_load_into_a_ten_class_seed_with_a_fresh_classifier(tmp
     torch.save(imagenet.state_dict(), tmp_path / "imagenet.pt")
     ten = build_model(dataclasses.replace(spec, num_classes=10))
     fresh = ten.state_dict()["classifier.3.weight"].clone()
-    notes = load_seed_weights(ten, str(tmp_path / "imagenet.pt"), 10)
-    assert notes and "classifier.3.weight" in notes[0] and "classifier.3.bias" in notes[0]
+    fresh_keys = load_seed_weights(ten, str(tmp_path / "imagenet.pt"), 10)
+    assert fresh_keys == ["classifier.3.bias", "classifier.3.weight"]
     state = ten.state_dict()
     assert torch.equal(state["classifier.3.weight"], fresh)
     assert torch.equal(state["features.1.block.0.0.weight"],
                        imagenet.state_dict()["features.1.block.0.0.weight"])
+
+
+def test_a_trained_seed_is_cached_and_reused_by_the_next_run(setup, tmp_path):
+    from netadapt.seedcache import cache_dir
+
+    _, config = setup
+    fast = dataclasses.replace(config, budgets=("99%",))  # no iteration: only the seed
+    first = start_search(fast, tmp_path / "a", predict_ms=fake_ms, progress=False)
+    again = start_search(fast, tmp_path / "b", predict_ms=fake_ms, progress=False)
+    assert "reused the cached seed" in again.seed["notes"][0]
+    assert str(cache_dir()) in again.seed["notes"][0]
+    a, b = (torch.load(tmp_path / r / "seed.pt") for r in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first.seed["accuracy"] == again.seed["accuracy"]
+    other = start_search(dataclasses.replace(fast, seed_steps=5), tmp_path / "c",
+                         predict_ms=fake_ms, progress=False)  # another recipe, another key
+    assert "trained the seed" in other.seed["notes"][0]
+
+
+def test_weights_for_another_class_count_get_their_classifier_fitted(setup, tmp_path):
+    _, config = setup
+    spec = load_spec(config.spec)
+    seven = build_model(dataclasses.replace(spec, num_classes=7))
+    torch.save(seven.state_dict(), tmp_path / "seven.pt")
+    fast = dataclasses.replace(config, budgets=("99%",), weights=str(tmp_path / "seven.pt"))
+    result = start_search(fast, tmp_path / "run", predict_ms=fake_ms, progress=False)
+    assert "fitted them" in result.seed["notes"][0]
+    seed = torch.load(tmp_path / "run" / "seed.pt")
+    fresh = build_model(dataclasses.replace(spec, num_classes=3)).state_dict()
+    assert not torch.equal(seed["classifier.3.weight"], fresh["classifier.3.weight"])
+    assert torch.equal(seed["features.0.0.weight"], seven.state_dict()["features.0.0.weight"])
 
 
 def test_export_of_a_runs_result_checks_the_runs_budget(setup, monkeypatch):
@@ -202,7 +246,8 @@ def test_export_of_a_runs_result_checks_the_runs_budget(setup, monkeypatch):
     from netadapt.cli import app
 
     tmp_path, config = setup
-    table = SimpleNamespace(device="fake", is_estimate=True, predict_ms=fake_ms)
+    table = SimpleNamespace(device="fake", is_estimate=True, predict_ms=fake_ms,
+                            covers=lambda spec: True, meta={"sha256": "f00d"})
     monkeypatch.setattr(latency, "load_table", lambda device: table)
     monkeypatch.setattr(latency, "load_device", lambda device: SimpleNamespace(runner="adb"))
     out = tmp_path / "best.onnx"
@@ -212,3 +257,76 @@ def test_export_of_a_runs_result_checks_the_runs_budget(setup, monkeypatch):
     assert "weights: " in result.output and out.stat().st_size > 0
     assert "latency_ms on fake (ESTIMATE)" in result.output
     assert "predicted, within the budget" in result.output
+    from netadapt.export import read_metadata
+
+    meta = read_metadata(out)
+    assert meta["latency_device"] == "fake" and meta["latency_table_sha256"] == "f00d"
+
+
+def test_the_exported_result_scores_what_the_run_reported_with_plain_onnxruntime(
+        setup, monkeypatch):
+    """As a user would: export best.yaml, then only onnxruntime, numpy and PIL: read the
+    test images, resize them to the file's input size, normalise with its metadata."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from netadapt import latency
+    from netadapt.cli import app
+
+    tmp_path, config = setup
+    table = SimpleNamespace(device="fake", is_estimate=True, predict_ms=fake_ms,
+                            covers=lambda spec: True, meta={})
+    monkeypatch.setattr(latency, "load_table", lambda device: table)
+    monkeypatch.setattr(latency, "load_device", lambda device: SimpleNamespace(runner="adb"))
+    run = tmp_path / "full"
+    out = tmp_path / "user.onnx"
+    result = CliRunner().invoke(app, ["export", str(run / "best.yaml"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    channels, height, width = (int(v) for v in meta["input_size"].split(","))
+    mean = np.array([float(v) for v in meta["mean"].split(",")]).reshape(1, -1, 1, 1)
+    std = np.array([float(v) for v in meta["std"].split(",")]).reshape(1, -1, 1, 1)
+    assert json.loads(meta["labels"]) == ["0", "1", "2"]
+    assert float(meta["predicted_latency_ms"]) == pytest.approx(
+        fake_ms(load_spec(run / "best.yaml")), abs=1e-3)
+    with gzip.open(Path(config.data) / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read()[16:], np.uint8).reshape(-1, 28, 28)
+    with gzip.open(Path(config.data) / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read()[8:], np.uint8)
+    pixels = np.stack([np.asarray(Image.fromarray(im).resize((width, height),
+                                                             Image.Resampling.BILINEAR))
+                       for im in images]).astype(np.float32)[:, None] / 255
+    x = ((np.repeat(pixels, channels, axis=1) - mean) / std).astype(np.float32)
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+    accuracy = float((logits.argmax(1) == labels).mean())
+    final = next(r for r in map(json.loads, (run / "history.jsonl").read_text().splitlines())
+                 if r["type"] == "final")
+    assert final["test_px"] == f"{height}x{width}"
+    assert abs(accuracy - final["test_accuracy"]) <= 2 / len(labels)  # PIL vs torch resize
+
+
+def test_the_search_command_prints_each_accuracy_with_its_input_size(setup, tmp_path,
+                                                                     monkeypatch):
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from netadapt import latency
+    from netadapt.cli import app
+
+    _, config = setup
+    table = SimpleNamespace(device="fake", is_estimate=True, predict_ms=fake_ms,
+                            covers=lambda spec: True, meta={}, label=lambda: "fake")
+    monkeypatch.setattr(latency, "load_table", lambda device: table)
+    result = CliRunner().invoke(app, [
+        "search", "--budget", "99%", "--spec", config.spec, "--data", config.data,
+        "--seed-steps", "6", "--deploy-steps", "2", "--resolution", "16", "--batch-size", "16",
+        "--holdout", "40", "--long-term-steps", "2", "--torch-device", "cpu",
+        "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "holdout acc @16" in result.output
+    assert "at input px" in result.output and "32x32" in result.output

@@ -19,7 +19,8 @@ def journal_events(run: RunDir, events) -> None:
     for e in events:
         if isinstance(e, Iteration):
             run.append({"type": "iteration", "iteration": e.iteration, "target": e.target,
-                        "group": e.chosen.group, "score": e.score})
+                        "group": e.chosen.group, "score": e.score, "reduction": e.reduction,
+                        "scheduled": e.scheduled, "runner_up": e.runner_up})
         else:
             run.append({"type": "proposal", "iteration": e.iteration, "group": e.group,
                         "width_from": e.width_from, "width_to": e.width_to,

@@ -134,6 +134,34 @@ def test_the_widest_width_meeting_the_target_wins_even_if_latency_is_not_monoton
     assert chosen[group.name] == 64  # 64 meets the target though 56 (8 mod 16) does not
 
 
+def test_a_step_no_group_can_take_is_halved_not_forced(tiny_spec):
+    # A 60% step: no single group of the tiny spec can cut that much, so the iteration
+    # takes a smaller step instead of cutting a group to its narrowest width.
+    budgets = [Budget("latency_ms", fake_ms(tiny_spec) * 0.5)]
+    events = run(tiny_spec, budgets, schedule=Schedule(0.6, 1.0))
+    iterations = [e for e in events if isinstance(e, Iteration)]
+    first = iterations[0]
+    assert first.scheduled == pytest.approx(0.6 * fake_ms(tiny_spec))
+    assert first.reduction < first.scheduled  # halved, and recorded
+    assert first.target["latency_ms"] == pytest.approx(fake_ms(tiny_spec) - first.reduction)
+    proposals = [e for e in events if isinstance(e, Proposal) and e.iteration == 1]
+    assert all(p.resources["latency_ms"] <= first.target["latency_ms"] for p in proposals)
+    # the widest width meeting the smaller target, not the narrowest width of the group
+    assert proposals and all(
+        p.width_to + 8 == p.width_from
+        or fake_ms(tiny_spec.with_group_width(p.group, p.width_to + 8)) > first.target[
+            "latency_ms"] for p in proposals)
+    assert iterations[-1].chosen.resources["latency_ms"] <= budgets[0].limit
+
+
+def test_the_runner_up_is_named_for_the_margin(tiny_spec):
+    events = run(tiny_spec, [Budget("latency_ms", fake_ms(tiny_spec) * 0.8)])
+    for it in (e for e in events if isinstance(e, Iteration)):
+        others = [e for e in events if isinstance(e, Proposal) and e.iteration == it.iteration
+                  and e.group != it.chosen.group]
+        assert it.runner_up == max(others, key=lambda p: p.accuracy).group
+
+
 @pytest.mark.parametrize("text, resource, limit", [
     ("20ms", "latency_ms", 20.0), ("0.02s", "latency_ms", 20.0), ("60%", "latency_ms", 30.0),
     ("latency=15 ms", "latency_ms", 15.0), ("params=2M", "params", 2e6),
