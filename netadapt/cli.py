@@ -119,7 +119,7 @@ def search(
     """Run NetAdapt: shrink the seed step by step until every budget is met."""
     import time
 
-    from .runner import SearchConfig, resume_search, start_search
+    from .driver import SearchConfig, resume_search, start_search
 
     if resume is not None:
         typer.echo(f"resuming {resume} with its saved config")
@@ -161,7 +161,7 @@ def search(
                f"{str(final.get('test_px')):>12}  (the result's: its exported ONNX file, run "
                f"by onnxruntime, after {final.get('deploy_steps', 0)} steps at that size)")
     # which device and table predicted the latencies: a phone ESTIMATE must say so
-    from .runs import RunDir
+    from .rundir import RunDir
 
     typer.echo(f"latency: {RunDir.open(result.run).config.get('latency_table', '?')}")
     typer.echo(f"{result.iterations} iterations; budgets met: {final['budgets_met']}; "
@@ -174,8 +174,8 @@ def search(
 
 
 def _print_comparison(run_dir: Path, measure: bool) -> None:
+    from .driver import comparison, training_note
     from .report import comparison_text, measure_here_ms, verdict
-    from .runner import comparison, training_note
     from .spec import load_spec
 
     table = comparison(run_dir)
@@ -195,7 +195,7 @@ def baseline(
 ) -> None:
     """Train the simple answers at the run's budgets (width multiplier, uniform pruning,
     input resolution) from its seed weights, and compare them with the search."""
-    from .runner import baselines_for_run
+    from .driver import baselines_for_run
 
     baselines_for_run(run_dir)
     _print_comparison(run_dir, measure=True)
@@ -244,7 +244,7 @@ def export(
     else:
         typer.secho("weights: none given, exporting the randomly initialised network "
                     "(pass --weights W.pt for trained weights)", fg=typer.colors.YELLOW)
-    from .runner import export_metadata
+    from .driver import export_metadata
 
     output = output or spec_path.with_suffix(".onnx")
     metadata = export_metadata(spec_path, spec)
@@ -257,7 +257,7 @@ def export(
                f"std {metadata['std']}, {spec.num_classes} labels"
                + (f", predicted {metadata['predicted_latency_ms']} ms on "
                   f"{metadata['latency_device']}" if "predicted_latency_ms" in metadata else ""))
-    from .runner import run_budget_report
+    from .driver import run_budget_report
 
     for line in run_budget_report(spec_path, spec):
         typer.echo(line)

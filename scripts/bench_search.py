@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from netadapt.driver import SearchConfig, comparison, resume_search, start_search
 from netadapt.errors import NetadaptError
 from netadapt.report import comparison_text, verdict
-from netadapt.runner import SearchConfig, comparison, resume_search, start_search
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from netadapt.data import load_data
+from netadapt.driver import DEFAULT_SPEC
 from netadapt.model import build_model, read_state_dict, save_state_dict
-from netadapt.runner import DEFAULT_SPEC
 from netadapt.spec import load_spec
 from netadapt.train import evaluate, finetune, train_seed
 

@@ -162,7 +162,7 @@ def test_profile_over_ssh_builds_a_table_that_a_search_uses(root, sshd, board, t
 
 def search_cli(tmp_path: Path, spec, device: str, budget: str):
     """`netadapt search` on a tiny spec and a tiny IDX dataset, a few steps each."""
-    from .test_runner import write_idx
+    from .test_driver import write_idx
 
     spec_path = tmp_path / "tiny.yaml"
     save_spec(spec, spec_path)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .errors import NetadaptError
 from .model import build_model, check_state_dict, read_state_dict
 from .prune import inherit_weights
-from .runs import RunDir, iteration_name, proposal_name
+from .rundir import RunDir, iteration_name, proposal_name
 from .search import (
     CRITERIA,
     Budget,

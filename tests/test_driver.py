@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
+from netadapt.driver import SearchConfig, resume_search, start_search
 from netadapt.model import build_model, load_weights
-from netadapt.runner import SearchConfig, resume_search, start_search
 from netadapt.spec import load_spec
 
 from .conftest import CONFIGS, TINY
@@ -90,8 +90,8 @@ def test_a_search_leaves_a_complete_run_directory(setup):
 
 def test_an_interrupted_search_resumes_to_the_same_result(setup, monkeypatch):
     tmp_path, config = setup
-    from netadapt import runner
-    original = runner.Searcher._evaluate
+    from netadapt import driver
+    original = driver.Searcher._evaluate
     calls = {"n": 0}
 
     def crash_on_fifth(self, *args):
@@ -100,10 +100,10 @@ def test_an_interrupted_search_resumes_to_the_same_result(setup, monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C in the middle of an iteration
         return original(self, *args)
 
-    monkeypatch.setattr(runner.Searcher, "_evaluate", crash_on_fifth)
+    monkeypatch.setattr(driver.Searcher, "_evaluate", crash_on_fifth)
     with pytest.raises(KeyboardInterrupt):
         start_search(config, tmp_path / "cut", predict_ms=fake_ms, progress=False)
-    monkeypatch.setattr(runner.Searcher, "_evaluate", original)
+    monkeypatch.setattr(driver.Searcher, "_evaluate", original)
     resume_search(tmp_path / "cut", predict_ms=fake_ms, progress=False)
     assert (tmp_path / "cut" / "best.yaml").read_text() == \
         (tmp_path / "full" / "best.yaml").read_text()
@@ -118,7 +118,7 @@ def test_kill_dash_nine_at_a_random_moment_then_resume(setup):
     script.write_text(
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from netadapt.runner import SearchConfig, resume_search, start_search\n"
+        "from netadapt.driver import SearchConfig, resume_search, start_search\n"
         "from tests.test_search import fake_ms\n"
         f"config = SearchConfig.from_json(json.loads({json.dumps(json.dumps(config.to_json()))}))\n"
         "run = Path(sys.argv[2])\n"
@@ -146,7 +146,7 @@ def test_baselines_meet_the_budget_and_sit_beside_the_search(setup):
     from typer.testing import CliRunner
 
     from netadapt.cli import app
-    from netadapt.runner import baselines_for_run, comparison
+    from netadapt.driver import baselines_for_run, comparison
 
     tmp_path, config = setup
     run = tmp_path / "full"
@@ -191,7 +191,7 @@ def test_bad_runs_fail_before_any_work_and_leave_nothing(setup, tmp_path, change
 
 
 def test_imagenet_weights_load_into_a_ten_class_seed_with_a_fresh_classifier(tmp_path):
-    from netadapt.runner import load_seed_weights
+    from netadapt.driver import load_seed_weights
 
     spec = load_spec(CONFIGS / "mobilenetv3_small.yaml")
     imagenet = build_model(spec)

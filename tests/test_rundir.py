@@ -8,7 +8,7 @@ import json
 import pytest
 
 from netadapt import __version__
-from netadapt.runs import RunDir, RunError
+from netadapt.rundir import RunDir, RunError
 from netadapt.search import Budget, Iteration, Start, netadapt, resources_of
 
 from .test_search import evaluate, fake_accuracy, fake_ms
@@ -84,7 +84,7 @@ def test_a_full_disk_is_one_line_that_says_how_to_resume(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("netadapt.runs.os.fsync", full)
+    monkeypatch.setattr("netadapt.rundir.os.fsync", full)
     with pytest.raises(RunError, match=r"the disk is full; .* --resume"):
         run.save_state("iterations/iter_001.pt", {})
     assert not (tmp_path / "run" / "iterations" / "iter_001.pt").exists()
