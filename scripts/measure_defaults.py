@@ -1,7 +1,8 @@
 """The measurements behind the search's defaults (seed schedule, deployed-size phase).
 
     python scripts/measure_defaults.py seed --epochs 1 2        # seed length -> accuracy
-    python scripts/measure_defaults.py deploy --steps 25 50 100  # 224 px phase -> accuracy
+    python scripts/measure_defaults.py deploy --steps 100 200 --lr 0.01 0.02 --batch 8 16 \
+        [--network RUN/iterations/iter_012.yaml]                 # 224 px phase -> accuracy
     python scripts/measure_defaults.py holdout RUN_DIR           # selection noise by holdout size
 
 `holdout` reads a search run made with a large --holdout (its proposals' per-image
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
@@ -49,9 +51,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[50])
     parser.add_argument("--seed-weights", type=Path, default=OUT / "seed_e1.pt")
     parser.add_argument("--deploy", type=int, default=224)
-    parser.add_argument("--lr", type=float, default=0.02, help="deploy phase learning rate")
-    parser.add_argument("--batch", type=int, default=32, help="deploy phase batch size")
-    parser.add_argument("--test", type=int, default=1000, help="test images at the deployed size")
+    parser.add_argument("--network", type=Path, default=None,
+                        help="deploy: start from this spec (its weights: the same name .pt), "
+                             "e.g. a search's last iteration; default: the seed")
+    parser.add_argument("--lr", type=float, nargs="+", default=[0.02],
+                        help="deploy phase learning rates")
+    parser.add_argument("--batch", type=int, nargs="+", default=[16],
+                        help="deploy phase batch sizes")
+    parser.add_argument("--test", type=int, default=2000,
+                        help="test images at the deployed size (every k-th of the 10,000)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
@@ -69,19 +77,23 @@ def main() -> None:
             log(what="seed", epochs=epochs, steps=steps, minutes=(time.time() - started) / 60,
                 holdout_32=evaluate(model, data.holdout), test_32=evaluate(model, data.test))
         return
-    small_test = dataclasses.replace(data.test, images=data.test.images[:args.test],
-                                     labels=data.test.labels[:args.test])
+    every = max(1, len(data.test) // args.test)
+    small_test = dataclasses.replace(data.test, images=data.test.images[::every],
+                                     labels=data.test.labels[::every])
+    weights = args.seed_weights
+    if args.network is not None:
+        spec, weights = load_spec(args.network), args.network.with_suffix(".pt")
     deployed = data.at(args.deploy)
-    for steps in args.steps:
+    for steps, lr, batch in itertools.product(args.steps, args.lr, args.batch):
         model = build_model(spec)
-        model.load_state_dict(read_state_dict(args.seed_weights))
+        model.load_state_dict(read_state_dict(weights))
         started = time.time()
-        finetune(model, deployed, steps, lr=args.lr, batch_size=args.batch, seed=1)
+        finetune(model, deployed, steps, lr=lr, batch_size=batch, seed=1)
         minutes = (time.time() - started) / 60
-        log(what="deploy", steps=steps, size=args.deploy, lr=args.lr, batch=args.batch,
-            minutes=minutes,
+        log(what="deploy", network=str(args.network or "seed"), steps=steps,
+            size=args.deploy, lr=lr, batch=batch, minutes=minutes,
             test_deployed=evaluate(model, small_test.at(args.deploy), 50),
-            test_32=evaluate(model, small_test.at(32), 50), test_images=args.test)
+            test_32=evaluate(model, small_test.at(32), 50), test_images=len(small_test))
 
 
 def selection_noise(run: Path, sizes: list[int], draws: int = 200) -> None:
