@@ -79,8 +79,10 @@ def search(
     device: Annotated[str | None, typer.Option(
         help="Latency table's device (netadapt devices) [default: pixel]")] = None,
     data: Annotated[str | None, typer.Option(
-        help="IDX directory or ImageFolder tree [default: Fashion-MNIST in "
-        "/usr/share/datasets/fashion-mnist]")] = None,
+        help="IDX directory or ImageFolder tree; for a segmentation spec a directory of "
+        "images/ + masks/ (same-named index PNGs, 255 = ignore) [default: Fashion-MNIST in "
+        "/usr/share/datasets/fashion-mnist; segmentation: SYNTHETIC canvases made from "
+        "it]")] = None,
     criterion: Annotated[str | None, typer.Option(
         help="accuracy (NetAdapt) | slope (MobileNetV3: dAcc/|dLatency|)")] = None,
     schedule: Annotated[str | None, typer.Option(
@@ -97,7 +99,11 @@ def search(
     seed_steps: Annotated[int | None, typer.Option(
         help="Training steps of the seed when no --weights are given")] = None,
     resolution: Annotated[int | None, typer.Option(
-        help="Training/eval image size (latency is always at the spec's input size)")] = None,
+        help="Training/eval image size (latency is always at the spec's input size) "
+        "[default: 32; segmentation: the input size]")] = None,
+    input_size: Annotated[int | None, typer.Option(
+        help="Deployed square input size of the seed (latency, export) [default: the "
+        "spec's own]")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate")] = None,
     holdout: Annotated[int | None, typer.Option(
@@ -135,6 +141,7 @@ def search(
             criterion=criterion, schedule=schedule, step=step,
             short_term_steps=short_term_steps, long_term_steps=long_term_steps,
             deploy_steps=deploy_steps, seed_steps=seed_steps, resolution=resolution,
+            input_size=input_size,
             batch_size=batch_size, lr=lr,
             holdout=holdout, seed=seed, torch_device=torch_device,
             threads=threads).items() if v is not None}
@@ -424,19 +431,24 @@ def latency(
         "--device", "-d", help="Device profile with a table (netadapt devices)")] = "pixel",
     measure: Annotated[bool, typer.Option(
         help="Also measure end to end on the device and print the error")] = False,
+    input_size: Annotated[int | None, typer.Option(
+        help="Square input size to predict at [default: the spec's own]", min=8)] = None,
 ) -> None:
     """Predicted latency of a spec on a device, per block; optionally measured."""
     from .latency import load_device, load_table
+    from .latency.table import at_size
     from .spec import load_spec
 
     spec = load_spec(spec_path)
+    if input_size is not None:
+        spec = at_size(spec, input_size)
     table = load_table(device)
     rows = table.breakdown_ms(spec)
     total = table.predict_ms(spec)
     est = " ESTIMATE" if table.is_estimate else ""
     typer.echo(f"{spec.name} on {table.label()}")
     for name, ms in rows:
-        typer.echo(f"  {name:<12} {ms:8.3f} ms  {ms / total:6.1%}")
+        typer.echo(f"  {name:<20} {ms:8.3f} ms  {ms / total:6.1%}")
     typer.secho(f"predicted: {total:.2f} ms{est}", bold=True)
     if measure:
         from .latency.profile import measure_e2e

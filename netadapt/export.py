@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 OPSET = 17  # >= 14 has HardSwish as one op; 17 is widely supported by mobile runtimes
 PARITY_TOLERANCE = 1e-4  # max |onnxruntime - torch| on logits
+# A segmentation network is exported with dynamic height and width (its pooled gate is a
+# global average pool and both resizes take their sizes from the feature maps, so any
+# size works) and parity is checked at its input size and at this many px more as well.
+OTHER_SIZE_PX = 32
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,9 @@ def deployment_metadata(spec: NetworkSpec, mean: Sequence[float], std: Sequence[
 def export_onnx(model: nn.Module, spec: NetworkSpec, path: str | os.PathLike[str],
                 opset: int = OPSET, tolerance: float = PARITY_TOLERANCE,
                 metadata: Mapping[str, str] | None = None) -> ExportReport:
-    """Write ``model`` as ONNX (dynamic batch) with ``metadata`` as metadata_props, and
-    check it against PyTorch.
+    """Write ``model`` as ONNX (dynamic batch; segmentation: dynamic height and width too)
+    with ``metadata`` as metadata_props, and check it against PyTorch (segmentation: at
+    the spec's input size and at OTHER_SIZE_PX px more).
 
     The file appears at ``path`` only after the parity check passes; a failed export
     leaves any existing file untouched.
@@ -75,6 +80,8 @@ def export_onnx(model: nn.Module, spec: NetworkSpec, path: str | os.PathLike[str
         raise ExportError(f"{path}: directory {path.parent} does not exist; create it first")
     model = model.cpu().eval()
     shape = (1, spec.in_channels, *spec.input_size)
+    axes = {0: "batch", 2: "height", 3: "width"} if spec.task == "segmentation" else \
+        {0: "batch"}
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -86,7 +93,7 @@ def export_onnx(model: nn.Module, spec: NetworkSpec, path: str | os.PathLike[str
             torch.onnx.export(
                 model, (torch.zeros(shape),), str(tmp), dynamo=False, opset_version=opset,
                 input_names=["input"], output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                dynamic_axes={"input": axes, "output": axes},
             )
         if metadata:
             import onnx
@@ -94,7 +101,10 @@ def export_onnx(model: nn.Module, spec: NetworkSpec, path: str | os.PathLike[str
             proto = onnx.load(str(tmp))
             onnx.helper.set_model_props(proto, dict(metadata))
             onnx.save(proto, str(tmp))
-        diff, scale = parity(model.cpu(), tmp, (2, *shape[1:]))
+        shapes: list[tuple[int, ...]] = [(2, *shape[1:])]
+        if spec.task == "segmentation":
+            shapes.append((2, shape[1], *(v + OTHER_SIZE_PX for v in spec.input_size)))
+        diff, scale = (max(v) for v in zip(*(parity(model.cpu(), tmp, s) for s in shapes)))
         if not diff <= tolerance:
             raise ExportError(
                 f"{path}: onnxruntime output differs from PyTorch by {diff:.3g} "
