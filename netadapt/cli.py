@@ -159,18 +159,20 @@ def search(
     typer.echo(f"{'latency (ms)':<16}{seed_r['latency_ms']:>12.2f}{final['latency_ms']:>12.2f}")
     typer.echo(f"{'params (M)':<16}{seed_r['params'] / 1e6:>12.3f}{final['params'] / 1e6:>12.3f}")
     typer.echo(f"{'MACs (M)':<16}{seed_r['macs'] / 1e6:>12.2f}{final['macs'] / 1e6:>12.2f}")
+    from .rundir import RunDir
+
+    run_config = RunDir.open(result.run).config
+    metric = "mIoU" if run_config.get("metric") == "mIoU" else "acc"  # segmentation: mIoU
     px = final.get("holdout_px")
-    typer.echo(f"{f'holdout acc @{px}':<16}{seed_r['accuracy']:>12.4f}"
+    typer.echo(f"{f'holdout {metric} @{px}':<16}{seed_r['accuracy']:>12.4f}"
                f"{final['accuracy']:>12.4f}")
-    typer.echo(f"{'test acc':<16}{final['seed_test_accuracy']:>12.4f}"
+    typer.echo(f"{f'test {metric}':<16}{final['seed_test_accuracy']:>12.4f}"
                f"{final['test_accuracy']:>12.4f}")
     typer.echo(f"{'  at input px':<16}{str(final.get('seed_test_px')):>12}"
                f"{str(final.get('test_px')):>12}  (the result's: its exported ONNX file, run "
                f"by onnxruntime, after {final.get('deploy_steps', 0)} steps at that size)")
     # which device and table predicted the latencies: a phone ESTIMATE must say so
-    from .rundir import RunDir
-
-    typer.echo(f"latency: {RunDir.open(result.run).config.get('latency_table', '?')}")
+    typer.echo(f"latency: {run_config.get('latency_table', '?')}")
     typer.echo(f"{result.iterations} iterations; budgets met: {final['budgets_met']}; "
                f"{result.seconds / 60:.1f} min")
     typer.echo(f"result: {result.run / 'best.yaml'} (+ best.pt); history: "
@@ -193,7 +195,13 @@ def _print_comparison(run_dir: Path, measure: bool) -> None:
     typer.echo(f"\nthe search beside the baselines (same budgets, seed weights, data and "
                f"evaluation; {training_note(run_dir)}):\n"
                f"{comparison_text(table.drop(columns='spec'))}")
-    typer.echo(verdict(table))
+    from .rundir import RunDir
+
+    metric = RunDir.open(run_dir).config.get("metric", "top-1")
+    if metric == "mIoU":
+        typer.echo("segmentation: holdout and test are mIoU; margin is of per-image pixel "
+                   "accuracy")
+    typer.echo(verdict(table, metric))
 
 
 @command

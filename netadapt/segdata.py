@@ -47,9 +47,10 @@ MASK_DIRS = ("masks", "SegmentationClass")
 def synthetic_canvases(garments: np.ndarray, labels: np.ndarray, count: int, canvas: int,
                        seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``count`` grey canvases (uint8, count x 1 x canvas x canvas) with 2-4 Fashion-MNIST
-    garments each, scaled by 1-2x and placed at random (later ones occlude earlier ones),
-    and their masks: garment label + 1 where the garment's ink is, 0 background, 255 on
-    the garment's faint rim. A pure function of its arguments."""
+    garments each, scaled to 0.29-0.58 of the canvas side and placed at random (later
+    ones occlude earlier ones), and their masks: garment label + 1 where the garment's
+    ink is, 0 background, 255 on the garment's faint rim. A pure function of its
+    arguments."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -61,7 +62,8 @@ def synthetic_canvases(garments: np.ndarray, labels: np.ndarray, count: int, can
         images[i] = np.kron(noise[i], np.ones((8, 8), np.uint8))[:canvas, :canvas]
         for _ in range(int(rng.integers(GARMENTS[0], GARMENTS[1] + 1))):
             j = int(rng.integers(len(garments)))
-            side = min(canvas, int(round(28 * rng.uniform(1.0, 2.0))))
+            # 0.29-0.58 of the canvas side (28-56 px on 96 px): 2-4 fit with some overlap
+            side = min(canvas, max(8, round(28 * rng.uniform(1.0, 2.0) * canvas / 96)))
             g = np.asarray(Image.fromarray(garments[j]).resize((side, side),
                                                                Image.Resampling.BILINEAR))
             top, left = (int(rng.integers(0, canvas - side + 1)) for _ in range(2))

@@ -210,3 +210,18 @@ def test_tiny_lraspp_search_runs_end_to_end_and_scores_miou(tiny_seg, tmp_path):
     assert table["margin"].notna().any()  # paired on per-image pixel accuracy
     head = dataclasses.replace(load_spec(tmp_path / "run" / "best.yaml")).head
     assert head.inter <= 32  # the head's group was a candidate like any other
+
+
+def test_segmentation_verdict_compares_miou_and_names_the_margins_unit():
+    import pandas as pd
+
+    from netadapt.report import verdict
+
+    table = pd.DataFrame([
+        {"network": "seed", "test_accuracy": 0.70, "margin": None, "margin_se": None},
+        {"network": "netadapt", "test_accuracy": 0.66, "margin": None, "margin_se": None},
+        {"network": "uniform_pruning", "test_accuracy": 0.62, "margin": 0.01,
+         "margin_se": 0.002}])
+    line = verdict(table, "mIoU")
+    assert "above the best baseline (uniform_pruning) on test mIoU: 0.6600 vs 0.6200" in line
+    assert "per-image pixel accuracy margin +1.00" in line
