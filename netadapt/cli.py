@@ -268,6 +268,12 @@ def export(
     typer.secho(f"parity: onnxruntime matches PyTorch on random input: max |diff| = "
                 f"{report.max_abs_diff:.2e} <= {report.tolerance:g} (outputs up to "
                 f"{report.output_scale:.3g})", fg=typer.colors.GREEN)
+    if spec.task == "segmentation":
+        from .export import OTHER_SIZE_PX
+
+        h, w = spec.input_size
+        typer.echo(f"segmentation: height and width are dynamic (any size runs); parity "
+                   f"checked at {h}x{w} and {h + OTHER_SIZE_PX}x{w + OTHER_SIZE_PX}")
     typer.echo(f"metadata: input {metadata['input_size']} (C,H,W), mean {metadata['mean']}, "
                f"std {metadata['std']}, {spec.num_classes} labels"
                + (f", predicted {metadata['predicted_latency_ms']} ms on "

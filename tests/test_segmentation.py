@@ -225,3 +225,16 @@ def test_segmentation_verdict_compares_miou_and_names_the_margins_unit():
     line = verdict(table, "mIoU")
     assert "above the best baseline (uniform_pruning) on test mIoU: 0.6600 vs 0.6200" in line
     assert "per-image pixel accuracy margin +1.00" in line
+
+
+def test_export_command_says_height_and_width_are_dynamic(tmp_path):
+    from typer.testing import CliRunner
+
+    from netadapt.cli import app
+
+    spec_path = tmp_path / "tiny_seg.yaml"
+    spec_path.write_text(json.dumps(TINY_SEG))
+    result = CliRunner().invoke(app, ["export", str(spec_path)])
+    assert result.exit_code == 0, result.output
+    assert "height and width are dynamic" in result.output and "32x32 and 64x64" in result.output
+    assert (tmp_path / "tiny_seg.onnx").is_file()
