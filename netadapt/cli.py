@@ -272,8 +272,9 @@ def export(
         from .export import OTHER_SIZE_PX
 
         h, w = spec.input_size
-        typer.echo(f"segmentation: height and width are dynamic (any size runs); parity "
-                   f"checked at {h}x{w} and {h + OTHER_SIZE_PX}x{w + OTHER_SIZE_PX}")
+        typer.echo(f"segmentation: height and width are dynamic (any size runs); at "
+                   f"{h + OTHER_SIZE_PX}x{w + OTHER_SIZE_PX} max |diff| = "
+                   f"{report.other_size_diff:.2e}")
     typer.echo(f"metadata: input {metadata['input_size']} (C,H,W), mean {metadata['mean']}, "
                f"std {metadata['std']}, {spec.num_classes} labels"
                + (f", predicted {metadata['predicted_latency_ms']} ms on "

@@ -37,6 +37,16 @@ PARITY_TOLERANCE = 1e-4  # max |onnxruntime - torch| on logits
 OTHER_SIZE_PX = 32
 
 
+def _bound(spec: NetworkSpec, tolerance: float, scale: float) -> float:
+    """The parity bound: ``tolerance`` on classifier logits; on segmentation logits
+    ``tolerance`` x the largest |logit| (when above 1). Float32 rounding grows with the
+    logits, and LR-ASPP's reach 30-300: measured on a trained uniform-pruning baseline
+    at 64 px (random input, max |logit| 99), PyTorch float32 is 5.6e-4 from float64 and
+    onnxruntime 1.5e-4 from float64, 7.0e-4 from PyTorch float32; on 40 test images
+    (max |logit| 37) 1.7e-4. An absolute 1e-4 would reject correct files."""
+    return tolerance * max(1.0, scale) if spec.task == "segmentation" else tolerance
+
+
 @dataclass(frozen=True)
 class ExportReport:
     """What was written and how closely onnxruntime matches PyTorch."""
@@ -46,7 +56,8 @@ class ExportReport:
     opset: int
     max_abs_diff: float
     output_scale: float  # max |output|: a diff is only meaningful next to this
-    tolerance: float
+    tolerance: float  # the bound applied (segmentation: relative to output_scale)
+    other_size_diff: float | None = None  # segmentation: at OTHER_SIZE_PX px more
 
 
 def deployment_metadata(spec: NetworkSpec, mean: Sequence[float], std: Sequence[float],
@@ -101,19 +112,27 @@ def export_onnx(model: nn.Module, spec: NetworkSpec, path: str | os.PathLike[str
             proto = onnx.load(str(tmp))
             onnx.helper.set_model_props(proto, dict(metadata))
             onnx.save(proto, str(tmp))
-        shapes: list[tuple[int, ...]] = [(2, *shape[1:])]
-        if spec.task == "segmentation":
-            shapes.append((2, shape[1], *(v + OTHER_SIZE_PX for v in spec.input_size)))
-        diff, scale = (max(v) for v in zip(*(parity(model.cpu(), tmp, s) for s in shapes)))
-        if not diff <= tolerance:
+        diff, scale = parity(model.cpu(), tmp, (2, *shape[1:]))
+        bound = _bound(spec, tolerance, scale)
+        if not diff <= bound:
             raise ExportError(
                 f"{path}: onnxruntime output differs from PyTorch by {diff:.3g} "
-                f"(tolerance {tolerance:g}); the ONNX file was not written"
+                f"(tolerance {bound:.3g}); the ONNX file was not written"
             )
+        other = None
+        if spec.task == "segmentation":
+            size = tuple(v + OTHER_SIZE_PX for v in spec.input_size)
+            other, other_scale = parity(model, tmp, (2, shape[1], *size))
+            if not other <= _bound(spec, tolerance, other_scale):
+                raise ExportError(
+                    f"{path}: at {size[0]}x{size[1]} px onnxruntime output differs from "
+                    f"PyTorch by {other:.3g} (tolerance "
+                    f"{_bound(spec, tolerance, other_scale):.3g}): the dynamic height/width "
+                    f"graph is wrong; the ONNX file was not written")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportReport(path, path.stat().st_size, opset, diff, scale, tolerance)
+    return ExportReport(path, path.stat().st_size, opset, diff, scale, bound, other)
 
 
 def parity(model: nn.Module, onnx_path: Path, shape: tuple[int, ...],

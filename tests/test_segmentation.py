@@ -182,6 +182,7 @@ def test_export_checks_parity_at_two_sizes_and_keeps_height_and_width_dynamic(ti
     model = randomize_(build_model(tiny_seg))
     report = export_onnx(model, tiny_seg, tmp_path / "seg.onnx")
     assert report.max_abs_diff <= 1e-4 and report.output_scale > 0.1
+    assert report.other_size_diff is not None and report.other_size_diff <= 1e-4
     diff, _ = parity(model, tmp_path / "seg.onnx", (1, 3, 48, 40))  # another size
     assert diff <= 1e-4
     shape = ort.InferenceSession(str(tmp_path / "seg.onnx")).get_inputs()[0].shape
@@ -236,5 +237,14 @@ def test_export_command_says_height_and_width_are_dynamic(tmp_path):
     spec_path.write_text(json.dumps(TINY_SEG))
     result = CliRunner().invoke(app, ["export", str(spec_path)])
     assert result.exit_code == 0, result.output
-    assert "height and width are dynamic" in result.output and "32x32 and 64x64" in result.output
+    assert "height and width are dynamic" in result.output and "at 64x64" in result.output
     assert (tmp_path / "tiny_seg.onnx").is_file()
+
+
+def test_segmentation_parity_bound_scales_with_the_logits_classifiers_stay_absolute(
+        tiny_seg, tiny_spec):
+    from netadapt.export import _bound
+
+    assert _bound(tiny_seg, 1e-4, 50.0) == pytest.approx(5e-3)
+    assert _bound(tiny_seg, 1e-4, 0.5) == 1e-4
+    assert _bound(tiny_spec, 1e-4, 50.0) == 1e-4
