@@ -692,6 +692,10 @@ def run_budget_report(spec_path: Path, spec: NetworkSpec) -> list[str]:
     run = RunDir.open(run_path)
     config = SearchConfig.from_json(run.config["search"])
     seed_spec = spec_from_dict(run.config["seed_spec"])
+    if config.input_size is not None:  # the run's deployed size, as the search used it
+        from .latency.table import at_size
+
+        seed_spec = at_size(seed_spec, config.input_size)
     table = load_table(config.device)
     budgets = resolve_budgets(config.budgets, dataclasses.replace(
         seed_spec, num_classes=spec.num_classes), table.predict_ms)
