@@ -248,3 +248,14 @@ def test_segmentation_parity_bound_scales_with_the_logits_classifiers_stay_absol
     assert _bound(tiny_seg, 1e-4, 50.0) == pytest.approx(5e-3)
     assert _bound(tiny_seg, 1e-4, 0.5) == 1e-4
     assert _bound(tiny_spec, 1e-4, 50.0) == 1e-4
+
+
+def test_latency_command_predicts_the_segmentation_network_at_an_input_size():
+    from typer.testing import CliRunner
+
+    from netadapt.cli import app
+
+    result = CliRunner().invoke(app, ["latency", str(CONFIGS / "lraspp_mobilenetv3_large.yaml"),
+                                      "--device", "local-ref", "--input-size", "64"])
+    assert result.exit_code == 0, result.output
+    assert "lraspp_mobilenetv3_large@64" in result.output and "head.upsample" in result.output
