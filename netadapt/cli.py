@@ -79,8 +79,10 @@ def search(
     device: Annotated[str | None, typer.Option(
         help="Latency table's device (netadapt devices) [default: pixel]")] = None,
     data: Annotated[str | None, typer.Option(
-        help="IDX directory or ImageFolder tree [default: Fashion-MNIST in "
-        "/usr/share/datasets/fashion-mnist]")] = None,
+        help="IDX directory or ImageFolder tree; for a segmentation spec a directory of "
+        "images/ + masks/ (same-named index PNGs, 255 = ignore) [default: Fashion-MNIST in "
+        "/usr/share/datasets/fashion-mnist; segmentation: SYNTHETIC canvases made from "
+        "it]")] = None,
     criterion: Annotated[str | None, typer.Option(
         help="accuracy (NetAdapt) | slope (MobileNetV3: dAcc/|dLatency|)")] = None,
     schedule: Annotated[str | None, typer.Option(
@@ -97,7 +99,11 @@ def search(
     seed_steps: Annotated[int | None, typer.Option(
         help="Training steps of the seed when no --weights are given")] = None,
     resolution: Annotated[int | None, typer.Option(
-        help="Training/eval image size (latency is always at the spec's input size)")] = None,
+        help="Training/eval image size (latency is always at the spec's input size) "
+        "[default: 32; segmentation: the input size]")] = None,
+    input_size: Annotated[int | None, typer.Option(
+        help="Deployed square input size of the seed (latency, export) [default: the "
+        "spec's own]")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate")] = None,
     holdout: Annotated[int | None, typer.Option(
@@ -135,6 +141,7 @@ def search(
             criterion=criterion, schedule=schedule, step=step,
             short_term_steps=short_term_steps, long_term_steps=long_term_steps,
             deploy_steps=deploy_steps, seed_steps=seed_steps, resolution=resolution,
+            input_size=input_size,
             batch_size=batch_size, lr=lr,
             holdout=holdout, seed=seed, torch_device=torch_device,
             threads=threads).items() if v is not None}
@@ -152,18 +159,20 @@ def search(
     typer.echo(f"{'latency (ms)':<16}{seed_r['latency_ms']:>12.2f}{final['latency_ms']:>12.2f}")
     typer.echo(f"{'params (M)':<16}{seed_r['params'] / 1e6:>12.3f}{final['params'] / 1e6:>12.3f}")
     typer.echo(f"{'MACs (M)':<16}{seed_r['macs'] / 1e6:>12.2f}{final['macs'] / 1e6:>12.2f}")
+    from .rundir import RunDir
+
+    run_config = RunDir.open(result.run).config
+    metric = "mIoU" if run_config.get("metric") == "mIoU" else "acc"  # segmentation: mIoU
     px = final.get("holdout_px")
-    typer.echo(f"{f'holdout acc @{px}':<16}{seed_r['accuracy']:>12.4f}"
+    typer.echo(f"{f'holdout {metric} @{px}':<16}{seed_r['accuracy']:>12.4f}"
                f"{final['accuracy']:>12.4f}")
-    typer.echo(f"{'test acc':<16}{final['seed_test_accuracy']:>12.4f}"
+    typer.echo(f"{f'test {metric}':<16}{final['seed_test_accuracy']:>12.4f}"
                f"{final['test_accuracy']:>12.4f}")
     typer.echo(f"{'  at input px':<16}{str(final.get('seed_test_px')):>12}"
                f"{str(final.get('test_px')):>12}  (the result's: its exported ONNX file, run "
                f"by onnxruntime, after {final.get('deploy_steps', 0)} steps at that size)")
     # which device and table predicted the latencies: a phone ESTIMATE must say so
-    from .rundir import RunDir
-
-    typer.echo(f"latency: {RunDir.open(result.run).config.get('latency_table', '?')}")
+    typer.echo(f"latency: {run_config.get('latency_table', '?')}")
     typer.echo(f"{result.iterations} iterations; budgets met: {final['budgets_met']}; "
                f"{result.seconds / 60:.1f} min")
     typer.echo(f"result: {result.run / 'best.yaml'} (+ best.pt); history: "
@@ -186,7 +195,13 @@ def _print_comparison(run_dir: Path, measure: bool) -> None:
     typer.echo(f"\nthe search beside the baselines (same budgets, seed weights, data and "
                f"evaluation; {training_note(run_dir)}):\n"
                f"{comparison_text(table.drop(columns='spec'))}")
-    typer.echo(verdict(table))
+    from .rundir import RunDir
+
+    metric = RunDir.open(run_dir).config.get("metric", "top-1")
+    if metric == "mIoU":
+        typer.echo("segmentation: holdout and test are mIoU; margin is of per-image pixel "
+                   "accuracy")
+    typer.echo(verdict(table, metric))
 
 
 @command
@@ -253,6 +268,13 @@ def export(
     typer.secho(f"parity: onnxruntime matches PyTorch on random input: max |diff| = "
                 f"{report.max_abs_diff:.2e} <= {report.tolerance:g} (outputs up to "
                 f"{report.output_scale:.3g})", fg=typer.colors.GREEN)
+    if spec.task == "segmentation":
+        from .export import OTHER_SIZE_PX
+
+        h, w = spec.input_size
+        typer.echo(f"segmentation: height and width are dynamic (any size runs); at "
+                   f"{h + OTHER_SIZE_PX}x{w + OTHER_SIZE_PX} max |diff| = "
+                   f"{report.other_size_diff:.2e}")
     typer.echo(f"metadata: input {metadata['input_size']} (C,H,W), mean {metadata['mean']}, "
                f"std {metadata['std']}, {spec.num_classes} labels"
                + (f", predicted {metadata['predicted_latency_ms']} ms on "
@@ -424,19 +446,24 @@ def latency(
         "--device", "-d", help="Device profile with a table (netadapt devices)")] = "pixel",
     measure: Annotated[bool, typer.Option(
         help="Also measure end to end on the device and print the error")] = False,
+    input_size: Annotated[int | None, typer.Option(
+        help="Square input size to predict at [default: the spec's own]", min=8)] = None,
 ) -> None:
     """Predicted latency of a spec on a device, per block; optionally measured."""
     from .latency import load_device, load_table
+    from .latency.table import at_size
     from .spec import load_spec
 
     spec = load_spec(spec_path)
+    if input_size is not None:
+        spec = at_size(spec, input_size)
     table = load_table(device)
     rows = table.breakdown_ms(spec)
     total = table.predict_ms(spec)
     est = " ESTIMATE" if table.is_estimate else ""
     typer.echo(f"{spec.name} on {table.label()}")
     for name, ms in rows:
-        typer.echo(f"  {name:<12} {ms:8.3f} ms  {ms / total:6.1%}")
+        typer.echo(f"  {name:<20} {ms:8.3f} ms  {ms / total:6.1%}")
     typer.secho(f"predicted: {total:.2f} ms{est}", bold=True)
     if measure:
         from .latency.profile import measure_e2e

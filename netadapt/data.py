@@ -42,7 +42,8 @@ _TEST_SEED = 0  # a carved test split must not move with --seed: results stay co
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """Images (uint8, N x C x H x W, C = 1 or the network's channels) and labels."""
+    """Images (uint8, N x C x H x W, C = 1 or the network's channels) and labels: one
+    class per image, or a uint8 class-id mask per image (N x H x W, segmentation)."""
 
     name: str
     images: Tensor
@@ -66,7 +67,12 @@ class Split:
             x = x.expand(-1, self.in_channels, -1, -1)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std, self.labels[index].to(device, non_blocking=True)
+        y = self.labels[index].to(device, non_blocking=True)
+        if y.dim() == 3:  # segmentation masks (N x H x W): resized nearest, ids stay ids
+            if self.size is not None and tuple(y.shape[-2:]) != self.size:
+                y = F.interpolate(y[:, None].float(), size=self.size, mode="nearest")[:, 0]
+            y = y.long()
+        return (x - mean) / std, y
 
     def at(self, resolution: int | tuple[int, int]) -> Split:
         """The same images served at ``resolution`` (a side, or (H, W))."""

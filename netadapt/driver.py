@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 CLASSIFIER_FIT_STEPS = 200  # a classifier for another class count, before the search
 DEPLOY_SEED = -2  # the "iteration" whose seed every deployed-size phase shares
 BN_BATCHES = 4  # batches that re-estimate BN statistics before a proposal is scored
+CLASSIFIER_RESOLUTION = 32  # --resolution's default for a classifier
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "mobilenetv3_large.yaml"
 
 
@@ -75,7 +76,10 @@ class SearchConfig:
     # training of the seed when no weights are given: one epoch of Fashion-MNIST at batch
     # 64 (README: 1 epoch 0.876 test accuracy at 32 px; 500 steps ~0.85)
     seed_steps: int = 900
-    resolution: int = 32  # training resolution (latency is always at the spec's size)
+    # training resolution (latency is always at the spec's size); None: 32 px for a
+    # classifier, the deployed input size for segmentation (masks need the pixels)
+    resolution: int | None = None
+    input_size: int | None = None  # deployed square input size; None: the spec's own
     batch_size: int = 64  # on CPU a step costs about the same at 32 or 64 (op overhead)
     lr: float = 0.02  # fine-tuning (SGD); the seed trains from scratch at 5x this
     # images that score proposals; measured (README): choosing on 2000 instead of 5000
@@ -105,8 +109,8 @@ class SearchConfig:
                 raise NetadaptError(f"--{name.replace('_', '-')}: must be >= 0")
         if not self.deploy_lr > 0:
             raise NetadaptError(f"--deploy-lr {self.deploy_lr}: must be positive")
-        for name in ("resolution", "batch_size", "holdout", "deploy_batch_size"):
-            if getattr(self, name) <= 0:
+        for name in ("resolution", "input_size", "batch_size", "holdout", "deploy_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise NetadaptError(f"--{name.replace('_', '-')}: must be positive")
         if self.weights is None and self.seed_steps == 0:
             raise NetadaptError("no --weights and --seed-steps 0: the seed would be untrained; "
@@ -194,6 +198,8 @@ class Searcher:
                  progress: bool = True) -> None:
         from .data import load_data
         from .latency import load_table
+        from .latency.table import at_size
+        from .segdata import load_segmentation
 
         self.config, self.run, self.progress = config, run, progress
         self.torch_device = _torch_device(config.torch_device)
@@ -206,9 +212,16 @@ class Searcher:
             predict_ms, self.table_label = table.predict_ms, table.label()
             self.table_sha256 = getattr(table, "meta", {}).get("sha256")
         self.predict_ms = predict_ms
-        self.data = load_data(Path(config.data) if config.data else None,
-                              resolution=config.resolution, in_channels=seed_spec.in_channels,
-                              holdout=config.holdout, seed=config.seed)
+        if config.input_size is not None:
+            seed_spec = at_size(seed_spec, config.input_size)
+        segmentation = seed_spec.task == "segmentation"
+        resolution = config.resolution or (seed_spec.input_size[0] if segmentation
+                                           else CLASSIFIER_RESOLUTION)
+        load = load_segmentation if segmentation else load_data
+        self.data = load(Path(config.data) if config.data else None, resolution=resolution,
+                         in_channels=seed_spec.in_channels, holdout=config.holdout,
+                         seed=config.seed)
+        self.metric = "mIoU" if segmentation else "top-1"
         self.seed_spec = dataclasses.replace(seed_spec, num_classes=self.data.num_classes)
         self.budgets = resolve_budgets(config.budgets, self.seed_spec, predict_ms)
         check_reachable(self.seed_spec, self.budgets, predict_ms)
@@ -217,7 +230,11 @@ class Searcher:
                               self.seed_spec.num_classes)
         if "data" not in run.config:  # resolved once, recorded with the run's config
             run.update_config({"data": self.data.description,
-                               "latency_table": self.table_label})
+                               "latency_table": self.table_label,
+                               # what "accuracy" holds, and what a paired margin is of
+                               "metric": self.metric,
+                               "margin_of": "per-image pixel accuracy" if segmentation
+                               else "per-image correctness"})
         self.schedule = Schedule.named(config.schedule, config.step)
         self._parent_cache: tuple[int, NetworkSpec, dict[str, torch.Tensor]] | None = None
 
@@ -244,8 +261,9 @@ class Searcher:
                             time.time() - started, baselines)
 
     def _prepare_seed(self) -> dict[str, Any]:
+        from .scoring import score_model
         from .seedcache import cached_seed
-        from .train import evaluate, fit_layers, train_seed
+        from .train import fit_layers, train_seed
 
         cfg = self.config
         notes: list[str] = []
@@ -275,10 +293,12 @@ class Searcher:
         self.run.save_state("seed.pt", model.state_dict())
         # Scored as its children will be (BN re-estimated on a copy), so that dAcc
         # compares weights, not protocols.
-        accuracy = evaluate(self._recalibrated(copy.deepcopy(model), 0), self.data.holdout,
-                            batch_size=256, device=self.torch_device)
+        accuracy, _, extra = score_model(self._recalibrated(copy.deepcopy(model), 0),
+                                         self.data.holdout, self.data.num_classes,
+                                         batch_size=256, device=self.torch_device)
         record = {"type": "seed", "accuracy": accuracy, "trained_steps": 0 if cfg.weights
                   else cfg.seed_steps, "notes": notes, "accuracy_protocol": "BN re-estimated",
+                  "metric": self.metric, **extra,
                   "holdout_px": self.data.resolution,
                   **resources_of(self.seed_spec, self.predict_ms)}
         self.run.append(record)
@@ -319,7 +339,8 @@ class Searcher:
     def _evaluate(self, iteration: int, child: NetworkSpec, group: str) -> float:
         """Inherit the largest-norm filters, fine-tune T steps, score on the holdout.
         Every proposal of an iteration sees the same training and BN batches."""
-        from .train import correct_items, finetune
+        from .scoring import score_model
+        from .train import finetune
 
         cfg = self.config
         state = inherit_weights(*self._parent(iteration), child)
@@ -332,11 +353,11 @@ class Searcher:
         # them afresh so that proposals are compared on their weights, not on stale BN.
         self._recalibrated(model, iteration)
         name = proposal_name(iteration, group)
-        correct = correct_items(model, self.data.holdout, batch_size=256,
-                                device=self.torch_device)
+        score, correct, _ = score_model(model, self.data.holdout, self.data.num_classes,
+                                        batch_size=256, device=self.torch_device)
         self.run.save_state(correct_name(name), {"correct": correct})
         self.run.save_state(name, model.state_dict())
-        return float(correct.float().mean())
+        return score
 
     def _loop(self, start: Start, history: list) -> list[Iteration]:
         chosen: list[Iteration] = []
@@ -416,7 +437,8 @@ class Searcher:
         self._plot()
 
     def _long_term(self, start: Start, iterations: list[Iteration]) -> dict[str, Any]:
-        from .train import evaluate, finetune
+        from .scoring import score_model
+        from .train import finetune
 
         cfg = self.config
         if iterations:
@@ -438,7 +460,8 @@ class Searcher:
             # the training this network got from the seed: what every baseline gets too
             "steps": len(iterations) * cfg.short_term_steps + cfg.long_term_steps,
             **self._finish(model, spec, "best", self.data),
-            "seed_test_accuracy": evaluate(seed_model, self.data.test, 256, self.torch_device),
+            "seed_test_accuracy": score_model(seed_model, self.data.test, self.data.num_classes,
+                                              256, self.torch_device)[0],
             "seed_test_px": self.data.resolution,
             "budgets_met": not unmet(resources, self.budgets),
         }
@@ -457,11 +480,12 @@ class Searcher:
         training at the deployed input size (a network trained at 32 px alone scores
         chance at 224 px); export to ONNX; and the test accuracy of that file, run by
         onnxruntime at its input size: the accuracy of what is shipped."""
-        from .export import export_onnx, onnx_correct_items
-        from .train import evaluate, finetune
+        from .export import export_onnx
+        from .scoring import score_model, score_onnx
+        from .train import finetune
 
         cfg = self.config
-        holdout = evaluate(model, data.holdout, 256, self.torch_device)
+        holdout = score_model(model, data.holdout, data.num_classes, 256, self.torch_device)[0]
         steps = self.deploy_steps(spec, data)
         deployed = data.at(spec.input_size)
         if steps:
@@ -472,10 +496,11 @@ class Searcher:
         self.run.save_state(f"{name}.pt", model.state_dict())
         onnx_path = self.run.path / f"{name}.onnx"
         export_onnx(model, spec, onnx_path, metadata=self.metadata(spec))
-        correct = onnx_correct_items(onnx_path, deployed.test, threads=cfg.threads)
+        test, correct, extra = score_onnx(onnx_path, deployed.test, data.num_classes,
+                                          threads=cfg.threads)
         self.run.save_state(f"{name}.test_correct.pt", {"correct": correct})
         return {"accuracy": holdout, "holdout_px": data.resolution, "deploy_steps": steps,
-                "test_accuracy": float(correct.float().mean()),
+                "test_accuracy": test, **{f"test_{k}": v for k, v in extra.items()},
                 "test_px": "x".join(str(v) for v in spec.input_size)}
 
     def metadata(self, spec: NetworkSpec) -> dict[str, str]:
@@ -525,7 +550,7 @@ class Searcher:
                 data = self.data
                 if found.spec.input_size != self.seed_spec.input_size:
                     # Train at the same fraction of the seed's resolution as the latency.
-                    res = max(8, round(cfg.resolution * found.spec.input_size[0]
+                    res = max(8, round(self.data.resolution * found.spec.input_size[0]
                                        / self.seed_spec.input_size[0]))
                     data = self.data.at(res)
                 finetune(model, data, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
@@ -669,6 +694,10 @@ def run_budget_report(spec_path: Path, spec: NetworkSpec) -> list[str]:
     run = RunDir.open(run_path)
     config = SearchConfig.from_json(run.config["search"])
     seed_spec = spec_from_dict(run.config["seed_spec"])
+    if config.input_size is not None:  # the run's deployed size, as the search used it
+        from .latency.table import at_size
+
+        seed_spec = at_size(seed_spec, config.input_size)
     table = load_table(config.device)
     budgets = resolve_budgets(config.budgets, dataclasses.replace(
         seed_spec, num_classes=spec.num_classes), table.predict_ms)

@@ -94,9 +94,25 @@ def comparison_text(table: pd.DataFrame) -> str:
 Z95 = 1.96  # a 95% interval is the margin +- 1.96 standard errors
 
 
-def verdict(table: pd.DataFrame) -> str:
+def verdict(table: pd.DataFrame, metric: str = "top-1") -> str:
     """One plain line: does the search beat the best baseline on test accuracy? "beats"
-    or "LOSES TO" only when the paired margin's 95% interval excludes zero; else "ties"."""
+    or "LOSES TO" only when the paired margin's 95% interval excludes zero; else "ties".
+    For segmentation (``metric`` mIoU) the networks are compared on test mIoU and the
+    paired margin is of per-image pixel accuracy (mIoU has no per-image terms)."""
+    if metric == "mIoU":
+        ours = float(table.loc[table["network"] == "netadapt", "test_accuracy"].iloc[0])
+        others = table[~table["network"].isin(["seed", "netadapt"])].dropna(
+            subset=["test_accuracy"])
+        if others.empty:
+            return "no baseline could meet the budgets"
+        best = others.loc[others["test_accuracy"].idxmax()]
+        word = "above" if ours > best["test_accuracy"] else "at or below"
+        line = (f"netadapt is {word} the best baseline ({best['network']}) on test mIoU: "
+                f"{ours:.4f} vs {best['test_accuracy']:.4f}")
+        if not pd.isna(best.get("margin")) and not pd.isna(best.get("margin_se")):
+            line += (f"; per-image pixel accuracy margin {100 * best['margin']:+.2f} +- "
+                     f"{100 * Z95 * best['margin_se']:.2f} points (95%, paired)")
+        return line
     ours = float(table.loc[table["network"] == "netadapt", "test_accuracy"].iloc[0])
     others = table[~table["network"].isin(["seed", "netadapt"])].dropna(
         subset=["test_accuracy"])

@@ -21,6 +21,7 @@ from torch import nn
 from .data import Data, Split
 from .errors import TrainError
 from .model import build_model
+from .segdata import IGNORE_INDEX
 from .spec import NetworkSpec
 
 Progress = Callable[[int, float], None]  # (steps done, training loss of the last step)
@@ -77,7 +78,9 @@ def finetune(model: nn.Module, data: Data, steps: int, *, lr: float = 0.02,
             x = x.contiguous(memory_format=layout)
             torch.manual_seed(_step_seed(seed, step))  # dropout masks depend on the step only
             with autocast():
-                loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+                # masks (N x H x W): pixel-wise, VOC's 255 ("void") left out
+                loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing,
+                                       ignore_index=IGNORE_INDEX if y.dim() == 3 else -100)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

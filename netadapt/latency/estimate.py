@@ -49,7 +49,15 @@ PHONE_TERMS = ("mmacs", "se_m_elements", "conv_m_positions")
 SOURCE = "Howard et al. 2019 (MobileNetV3), TFLite float, single big core, batch 1"
 
 
+# Segmentation entries (graphs.EntryKey): 1x1 convs at their input size, no depthwise.
+_SEG_CONVS = ("conv", "seg_classifier")
+
+
 def _out_hw(key: EntryKey) -> tuple[int, int]:
+    if key.kind in ("lraspp_high", "upsample"):
+        return key.h_out, key.w_out
+    if key.kind in _SEG_CONVS:
+        return key.h, key.w
     return (conv_output_size(key.h, key.kernel, key.stride, key.dilation),
             conv_output_size(key.w, key.kernel, key.stride, key.dilation))
 
@@ -63,8 +71,10 @@ def pointwise_macs(key: EntryKey) -> float:
     if key.kind == "stem":
         ho, wo = _out_hw(key)
         return key.c_in * key.out * key.kernel ** 2 * ho * wo
-    if key.kind == "last_conv":
+    if key.kind in ("last_conv", *_SEG_CONVS):
         return key.c_in * key.out * key.h * key.w
+    if key.kind == "lraspp_high":  # the 1x1 conv of the 128-channel branch
+        return key.c_in * key.exp * key.h * key.w
     if key.kind == "block":
         ho, wo = _out_hw(key)
         return (key.c_in * key.exp * key.h * key.w if key.expand else 0) + \
@@ -78,6 +88,8 @@ def gemm_macs(key: EntryKey) -> float:
         return key.c_in * key.exp + key.exp * key.out
     if key.kind == "classifier":
         return key.c_in * key.out
+    if key.kind == "lraspp_high":  # the gate's 1x1 conv on the pooled feature
+        return key.c_in * key.exp
     return 0
 
 
@@ -97,10 +109,14 @@ def weights(key: EntryKey) -> float:
     """Weights read per inference (biases and folded BN left out: a few per channel)."""
     if key.kind == "stem":
         return key.c_in * key.out * key.kernel ** 2
-    if key.kind == "last_conv":
+    if key.kind in ("last_conv", *_SEG_CONVS):
         return key.c_in * key.out
     if key.kind in ("head", "classifier"):
         return gemm_macs(key)
+    if key.kind == "lraspp_high":
+        return 2 * key.c_in * key.exp
+    if key.kind == "upsample":
+        return 0
     return ((key.c_in * key.exp if key.expand else 0) + key.exp * key.kernel ** 2
             + key.exp * key.out + 2 * key.exp * _squeeze(key))
 
@@ -110,8 +126,10 @@ def activations(key: EntryKey) -> float:
     if key.kind in ("head", "classifier"):
         return 0
     ho, wo = _out_hw(key)
-    if key.kind in ("stem", "last_conv"):
+    if key.kind in ("stem", "last_conv", "upsample", *_SEG_CONVS):
         return key.out * ho * wo
+    if key.kind == "lraspp_high":  # the branch, gated, then resized
+        return key.exp * (key.h * key.w + ho * wo)
     expanded = key.exp * key.h * key.w if key.expand else 0
     return expanded + key.exp * ho * wo + key.out * ho * wo
 
@@ -124,11 +142,13 @@ def se_elements(key: EntryKey) -> float:
 def conv_positions(key: EntryKey) -> float:
     """Output positions summed over the entry's convs (expand, depthwise, project; the
     stem; the last conv), independent of their widths. The head's are 1x1: none."""
-    if key.kind in ("head", "classifier"):
+    if key.kind in ("head", "classifier", "upsample"):
         return 0
     ho, wo = _out_hw(key)
-    if key.kind in ("stem", "last_conv"):
+    if key.kind in ("stem", "last_conv", *_SEG_CONVS):
         return ho * wo
+    if key.kind == "lraspp_high":
+        return key.h * key.w
     return (key.h * key.w if key.expand else 0) + 2 * ho * wo
 
 

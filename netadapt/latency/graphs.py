@@ -64,6 +64,14 @@ class EntryKey(NamedTuple):
     kind lacks are 0 or empty. ``h`` and ``w`` are the entry's *input* resolution.
     ``classifier`` (the last Gemm alone, ``c_in`` -> ``out`` classes) is never a layer
     of a network: it lets a head measured for one number of classes predict another.
+
+    A segmentation network (Lite R-ASPP) has no pool after its last conv (``conv``: 1x1
+    conv + act) and its head is four single-input entries, so the head's three free
+    widths (high input, ``inter``, low input) are never crossed in one grid:
+    ``lraspp_high`` (the 128-channel branch times its pooled sigmoid gate, bilinearly
+    resized to the low-level size ``h_out`` x ``w_out``), two ``seg_classifier`` 1x1
+    convs to ``out`` classes (one per branch, at the low-level size) and ``upsample``
+    (the branches' sum resized to the network's input size ``h_out`` x ``w_out``).
     """
 
     kind: str
@@ -79,6 +87,8 @@ class EntryKey(NamedTuple):
     residual: bool
     h: int
     w: int
+    h_out: int = 0  # lraspp_high, upsample: the size they resize to; else 0
+    w_out: int = 0
 
     def label(self) -> str:
         if self.kind == "block":
@@ -90,6 +100,9 @@ class EntryKey(NamedTuple):
             return f"head {self.c_in}->{self.exp}->{self.out} {self.act}"
         if self.kind == "classifier":
             return f"classifier {self.c_in}->{self.out}"
+        if self.kind in ("lraspp_high", "upsample"):
+            return (f"{self.kind} {self.c_in}->{self.exp or self.out} @{self.h}x{self.w}"
+                    f"->{self.h_out}x{self.w_out}")
         return f"{self.kind} {self.c_in}->{self.out} k{self.kernel} s{self.stride} " \
                f"{self.act} @{self.h}x{self.w}"
 
@@ -100,22 +113,44 @@ def entry_key(row: Layer) -> EntryKey:
         return EntryKey("head", row.c_in, row.exp, row.out, 0, 0, 0, False, row.act, False,
                         False, 1, 1)
     if row.kind == "lraspp":
-        from ..errors import LatencyError
-
-        raise LatencyError("latency tables cover classifier heads only; an lraspp head is "
-                           "not supported yet")
+        raise ValueError("an lraspp row has several entries: use lraspp_keys")
     # stem, block, last_conv: the row's fields from c_in to w are the key's
     return EntryKey(row.kind, *row[2:14])
 
 
+def conv_key(row: Layer) -> EntryKey:
+    """A segmentation network's last conv: 1x1 conv + act, no pool."""
+    return EntryKey("conv", row.c_in, 0, row.out, 1, 1, 1, False, row.act, False, False,
+                    row.h, row.w)
+
+
+def seg_classifier_key(c_in: int, classes: int, h: int, w: int) -> EntryKey:
+    return EntryKey("seg_classifier", c_in, 0, classes, 1, 1, 1, False, "linear", False,
+                    False, h, w)
+
+
+def upsample_key(classes: int, h: int, w: int, size: tuple[int, int]) -> EntryKey:
+    return EntryKey("upsample", classes, 0, classes, 0, 0, 0, False, "linear", False, False,
+                    h, w, size[0], size[1])
+
+
+def lraspp_keys(row: Layer, size: tuple[int, int]) -> list[tuple[str, EntryKey]]:
+    """The entries of a Lite R-ASPP head row for a network with input ``size``."""
+    high = EntryKey("lraspp_high", row.c_in, row.exp, 0, 1, 1, 1, False, "relu", False,
+                    False, row.h, row.w, row.h_out, row.w_out)
+    return [("head.high", high),
+            ("head.high_classifier", seg_classifier_key(row.exp, row.out, row.h_out, row.w_out)),
+            ("head.low_classifier", seg_classifier_key(row.low, row.out, row.h_out, row.w_out)),
+            ("head.upsample", upsample_key(row.out, row.h_out, row.w_out, size))]
+
+
 def entry_keys(spec: NetworkSpec) -> list[tuple[str, EntryKey]]:
     """(layer name, entry key) for every entry of ``spec``, in network order."""
-    if not isinstance(spec.head, ClassifierHead):
-        from ..errors import LatencyError
-
-        raise LatencyError(f"{spec.name}: latency tables cover classifier heads only; "
-                           f"an lraspp head is not supported yet")
-    return [(row.name, entry_key(row)) for row in spec.layers]
+    if isinstance(spec.head, ClassifierHead):
+        return [(row.name, entry_key(row)) for row in spec.layers]
+    *body, last, head = spec.layers
+    return ([(row.name, entry_key(row)) for row in body] + [(last.name, conv_key(last))]
+            + lraspp_keys(head, spec.input_size))
 
 
 class _Graph:
@@ -151,6 +186,24 @@ class _Graph:
             head += _field(9, len(data))  # raw_data
             pieces += [_field(5, len(head) + len(data)), head, data]  # GraphProto.initializer
         return [_field(7, sum(len(p) for p in pieces)), *pieces]  # ModelProto.graph
+
+    def resize(self, x: str, c: int, h: int, w: int) -> str:
+        """Bilinear resize to (h, w), as torch exports F.interpolate(align_corners=False)."""
+        sizes = self.name("sizes")
+        self.nodes.append(helper.make_node("Constant", [], [sizes], value=helper.make_tensor(
+            sizes, TensorProto.INT64, [4], [1, c, h, w])))
+        return self.node("Resize", [x, "", "", sizes], mode="linear",
+                         coordinate_transformation_mode="half_pixel")
+
+    def lraspp(self, low: str, high: str, spec: NetworkSpec) -> str:
+        """The whole Lite R-ASPP head of ``spec`` (the end-to-end reference)."""
+        row = spec.layers[-1]
+        keys = dict(lraspp_keys(row, spec.input_size))
+        x = self.entry(high, keys["head.high"])
+        x = self.entry(x, keys["head.high_classifier"])
+        y = self.entry(low, keys["head.low_classifier"])
+        out = self.node("Add", [y, x])
+        return self.resize(out, spec.num_classes, *spec.input_size)
 
     def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
         out = self.name(op.lower())
@@ -200,6 +253,17 @@ class _Graph:
         if key.kind == "classifier":
             return self.node("Gemm", [x, self.weight(key.out, key.c_in), self.weight(key.out)],
                              transB=1)
+        if key.kind == "conv":
+            return self.conv(x, key.c_in, key.out, 1, act=key.act)
+        if key.kind == "lraspp_high":
+            y = self.node("Relu", [self.conv(x, key.c_in, key.exp, 1)])
+            g = self.node("GlobalAveragePool", [x])
+            g = self.node("Sigmoid", [self.conv(g, key.c_in, key.exp, 1)])
+            return self.resize(self.node("Mul", [y, g]), key.exp, key.h_out, key.w_out)
+        if key.kind == "seg_classifier":
+            return self.conv(x, key.c_in, key.out, 1)
+        if key.kind == "upsample":  # the two branches' sum, then up to the input size
+            return self.resize(self.node("Add", [x, x]), key.out, key.h_out, key.w_out)
         raise ValueError(f"unknown entry kind {key.kind!r}")
 
 
@@ -236,6 +300,13 @@ def network_model(spec: NetworkSpec, seed: int = 0) -> bytes:
     """Serialized ONNX model of the whole network (the end-to-end reference)."""
     graph = _Graph(seed)
     x = "input"
-    for _, key in entry_keys(spec):
+    if isinstance(spec.head, ClassifierHead):
+        for _, key in entry_keys(spec):
+            x = graph.entry(x, key)
+        return _model(graph, network_input_shape(spec), x, spec.name)
+    low = x
+    for row, (_, key) in zip(spec.layers[:-1], entry_keys(spec)):
         x = graph.entry(x, key)
-    return _model(graph, network_input_shape(spec), x, spec.name)
+        if row.name == f"blocks[{spec.head.low_block}]":
+            low = x
+    return _model(graph, network_input_shape(spec), graph.lraspp(low, x, spec), spec.name)

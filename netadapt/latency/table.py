@@ -35,9 +35,16 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LatencyError, NetadaptError
-from ..spec import ClassifierHead, Layer, NetworkSpec, spec_from_dict, walk
+from ..spec import ClassifierHead, Layer, LRASPPHead, NetworkSpec, spec_from_dict, walk
 from .devices import root_dir
-from .graphs import EntryKey, entry_key, entry_keys
+from .graphs import (
+    EntryKey,
+    conv_key,
+    entry_key,
+    entry_keys,
+    lraspp_keys,
+    seg_classifier_key,
+)
 
 FORMAT = 1
 # Numbers of classes whose last Gemm every table measures: a head measured for the seed's
@@ -45,6 +52,9 @@ FORMAT = 1
 # Fashion-MNIST / CIFAR-10); others are interpolated linearly in the classes, the one
 # dimension the search never changes.
 CLASSES = (10, 100, 1000)
+# Numbers of classes a segmentation head is measured for besides the seed's: the built-in
+# synthetic set (10 garments + background) and Pascal VOC (20 + background).
+SEG_CLASSES = (11, 21)
 # Input sizes a table covers beyond its full width grids: at each, the seed and its
 # width-multiplier networks (what the resolution baseline and the paper's Table 9 reach).
 SIZES = (96, 128, 160, 192, 224, 256)
@@ -52,6 +62,7 @@ MULTIPLIERS = (0.35, 0.5, 0.75, 1.0)
 COVERAGES = ("grid", "multipliers")
 KEY_COLUMNS = list(EntryKey._fields)
 COLUMNS = KEY_COLUMNS + ["ms", "spread", "n"]
+OPTIONAL_COLUMNS = ("h_out", "w_out")  # tables written before segmentation lack them
 _BOOL = ("se", "expand", "residual")
 _STR = ("kind", "act")
 
@@ -115,7 +126,7 @@ def required_keys(seed: NetworkSpec, coverage: str = "grid") -> set[EntryKey]:
     width = {f: g.width for g in seed.groups for f in g.fields}
     c_field = "stem.out"  # the field that sets the next row's input width
     for row in seed.layers:
-        key = entry_key(row)
+        key = entry_key(row) if row.kind != "lraspp" else EntryKey(*row[1:14])
         if row.kind == "stem":
             keys.update(key._replace(out=o) for o in _widths(width["stem.out"]))
         elif row.kind == "block":
@@ -137,8 +148,12 @@ def required_keys(seed: NetworkSpec, coverage: str = "grid") -> set[EntryKey]:
                             for e in e_range for o in o_range)
             c_field = f"{row.name}.out"
         elif row.kind == "last_conv":
+            if isinstance(seed.head, LRASPPHead):
+                key = conv_key(row)
             keys.update(key._replace(c_in=c, out=o) for c in _widths(width[c_field])
                         for o in _widths(width["last_conv.out"]))
+        elif row.kind == "lraspp":
+            keys.update(_lraspp_grid(seed, row, width))
         else:
             keys.update(key._replace(c_in=c, exp=w)
                         for c in _widths(width["last_conv.out"])
@@ -148,12 +163,30 @@ def required_keys(seed: NetworkSpec, coverage: str = "grid") -> set[EntryKey]:
     return keys
 
 
+def _lraspp_grid(seed: NetworkSpec, row: Layer, width: dict[str, int]) -> set[EntryKey]:
+    """A Lite R-ASPP head's entries at every width of its three inputs, for the seed's
+    classes and SEG_CLASSES."""
+    assert isinstance(seed.head, LRASPPHead)
+    keys: set[EntryKey] = set()
+    low = width[f"blocks[{seed.head.low_block}].out"]
+    for classes in sorted({*SEG_CLASSES, seed.num_classes}):
+        for c in _widths(width["last_conv.out"]):
+            for e in _widths(width["head.inter"]):
+                keys.update(k for _, k in lraspp_keys(row._replace(
+                    c_in=c, exp=e, low=low, out=classes), seed.input_size))
+        keys.update(seg_classifier_key(c, classes, row.h_out, row.w_out) for c in _widths(low))
+    return keys
+
+
 def classifier_key(width: int, classes: int) -> EntryKey:
     return EntryKey("classifier", width, 0, classes, 0, 0, 0, False, "linear", False, False, 1, 1)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype={c: str for c in _STR})
+    for c in OPTIONAL_COLUMNS:
+        if c not in frame.columns:
+            frame[c] = 0
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"missing column(s) {', '.join(missing)}")
@@ -168,14 +201,18 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def frame_to_csv(frame: pd.DataFrame) -> str:
     buf = io.StringIO()
-    frame[COLUMNS].to_csv(buf, index=False, float_format="%.5g")
+    out = frame[COLUMNS].copy()
+    for c in _BOOL:  # 0 / 1, not False / True: 11 bytes a row, 0.8 MB of a 70k-row table
+        out[c] = out[c].astype(int)
+    out.to_csv(buf, index=False, float_format="%.5g")
     return buf.getvalue()
 
 
 def key_of(row: Any) -> EntryKey:
     return EntryKey(str(row.kind), int(row.c_in), int(row.exp), int(row.out), int(row.kernel),
                     int(row.stride), int(row.dilation), bool(row.se), str(row.act),
-                    bool(row.expand), bool(row.residual), int(row.h), int(row.w))
+                    bool(row.expand), bool(row.residual), int(row.h), int(row.w),
+                    int(getattr(row, "h_out", 0)), int(getattr(row, "w_out", 0)))
 
 
 class LatencyTable:
@@ -284,8 +321,8 @@ class LatencyTable:
         cached = self._specs.get(spec)
         if cached is not None:
             return cached
-        if not isinstance(spec.head, ClassifierHead):
-            entry_keys(spec)  # raises: heads other than classifiers are not supported
+        if not isinstance(spec.head, ClassifierHead):  # few specs: no per-layer cache
+            return self._remember(spec, sum(ms for _, ms in self._entry_list(spec)))
         layers = self._layers
         total = 0.0
         # walk() and not spec.layers: rows cached on the thousands of specs the search
