@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .checkpoint import Checkpoint
 from .errors import NetadaptError
 from .model import build_model, check_state_dict, read_state_dict
 from .prune import inherit_weights
@@ -156,6 +157,11 @@ def _iteration_seed(seed: int, iteration: int) -> int:
 LONG_TERM_SEED = -1  # the "iteration" whose seed the long-term fine-tunes share
 
 
+def _deploy_phase(name: str) -> str:
+    """The checkpoint name of network ``name``'s training at its deployed input size."""
+    return "deploy-" + name.replace("/", "-")
+
+
 def correct_name(weights: str) -> str:
     """Where the per-holdout-image correctness of a proposal's weights is kept."""
     return weights.removesuffix(".pt") + ".correct.pt"
@@ -262,7 +268,8 @@ class Searcher:
                 trained = train_seed(self.seed_spec, self.data, steps=cfg.seed_steps,
                                      lr=cfg.lr * 5, batch_size=cfg.batch_size, seed=cfg.seed,
                                      device=self.torch_device,
-                                     progress=self._bar("train seed", cfg.seed_steps))
+                                     progress=self._bar("train seed", cfg.seed_steps),
+                                     checkpoint=self._checkpoint("seed"))
                 return {k: v.cpu() for k, v in trained.state_dict().items()}
 
             state, path, hit = cached_seed(self._seed_recipe(), train)
@@ -280,6 +287,7 @@ class Searcher:
                   "holdout_px": self.data.resolution,
                   **resources_of(self.seed_spec, self.predict_ms)}
         self.run.append(record)
+        self._checkpoint("seed").remove()
         return record
 
     def _seed_recipe(self) -> dict[str, Any]:
@@ -427,7 +435,8 @@ class Searcher:
         finetune(model, self.data, steps=cfg.long_term_steps, lr=cfg.lr,
                  batch_size=cfg.batch_size, seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
                  device=self.torch_device,
-                 progress=self._bar("long-term fine-tune", cfg.long_term_steps))
+                 progress=self._bar("long-term fine-tune", cfg.long_term_steps),
+                 checkpoint=self._checkpoint("long_term"))
         seed_model = build_model(self.seed_spec)
         seed_model.load_state_dict(read_state_dict(self.run.path / "seed.pt"))
         resources = resources_of(spec, self.predict_ms)
@@ -441,6 +450,8 @@ class Searcher:
             "budgets_met": not unmet(resources, self.budgets),
         }
         self.run.append(record)
+        for phase in ("long_term", "deploy-best"):
+            self._checkpoint(phase).remove()
         return record
 
     def deploy_steps(self, spec: NetworkSpec, data: Data) -> int:
@@ -465,7 +476,8 @@ class Searcher:
         if steps:
             finetune(model, deployed, steps, lr=cfg.deploy_lr, batch_size=cfg.deploy_batch_size,
                      seed=_iteration_seed(cfg.seed, DEPLOY_SEED), device=self.torch_device,
-                     progress=self._bar(f"{name} at {spec.input_size[0]} px", steps))
+                     progress=self._bar(f"{name} at {spec.input_size[0]} px", steps),
+                     checkpoint=self._checkpoint(_deploy_phase(name)))
         self.run.write_spec(f"{name}.yaml", spec)
         self.run.save_state(f"{name}.pt", model.state_dict())
         onnx_path = self.run.path / f"{name}.onnx"
@@ -529,14 +541,22 @@ class Searcher:
                 finetune(model, data, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
                          seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
                          device=self.torch_device,
-                         progress=self._bar(f"baseline {name}", steps))
+                         progress=self._bar(f"baseline {name}", steps),
+                         checkpoint=self._checkpoint(f"baseline-{name}"))
                 record = {"type": "baseline", "name": name, "knob": found.knob,
                           **found.resources, "steps": steps,
                           **self._finish(model, found.spec, f"baselines/{name}", data)}
             self.run.append(record)
+            for phase in (f"baseline-{name}", _deploy_phase(f"baselines/{name}")):
+                self._checkpoint(phase).remove()
         self.run.write_csv()
         self._plot()
         return [r for r in self.run.records() if r["type"] == "baseline"]
+
+    def _checkpoint(self, phase: str) -> Checkpoint:
+        """The progress file of a long training phase (removed once its record is in the
+        journal; until then a resumed run continues the phase from it)."""
+        return Checkpoint(self.run.path / "checkpoints" / f"{phase}.pt")
 
     # ------------------------------------------------------------------ output
 

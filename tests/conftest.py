@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from netadapt.cost import count_macs, count_params
 from netadapt.spec import NetworkSpec, spec_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,3 +98,20 @@ def randomize_(model: torch.nn.Module, input_size: tuple[int, int] = (32, 32),
         for bn in bns:
             bn.momentum = 0.01
     return model.eval()
+
+
+# ------------------------------------------------------------ fakes shared by test modules
+
+
+def fake_ms(spec) -> float:
+    """Latency that grows with MACs, plus a per-block overhead: monotone enough."""
+    return count_macs(spec) / 1e5 + 0.05 * len(spec.blocks)
+
+
+def fake_accuracy(spec) -> float:
+    """More parameters, more accuracy; deterministic."""
+    return 1.0 - 1.0 / (1.0 + count_params(spec) / 1e4)
+
+
+def evaluate(iteration, spec, group) -> float:
+    return fake_accuracy(spec)

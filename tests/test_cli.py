@@ -114,3 +114,21 @@ def test_bad_search_options_are_refused_before_any_work(tmp_path, args, fragment
 def test_resuming_something_that_is_not_a_run_is_refused(tmp_path):
     assert_one_line_error(run("search", "--resume", str(tmp_path)),
                           "not a netadapt run directory")
+
+
+def test_search_out_naming_an_existing_file_is_refused_and_the_file_kept(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert_one_line_error(run("search", "--budget", "20ms", "--out", str(tmp_path / "notes.txt")),
+                          "is a file, not a run directory")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("folder", "is a directory; name the ONNX file"),
+    ("/proc/m.onnx", "cannot write in /proc"),
+])
+def test_export_to_an_unwritable_output_gives_one_line(tiny_spec, tmp_path, target, fragment):
+    save_spec(tiny_spec, tmp_path / "s.yaml")
+    (tmp_path / "folder").mkdir()
+    out = target if target.startswith("/") else str(tmp_path / target)
+    assert_one_line_error(run("export", str(tmp_path / "s.yaml"), "-o", out), fragment)
