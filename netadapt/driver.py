@@ -26,6 +26,7 @@ from .checkpoint import Checkpoint
 from .errors import NetadaptError
 from .model import build_model, check_state_dict, read_state_dict
 from .prune import inherit_weights
+from .resources import default_spec
 from .rundir import RunDir, iteration_name, proposal_name
 from .search import (
     CRITERIA,
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 CLASSIFIER_FIT_STEPS = 200  # a classifier for another class count, before the search
 DEPLOY_SEED = -2  # the "iteration" whose seed every deployed-size phase shares
 BN_BATCHES = 4  # batches that re-estimate BN statistics before a proposal is scored
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "mobilenetv3_large.yaml"
+DEFAULT_SPEC = default_spec()  # shipped (in the wheel, or the checkout's configs/)
 
 
 @dataclass(frozen=True)

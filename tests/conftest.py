@@ -42,17 +42,23 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True, scope="session")
-def private_seed_cache(tmp_path_factory):
-    """Seeds trained by the tests go to a cache of their own, never the user's."""
+def private_user_dirs(tmp_path_factory):
+    """Seeds trained by the tests go to a cache of their own, and the user's own device
+    profiles and tables (netadapt/resources.py) are an empty folder: tests see only the
+    shipped files, and never write where the user keeps theirs."""
     import os
 
-    saved = os.environ.get("NETADAPT_CACHE")
+    names = ("NETADAPT_CACHE", "NETADAPT_HOME", "NETADAPT_ROOT")
+    saved = {name: os.environ.get(name) for name in names}
     os.environ["NETADAPT_CACHE"] = str(tmp_path_factory.mktemp("seed-cache"))
+    os.environ["NETADAPT_HOME"] = str(tmp_path_factory.mktemp("netadapt-home"))
+    os.environ.pop("NETADAPT_ROOT", None)
     yield
-    if saved is None:
-        os.environ.pop("NETADAPT_CACHE", None)
-    else:
-        os.environ["NETADAPT_CACHE"] = saved
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture
