@@ -163,6 +163,17 @@ def _deploy_phase(name: str) -> str:
     return "deploy-" + name.replace("/", "-")
 
 
+def _phases_of(record: dict[str, Any]) -> list[str]:
+    """The checkpointed phases whose result ``record`` is (none for most records)."""
+    if record["type"] == "seed":
+        return ["seed"]
+    if record["type"] == "final":
+        return ["long_term", _deploy_phase("best")]
+    if record["type"] == "baseline":
+        return [f"baseline-{record['name']}", _deploy_phase(f"baselines/{record['name']}")]
+    return []
+
+
 def correct_name(weights: str) -> str:
     """Where the per-holdout-image correctness of a proposal's weights is kept."""
     return weights.removesuffix(".pt") + ".correct.pt"
@@ -231,6 +242,9 @@ class Searcher:
     def run_all(self) -> SearchResult:
         started = time.time()
         records = self.run.records()
+        for record in records:  # left by a kill between a record and the clean-up
+            for phase in _phases_of(record):
+                self._checkpoint(phase).remove()
         seed_record = next((r for r in records if r["type"] == "seed"), None)
         if seed_record is None:
             seed_record = self._prepare_seed()
@@ -287,8 +301,7 @@ class Searcher:
                   else cfg.seed_steps, "notes": notes, "accuracy_protocol": "BN re-estimated",
                   "holdout_px": self.data.resolution,
                   **resources_of(self.seed_spec, self.predict_ms)}
-        self.run.append(record)
-        self._checkpoint("seed").remove()
+        self._record(record)
         return record
 
     def _seed_recipe(self) -> dict[str, Any]:
@@ -450,9 +463,7 @@ class Searcher:
             "seed_test_px": self.data.resolution,
             "budgets_met": not unmet(resources, self.budgets),
         }
-        self.run.append(record)
-        for phase in ("long_term", "deploy-best"):
-            self._checkpoint(phase).remove()
+        self._record(record)
         return record
 
     def deploy_steps(self, spec: NetworkSpec, data: Data) -> int:
@@ -547,12 +558,16 @@ class Searcher:
                 record = {"type": "baseline", "name": name, "knob": found.knob,
                           **found.resources, "steps": steps,
                           **self._finish(model, found.spec, f"baselines/{name}", data)}
-            self.run.append(record)
-            for phase in (f"baseline-{name}", _deploy_phase(f"baselines/{name}")):
-                self._checkpoint(phase).remove()
+            self._record(record)
         self.run.write_csv()
         self._plot()
         return [r for r in self.run.records() if r["type"] == "baseline"]
+
+    def _record(self, record: dict[str, Any]) -> None:
+        """Journal the result of a phase, then drop the phase's checkpoints."""
+        self.run.append(record)
+        for phase in _phases_of(record):
+            self._checkpoint(phase).remove()
 
     def _checkpoint(self, phase: str) -> Checkpoint:
         """The progress file of a long training phase (removed once its record is in the

@@ -10,7 +10,8 @@ too), sends SIGKILL at a moment drawn uniformly over the uninterrupted run's wal
 trial passes when best.yaml, best.pt, seed.pt and every baseline's weights equal the
 uninterrupted run's, and the journal records every proposal exactly once (none trained
 twice) and as many as the uninterrupted run. A kill that comes after the run finished is
-not counted; another moment is drawn. Long phases checkpoint every 0.5 s here
+not counted; another moment is drawn (over that run's duration: the machine's speed
+drifts with other work). Long phases checkpoint every 0.5 s here
 (NETADAPT_CHECKPOINT_SECONDS), so kills also land between checkpoints.
 
 The search is tests/test_driver.py's tiny one (3-block spec, a generated 3-class IDX
@@ -157,6 +158,7 @@ def main() -> None:
         for old in (run, cache):
             shutil.rmtree(old, ignore_errors=True)
         moment = rng.uniform(startup, total)
+        began = time.monotonic()
         proc = start(run, config, cache, go)
         try:
             out, _ = proc.communicate(timeout=moment)
@@ -166,8 +168,11 @@ def main() -> None:
         marks = [line[6:] for line in out.splitlines() if line.startswith("phase ")]
         if proc.returncode != -signal.SIGKILL or not (run / "config.json").exists() \
                 or "done" in marks:
-            print(f"  moment {moment:.1f} s: the run was not killed (rc {proc.returncode}); "
-                  f"drawing another")
+            # The machine got faster (other work stopped): the run finished first. Draw
+            # the next moment over this run's duration.
+            total = min(total, time.monotonic() - began)
+            print(f"  moment {moment:.1f} s: the run had finished (rc {proc.returncode}); "
+                  f"drawing another over {total:.1f} s")
             continue
         phase = marks[-1] if marks else "start-up"
         if "baselines" in marks:  # a baseline's deploy-size phase is still the baselines'

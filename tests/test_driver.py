@@ -86,6 +86,20 @@ def test_a_search_leaves_a_complete_run_directory(setup):
         + config.long_term_steps
 
 
+def test_checkpoints_of_recorded_phases_are_dropped_on_resume(setup, tmp_path):
+    """A kill between a phase's journal record and the removal of its checkpoint."""
+    import shutil
+
+    root, _ = setup
+    run = tmp_path / "run"
+    shutil.copytree(root / "full", run)
+    (run / "checkpoints").mkdir(exist_ok=True)
+    for phase in ("seed", "long_term", "deploy-best"):
+        (run / "checkpoints" / f"{phase}.pt").write_bytes(b"stale")
+    resume_search(run, predict_ms=fake_ms, progress=False)
+    assert not list((run / "checkpoints").iterdir())
+
+
 def test_an_interrupted_search_resumes_to_the_same_result(setup, monkeypatch):
     tmp_path, config = setup
     from netadapt import driver
