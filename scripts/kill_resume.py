@@ -5,13 +5,13 @@ never interrupted.
     python scripts/kill_resume.py --trials 5 --seed 1 --out runs/kill-resume
 
 A trial starts the search in a fresh process (an empty seed cache, so the seed is trained
-too), sends SIGKILL at a moment drawn uniformly over the uninterrupted run's wall time
-(after its start-up), then resumes it (`resume_search`, a new process) to the end. The
-trial passes when best.yaml, best.pt, seed.pt and every baseline's weights equal the
-uninterrupted run's, and the journal records every proposal exactly once (none trained
-twice) and as many as the uninterrupted run. A kill that comes after the run finished is
-not counted; another moment is drawn (over that run's duration: the machine's speed
-drifts with other work). Long phases checkpoint every 0.5 s here
+too), sends SIGKILL at a moment drawn uniformly over the run's wall time after its
+start-up, then resumes it (`resume_search`, a new process) to the end. The trial passes
+when best.yaml, best.pt, seed.pt and every baseline's weights equal the uninterrupted
+run's, and the journal records every proposal exactly once (none trained twice) and as
+many as the uninterrupted run. The wall time is the latest one seen (the machine's speed
+drifts with other work); a kill that comes after the run finished is not counted, and
+another moment is drawn. Long phases checkpoint every 0.5 s here
 (NETADAPT_CHECKPOINT_SECONDS), so kills also land between checkpoints.
 
 The search is tests/test_driver.py's tiny one (3-block spec, a generated 3-class IDX
@@ -157,7 +157,7 @@ def main() -> None:
         cache = folder / f"cache-{trial:02d}"
         for old in (run, cache):
             shutil.rmtree(old, ignore_errors=True)
-        moment = rng.uniform(startup, total)
+        moment = startup + rng.random() * (total - startup)
         began = time.monotonic()
         proc = start(run, config, cache, go)
         try:
@@ -170,7 +170,7 @@ def main() -> None:
                 or "done" in marks:
             # The machine got faster (other work stopped): the run finished first. Draw
             # the next moment over this run's duration.
-            total = min(total, time.monotonic() - began)
+            total = time.monotonic() - began
             print(f"  moment {moment:.1f} s: the run had finished (rc {proc.returncode}); "
                   f"drawing another over {total:.1f} s")
             continue
@@ -178,8 +178,12 @@ def main() -> None:
         if "baselines" in marks:  # a baseline's deploy-size phase is still the baselines'
             phase = "baselines"
         phases[phase] += 1
+        resumed_at = time.monotonic()
         resumed = start(run, None, cache, go)
         _, err = resumed.communicate()
+        # The machine's speed drifts with other work: the next moment is drawn over the
+        # duration this trial suggests (killed part + resumed part, one start-up).
+        total = moment + time.monotonic() - resumed_at - startup
         if resumed.returncode != 0:
             print(f"trial {trial}: killed at {moment:.1f} s in {phase}; resume FAILED:\n{err}")
             trial += 1
