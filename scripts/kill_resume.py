@@ -56,7 +56,10 @@ from tests.conftest import fake_ms
 def marked(name, method):
     def wrapper(self, *args, **kwargs):
         print("phase", name, flush=True)
-        return method(self, *args, **kwargs)
+        result = method(self, *args, **kwargs)
+        if name == "promotion":  # back to the next iteration's proposals
+            print("phase proposals", flush=True)
+        return result
     return wrapper
 
 for name, method in (("seed training", "_prepare_seed"), ("proposals", "_loop"),
