@@ -42,7 +42,7 @@ def command(fn: F) -> F:
 
 
 SpecArg = Annotated[Path, typer.Argument(
-    help="Network spec (YAML), e.g. configs/mobilenetv3_large.yaml")]
+    help="Network spec (YAML), e.g. my.yaml, or a shipped one by name: mobilenetv3_large")]
 
 
 @contextlib.contextmanager
@@ -72,7 +72,8 @@ def search(
         "--budget", "-b", help="Repeatable: 20ms | 60% (of the seed's latency) | "
         "params=2M | macs=100M | params=50%")] = None,
     spec: Annotated[Path | None, typer.Option(
-        help="Seed spec [default: configs/mobilenetv3_large.yaml]")] = None,
+        help="Seed spec: a YAML file or a shipped name (mobilenetv3_small) "
+        "[default: mobilenetv3_large]")] = None,
     weights: Annotated[str | None, typer.Option(
         help="Seed weights: netadapt or torchvision state_dict (.pt); without, the seed "
         "is trained first for --seed-steps")] = None,
@@ -356,7 +357,7 @@ def profile(
     device: DeviceOpt,
     spec: Annotated[list[Path] | None, typer.Option(
         help="Seed spec(s) whose every reachable width the table must cover (repeatable) "
-        "[default: configs/mobilenetv3_large.yaml]")] = None,
+        "[default: mobilenetv3_large, shipped]")] = None,
     validate: Annotated[int, typer.Option(
         help="Instead of profiling: measure N random reduced variants of each --spec end "
         "to end and report the table's error (saved beside the table)", min=0)] = 0,
@@ -384,6 +385,7 @@ def profile(
     """Build or extend a device's latency table (resumable), or validate it."""
     from .latency import load_device, load_table
     from .latency import profile as prof
+    from .resources import default_spec
     from .spec import load_spec
 
     dev = load_device(device)
@@ -396,7 +398,7 @@ def profile(
     if estimate_from is not None:
         _estimate(dev, estimate_from)
         return
-    paths = spec or [Path("configs/mobilenetv3_large.yaml")]
+    paths = spec or [default_spec()]
     seeds = [load_spec(p) for p in paths]
     sizes = input_size or []
     try:
@@ -427,9 +429,9 @@ def profile(
         result = prof.profile(dev, seeds, fresh=fresh, input_sizes=sizes,
                               multiplier_sizes=extra, recalibrate=recalibrate)
     except KeyboardInterrupt:
-        typer.secho(f"interrupted: measured entries are saved in latency_tables/{device}/"
-                    f"journal.csv; run the same command to continue", fg=typer.colors.YELLOW,
-                    err=True)
+        typer.secho(f"interrupted: measured entries are saved in "
+                    f"{prof.table_paths(device)[0].parent / 'journal.csv'}; run the same "
+                    f"command to continue", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
     typer.echo(f"{device}: {result.rows:,} entries ({result.measured:,} timed this run, "
                f"{result.remeasured:,} of them repeats of noisy entries) in "

@@ -22,9 +22,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .checkpoint import Checkpoint
 from .errors import NetadaptError
 from .model import build_model, check_state_dict, read_state_dict
 from .prune import inherit_weights
+from .resources import default_spec
 from .rundir import RunDir, iteration_name, proposal_name
 from .search import (
     CRITERIA,
@@ -49,7 +51,7 @@ CLASSIFIER_FIT_STEPS = 200  # a classifier for another class count, before the s
 DEPLOY_SEED = -2  # the "iteration" whose seed every deployed-size phase shares
 BN_BATCHES = 4  # batches that re-estimate BN statistics before a proposal is scored
 CLASSIFIER_RESOLUTION = 32  # --resolution's default for a classifier
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "mobilenetv3_large.yaml"
+DEFAULT_SPEC = default_spec()  # shipped (in the wheel, or the checkout's configs/)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,22 @@ def _iteration_seed(seed: int, iteration: int) -> int:
 LONG_TERM_SEED = -1  # the "iteration" whose seed the long-term fine-tunes share
 
 
+def _deploy_phase(name: str) -> str:
+    """The checkpoint name of network ``name``'s training at its deployed input size."""
+    return "deploy-" + name.replace("/", "-")
+
+
+def _phases_of(record: dict[str, Any]) -> list[str]:
+    """The checkpointed phases whose result ``record`` is (none for most records)."""
+    if record["type"] == "seed":
+        return ["seed"]
+    if record["type"] == "final":
+        return ["long_term", _deploy_phase("best")]
+    if record["type"] == "baseline":
+        return [f"baseline-{record['name']}", _deploy_phase(f"baselines/{record['name']}")]
+    return []
+
+
 def correct_name(weights: str) -> str:
     """Where the per-holdout-image correctness of a proposal's weights is kept."""
     return weights.removesuffix(".pt") + ".correct.pt"
@@ -243,6 +261,9 @@ class Searcher:
     def run_all(self) -> SearchResult:
         started = time.time()
         records = self.run.records()
+        for record in records:  # left by a kill between a record and the clean-up
+            for phase in _phases_of(record):
+                self._checkpoint(phase).remove()
         seed_record = next((r for r in records if r["type"] == "seed"), None)
         if seed_record is None:
             seed_record = self._prepare_seed()
@@ -282,7 +303,8 @@ class Searcher:
                 trained = train_seed(self.seed_spec, self.data, steps=cfg.seed_steps,
                                      lr=cfg.lr * 5, batch_size=cfg.batch_size, seed=cfg.seed,
                                      device=self.torch_device,
-                                     progress=self._bar("train seed", cfg.seed_steps))
+                                     progress=self._bar("train seed", cfg.seed_steps),
+                                     checkpoint=self._checkpoint("seed"))
                 return {k: v.cpu() for k, v in trained.state_dict().items()}
 
             state, path, hit = cached_seed(self._seed_recipe(), train)
@@ -301,7 +323,7 @@ class Searcher:
                   "metric": self.metric, **extra,
                   "holdout_px": self.data.resolution,
                   **resources_of(self.seed_spec, self.predict_ms)}
-        self.run.append(record)
+        self._record(record)
         return record
 
     def _seed_recipe(self) -> dict[str, Any]:
@@ -451,7 +473,8 @@ class Searcher:
         finetune(model, self.data, steps=cfg.long_term_steps, lr=cfg.lr,
                  batch_size=cfg.batch_size, seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
                  device=self.torch_device,
-                 progress=self._bar("long-term fine-tune", cfg.long_term_steps))
+                 progress=self._bar("long-term fine-tune", cfg.long_term_steps),
+                 checkpoint=self._checkpoint("long_term"))
         seed_model = build_model(self.seed_spec)
         seed_model.load_state_dict(read_state_dict(self.run.path / "seed.pt"))
         resources = resources_of(spec, self.predict_ms)
@@ -465,7 +488,7 @@ class Searcher:
             "seed_test_px": self.data.resolution,
             "budgets_met": not unmet(resources, self.budgets),
         }
-        self.run.append(record)
+        self._record(record)
         return record
 
     def deploy_steps(self, spec: NetworkSpec, data: Data) -> int:
@@ -491,7 +514,8 @@ class Searcher:
         if steps:
             finetune(model, deployed, steps, lr=cfg.deploy_lr, batch_size=cfg.deploy_batch_size,
                      seed=_iteration_seed(cfg.seed, DEPLOY_SEED), device=self.torch_device,
-                     progress=self._bar(f"{name} at {spec.input_size[0]} px", steps))
+                     progress=self._bar(f"{name} at {spec.input_size[0]} px", steps),
+                     checkpoint=self._checkpoint(_deploy_phase(name)))
         self.run.write_spec(f"{name}.yaml", spec)
         self.run.save_state(f"{name}.pt", model.state_dict())
         onnx_path = self.run.path / f"{name}.onnx"
@@ -556,14 +580,26 @@ class Searcher:
                 finetune(model, data, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
                          seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
                          device=self.torch_device,
-                         progress=self._bar(f"baseline {name}", steps))
+                         progress=self._bar(f"baseline {name}", steps),
+                         checkpoint=self._checkpoint(f"baseline-{name}"))
                 record = {"type": "baseline", "name": name, "knob": found.knob,
                           **found.resources, "steps": steps,
                           **self._finish(model, found.spec, f"baselines/{name}", data)}
-            self.run.append(record)
+            self._record(record)
         self.run.write_csv()
         self._plot()
         return [r for r in self.run.records() if r["type"] == "baseline"]
+
+    def _record(self, record: dict[str, Any]) -> None:
+        """Journal the result of a phase, then drop the phase's checkpoints."""
+        self.run.append(record)
+        for phase in _phases_of(record):
+            self._checkpoint(phase).remove()
+
+    def _checkpoint(self, phase: str) -> Checkpoint:
+        """The progress file of a long training phase (removed once its record is in the
+        journal; until then a resumed run continues the phase from it)."""
+        return Checkpoint(self.run.path / "checkpoints" / f"{phase}.pt")
 
     # ------------------------------------------------------------------ output
 

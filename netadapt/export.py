@@ -89,11 +89,18 @@ def export_onnx(model: nn.Module, spec: NetworkSpec, path: str | os.PathLike[str
     path = Path(path)
     if not path.parent.is_dir():
         raise ExportError(f"{path}: directory {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise ExportError(f"{path} is a directory; name the ONNX file, e.g. "
+                          f"-o {path / 'model.onnx'}")
     model = model.cpu().eval()
     shape = (1, spec.in_channels, *spec.input_size)
     axes = {0: "batch", 2: "height", 3: "width"} if spec.task == "segmentation" else \
         {0: "batch"}
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot write in {path.parent} ({exc.strerror}); pick "
+                          f"another -o") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:

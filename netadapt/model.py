@@ -195,8 +195,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise WeightsError(f"{path}: weights file not found") from None
     except Exception as exc:  # torch raises many types for corrupt / foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a readable PyTorch weights file ({first})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if len(first) < 12:  # e.g. a text file gives KeyError('105'): name the type too
+            first = f"{type(exc).__name__} {first}".strip()
+        raise WeightsError(f"{path}: not a readable PyTorch weights file ({first}); pass a "
+                           f"state_dict saved with torch.save") from None
     if isinstance(data, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(data.get(key), Mapping):

@@ -7,6 +7,8 @@
       seed.yaml, seed.pt     the seed network (trained here when no weights were given)
       iterations/iter_NNN.yaml, .pt   the network chosen by each iteration
       proposals/iter_NNN/    weights of the running iteration's finished proposals
+      checkpoints/PHASE.pt   progress of a running long phase (seed, long-term, deploy,
+                             baseline training); removed once the phase is recorded
       best.yaml, best.pt     the result, after the long-term fine-tune
       accuracy_vs_latency.png
 
@@ -62,6 +64,9 @@ class RunDir:
     @classmethod
     def create(cls, path: Path, config: dict[str, Any]) -> RunDir:
         """A new run directory holding ``config``; refuses to reuse a non-empty one."""
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--out {path} is a file, not a run directory; pick another --out "
+                           f"(the file is left as it is)")
         if path.exists() and any(path.iterdir()):
             raise RunError(f"{path} already exists and is not empty; resume it with "
                            f"`netadapt search --resume {path}` or pick another --out")

@@ -378,8 +378,13 @@ def loads_spec(text: str, source: str = "spec") -> NetworkSpec:
 
 
 def load_spec(path: str | os.PathLike[str]) -> NetworkSpec:
-    """Read a spec YAML file."""
+    """Read a spec YAML file. A bare name that is no file here (``mobilenetv3_small``)
+    means that spec among the user's or the shipped configs (netadapt/resources.py)."""
+    from .resources import find_config
+
     path = Path(path)
+    if not path.exists() and path.parent == Path("."):
+        path = find_config(path.name) or path
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -7,7 +7,6 @@ checkpoint ends with exactly the weights of an uninterrupted one (on CPU).
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from collections.abc import Callable, Collection, Iterator
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import Checkpoint
 from .data import Data, Split
 from .errors import TrainError
 from .model import build_model
@@ -43,21 +43,26 @@ def finetune(model: nn.Module, data: Data, steps: int, *, lr: float = 0.02,
              weight_decay: float = 4e-5, schedule: str = "cosine", warmup_steps: int = 0,
              label_smoothing: float = 0.0, amp: bool = True,
              progress: Progress | None = None,
-             checkpoint: Callable[[dict[str, Any]], None] | None = None,
-             checkpoint_every: int = 0, resume: dict[str, Any] | None = None) -> nn.Module:
+             checkpoint: Checkpoint | None = None) -> nn.Module:
     """Train ``model`` in place for ``steps`` steps on ``data.train``; return it in eval mode.
 
     SGD (momentum 0.9, Nesterov) or AdamW; the LR follows ``schedule`` after a linear
     warm-up. BN momentum is ``bn_momentum`` during training and restored afterwards
     (``None`` keeps the model's own). Mixed precision (``amp``) applies on CUDA only.
-    ``checkpoint`` receives a resumable state every ``checkpoint_every`` steps; pass one
-    back as ``resume`` to continue from it with identical results.
+    With a ``checkpoint``, progress is saved there now and then and after the last step,
+    and a call finding a checkpoint of the same settings continues from it: the result
+    is bit-identical to an uninterrupted call (on CPU; netadapt/checkpoint.py says why).
     """
     _check_options(steps, lr, batch_size, optimizer, schedule, label_smoothing)
     device = _device(device)
     model.to(device)
     opt = _optimizer(model, optimizer, lr, weight_decay)
     autocast, scaler = _mixed_precision(device, amp)
+    settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+                "optimizer": optimizer, "weight_decay": weight_decay, "schedule": schedule,
+                "warmup_steps": warmup_steps, "label_smoothing": label_smoothing,
+                "bn_momentum": bn_momentum}
+    resume = checkpoint.load(settings) if checkpoint is not None else None
     start = 0
     if resume is not None:
         start = int(resume["step"])
@@ -89,15 +94,13 @@ def finetune(model: nn.Module, data: Data, steps: int, *, lr: float = 0.02,
             else:
                 loss.backward()
                 opt.step()
+            if checkpoint is not None and checkpoint.due(step + 1, steps):
+                checkpoint.save({"step": step + 1, "model": model.state_dict(),
+                                 "optimizer": opt.state_dict(),
+                                 "scaler": scaler.state_dict() if scaler is not None else None},
+                                settings)
             if progress is not None:
                 progress(step + 1, float(loss.detach()))
-            if checkpoint is not None and checkpoint_every > 0 \
-                    and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-                # A deep copy: the live tensors keep changing after the callback returns.
-                checkpoint(copy.deepcopy({
-                    "step": step + 1, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None}))
     return model.eval()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from netadapt.cost import count_macs, count_params
 from netadapt.spec import NetworkSpec, spec_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,17 +42,23 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True, scope="session")
-def private_seed_cache(tmp_path_factory):
-    """Seeds trained by the tests go to a cache of their own, never the user's."""
+def private_user_dirs(tmp_path_factory):
+    """Seeds trained by the tests go to a cache of their own, and the user's own device
+    profiles and tables (netadapt/resources.py) are an empty folder: tests see only the
+    shipped files, and never write where the user keeps theirs."""
     import os
 
-    saved = os.environ.get("NETADAPT_CACHE")
+    names = ("NETADAPT_CACHE", "NETADAPT_HOME", "NETADAPT_ROOT")
+    saved = {name: os.environ.get(name) for name in names}
     os.environ["NETADAPT_CACHE"] = str(tmp_path_factory.mktemp("seed-cache"))
+    os.environ["NETADAPT_HOME"] = str(tmp_path_factory.mktemp("netadapt-home"))
+    os.environ.pop("NETADAPT_ROOT", None)
     yield
-    if saved is None:
-        os.environ.pop("NETADAPT_CACHE", None)
-    else:
-        os.environ["NETADAPT_CACHE"] = saved
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture
@@ -97,3 +104,20 @@ def randomize_(model: torch.nn.Module, input_size: tuple[int, int] = (32, 32),
         for bn in bns:
             bn.momentum = 0.01
     return model.eval()
+
+
+# ------------------------------------------------------------ fakes shared by test modules
+
+
+def fake_ms(spec) -> float:
+    """Latency that grows with MACs, plus a per-block overhead: monotone enough."""
+    return count_macs(spec) / 1e5 + 0.05 * len(spec.blocks)
+
+
+def fake_accuracy(spec) -> float:
+    """More parameters, more accuracy; deterministic."""
+    return 1.0 - 1.0 / (1.0 + count_params(spec) / 1e4)
+
+
+def evaluate(iteration, spec, group) -> float:
+    return fake_accuracy(spec)

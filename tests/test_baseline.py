@@ -8,8 +8,7 @@ from netadapt.baseline import resolution, uniform_pruning, width_multiplier
 from netadapt.search import Budget
 from netadapt.spec import load_spec
 
-from .conftest import CONFIGS
-from .test_search import fake_ms
+from .conftest import CONFIGS, fake_ms
 
 LARGE = load_spec(CONFIGS / "mobilenetv3_large.yaml")
 BUDGET = [Budget("latency_ms", fake_ms(LARGE) * 0.5)]

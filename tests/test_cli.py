@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,103 @@ def test_bad_search_options_are_refused_before_any_work(tmp_path, args, fragment
 def test_resuming_something_that_is_not_a_run_is_refused(tmp_path):
     assert_one_line_error(run("search", "--resume", str(tmp_path)),
                           "not a netadapt run directory")
+
+
+def test_search_out_naming_an_existing_file_is_refused_and_the_file_kept(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert_one_line_error(run("search", "--budget", "20ms", "--out", str(tmp_path / "notes.txt")),
+                          "is a file, not a run directory")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("folder", "is a directory; name the ONNX file"),
+    ("/proc/m.onnx", "cannot write in /proc"),
+])
+def test_export_to_an_unwritable_output_gives_one_line(tiny_spec, tmp_path, target, fragment):
+    save_spec(tiny_spec, tmp_path / "s.yaml")
+    (tmp_path / "folder").mkdir()
+    out = target if target.startswith("/") else str(tmp_path / target)
+    assert_one_line_error(run("export", str(tmp_path / "s.yaml"), "-o", out), fragment)
+
+
+# ------------------------------------------------ what `search` hands the engine
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    """start_search / resume_search replaced by recorders that return a finished run."""
+    from netadapt import driver
+    from netadapt.rundir import RunDir
+
+    calls: dict = {}
+
+    def finished(path):
+        if not (path / "config.json").exists():
+            RunDir.create(path, {"latency_table": "fake"})
+        resources = {"latency_ms": 10.0, "params": 1e6, "macs": 1e8}
+        return driver.SearchResult(
+            path, {**resources, "accuracy": 0.9},
+            {**resources, "accuracy": 0.8, "seed_test_accuracy": 0.9, "test_accuracy": 0.8,
+             "budgets_met": True}, iterations=2)
+
+    def start_search(config, out, **kwargs):
+        calls["start"] = (config, out)
+        return finished(out)
+
+    def resume_search(path, **kwargs):
+        calls["resume"] = path
+        return finished(path)
+
+    monkeypatch.setattr(driver, "start_search", start_search)
+    monkeypatch.setattr(driver, "resume_search", resume_search)
+    return calls
+
+
+def test_search_flags_reach_the_engine_as_a_search_config(engine, tmp_path):
+    from netadapt.driver import SearchConfig
+
+    result = run("search", "--budget", "20ms", "-b", "params=2M", "--spec", "my.yaml",
+                 "--weights", "w.pt", "--device", "local-ref", "--data", "/data/x",
+                 "--criterion", "slope", "--schedule", "decay", "--step", "0.02",
+                 "--short-term-steps", "7", "--long-term-steps", "9", "--deploy-steps", "3",
+                 "--seed-steps", "11", "--resolution", "24", "--batch-size", "8", "--lr", "0.5",
+                 "--holdout", "100", "--seed", "3", "--torch-device", "cpu", "--threads", "2",
+                 "--compare", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert "resume" not in engine
+    assert engine["start"] == (SearchConfig(
+        budgets=("20ms", "params=2M"), spec="my.yaml", weights="w.pt", device="local-ref",
+        data="/data/x", criterion="slope", schedule="decay", step=0.02, short_term_steps=7,
+        long_term_steps=9, deploy_steps=3, seed_steps=11, resolution=24, batch_size=8,
+        lr=0.5, holdout=100, seed=3, torch_device="cpu", threads=2, compare=True),
+        tmp_path / "run")
+
+
+def test_search_with_only_a_budget_uses_the_defaults_and_names_the_run(engine, tmp_path,
+                                                                        monkeypatch):
+    from netadapt.driver import SearchConfig
+
+    monkeypatch.chdir(tmp_path)
+    result = run("search", "--budget", "60%")
+    assert result.exit_code == 0, result.output
+    config, out = engine["start"]
+    assert config == SearchConfig(budgets=("60%",))
+    assert out.parent == Path("runs") and out.name.startswith("mobilenetv3_large-60pct-")
+
+
+def test_a_preset_sets_its_values_and_given_flags_override_them(engine, tmp_path):
+    from netadapt.cli import PRESETS
+    from netadapt.driver import SearchConfig
+
+    result = run("search", "--budget", "20ms", "--preset", "paper", "--weights", "w.pt",
+                 "--short-term-steps", "500", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert engine["start"][0] == SearchConfig(
+        budgets=("20ms",), weights="w.pt", **{**PRESETS["paper"], "short_term_steps": 500})
+
+
+def test_resume_hands_the_run_directory_to_the_engine_and_nothing_else(engine, tmp_path):
+    result = run("search", "--resume", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert engine == {"resume": tmp_path / "run"}

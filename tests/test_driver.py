@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,11 @@ import pytest
 import torch
 import yaml
 
-from netadapt.driver import SearchConfig, resume_search, start_search
+from netadapt.driver import SearchConfig, baselines_for_run, resume_search, start_search
 from netadapt.model import build_model, load_weights
 from netadapt.spec import load_spec
 
-from .conftest import CONFIGS, TINY
-from .test_search import fake_ms
+from .conftest import CONFIGS, TINY, fake_ms
 
 
 def write_idx(directory: Path, n_train: int = 240, n_test: int = 80, seed: int = 0) -> Path:
@@ -88,6 +86,20 @@ def test_a_search_leaves_a_complete_run_directory(setup):
         + config.long_term_steps
 
 
+def test_checkpoints_of_recorded_phases_are_dropped_on_resume(setup, tmp_path):
+    """A kill between a phase's journal record and the removal of its checkpoint."""
+    import shutil
+
+    root, _ = setup
+    run = tmp_path / "run"
+    shutil.copytree(root / "full", run)
+    (run / "checkpoints").mkdir(exist_ok=True)
+    for phase in ("seed", "long_term", "deploy-best"):
+        (run / "checkpoints" / f"{phase}.pt").write_bytes(b"stale")
+    resume_search(run, predict_ms=fake_ms, progress=False)
+    assert not list((run / "checkpoints").iterdir())
+
+
 def test_an_interrupted_search_resumes_to_the_same_result(setup, monkeypatch):
     tmp_path, config = setup
     from netadapt import driver
@@ -112,45 +124,116 @@ def test_an_interrupted_search_resumes_to_the_same_result(setup, monkeypatch):
     assert all(torch.equal(full[k], cut[k]) for k in full)
 
 
-def test_kill_dash_nine_at_a_random_moment_then_resume(setup):
-    tmp_path, config = setup
-    script = tmp_path / "go.py"
-    script.write_text(
-        "import json, sys\n"
-        "from pathlib import Path\n"
-        "from netadapt.driver import SearchConfig, resume_search, start_search\n"
-        "from tests.test_search import fake_ms\n"
-        f"config = SearchConfig.from_json(json.loads({json.dumps(json.dumps(config.to_json()))}))\n"
-        "run = Path(sys.argv[2])\n"
-        "if sys.argv[1] == 'start':\n"
-        "    start_search(config, run, predict_ms=fake_ms, progress=False)\n"
-        "else:\n"
-        "    resume_search(run, predict_ms=fake_ms, progress=False)\n")
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(script), "start", str(run)], env=env)
-    journal = run / "history.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and journal.read_text().count('"proposal"') >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    subprocess.run([sys.executable, str(script), "resume", str(run)], env=env, check=True)
-    assert (run / "best.yaml").read_text() == (tmp_path / "full" / "best.yaml").read_text()
+@pytest.fixture(scope="module")
+def with_baselines(setup):
+    """The uninterrupted run's baselines (trained once; later calls read the journal)."""
+    tmp_path, _ = setup
+    return baselines_for_run(tmp_path / "full", predict_ms=fake_ms, progress=False)
 
 
-def test_baselines_meet_the_budget_and_sit_beside_the_search(setup):
+def same_weights(a: Path, b: Path) -> bool:
+    x, y = torch.load(a), torch.load(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def journal(run: Path) -> list[dict]:
+    path = run / "history.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+# One run killed in every phase in turn: after the N-th atomic write of a file
+# (files.KILL_ENV), with a checkpoint after every step, so each kill lands mid-phase,
+# deterministically. Phase -> (kill point, what the run holds when the kill landed there:
+# record types not yet journaled, files already written).
+KILL_POINTS: dict[str, tuple[str, set[str], str | None]] = {
+    "seed training": ("checkpoints/seed.pt#3", {"seed"}, "checkpoints/seed.pt"),  # 3 of 6
+    "proposals": (".correct.pt#3", {"iteration"}, None),  # a proposal scored, not saved
+    "promotion": ("iterations/iter_001.yaml", {"iteration"}, "iterations/iter_001.yaml"),
+    "long-term fine-tune": ("checkpoints/long_term.pt#2", {"final"},  # 2 of 4 steps
+                            "checkpoints/long_term.pt"),
+    "deploy-size training": ("checkpoints/deploy-best.pt#2", {"final"},  # 2 of 3 steps
+                             "checkpoints/deploy-best.pt"),
+    "baseline training": ("checkpoints/baseline-uniform_pruning.pt#3",
+                          {"baseline uniform_pruning"},
+                          "checkpoints/baseline-uniform_pruning.pt"),
+}
+GO = """\
+import json, sys
+from pathlib import Path
+from netadapt.checkpoint import Checkpoint
+from netadapt.driver import SearchConfig, resume_search, start_search
+from tests.conftest import fake_ms
+
+load = Checkpoint.load
+def spy(self, settings):  # report which phase continues from which step
+    state = load(self, settings)
+    if state is not None:
+        print("resumed", self.path.name, state["step"], flush=True)
+    return state
+Checkpoint.load = spy
+run = Path(sys.argv[1])
+if run.exists():
+    resume_search(run, predict_ms=fake_ms, progress=False)
+else:
+    config = SearchConfig.from_json(json.loads(sys.argv[2]))
+    start_search(config, run, predict_ms=fake_ms, progress=False)
+"""
+
+
+def test_kill_dash_nine_in_every_phase_then_resume_gives_the_same_result(
+        setup, with_baselines, tmp_path):
+    root, config = setup
+    config = dataclasses.replace(config, compare=True)  # the baselines too
+    full, run = root / "full", tmp_path / "killed"
+    (tmp_path / "go.py").write_text(GO)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "NETADAPT_CHECKPOINT_SECONDS": "0",  # a checkpoint after every step
+           "NETADAPT_CACHE": str(tmp_path / "cache")}  # empty: the seed is trained here
+    resumed_at: str | None = None
+    for phase, (point, not_yet, written) in KILL_POINTS.items():
+        killed = subprocess.run(
+            [sys.executable, str(tmp_path / "go.py"), str(run), json.dumps(config.to_json())],
+            env={**env, "NETADAPT_TEST_KILL_AFTER": point}, timeout=300, capture_output=True,
+            text=True)
+        assert killed.returncode == -signal.SIGKILL, (phase, killed.stderr)
+        recorded = {f"{r['type']} {r.get('name', '')}".strip() for r in journal(run)} \
+            | {r["type"] for r in journal(run)}
+        assert not recorded & not_yet and (written is None or (run / written).is_file()), \
+            (phase, recorded)
+        if resumed_at is not None:  # the phase killed last time went on from its step
+            assert resumed_at in killed.stdout, (phase, killed.stdout)
+        name, _, nth = point.partition("#")
+        resumed_at = f"resumed {Path(name).name} {nth}" if name.startswith("checkpoints/") \
+            else None
+        if phase == "seed training":
+            assert not list((tmp_path / "cache").glob("seeds/*.pt"))  # no partial seed cached
+    finished = subprocess.run(
+        [sys.executable, str(tmp_path / "go.py"), str(run)], env=env, timeout=300,
+        capture_output=True, text=True, check=True)
+    assert resumed_at in finished.stdout
+    assert not list((run / "checkpoints").glob("*.pt"))  # every phase cleaned up
+
+    assert (run / "best.yaml").read_text() == (full / "best.yaml").read_text()
+    assert same_weights(run / "best.pt", full / "best.pt")
+    assert same_weights(run / "seed.pt", full / "seed.pt")
+    for baseline in (r for r in with_baselines if "knob" in r):
+        assert same_weights(run / f"baselines/{baseline['name']}.pt",
+                            full / f"baselines/{baseline['name']}.pt")
+    proposals = [(r["iteration"], r["group"]) for r in journal(run) if r["type"] == "proposal"]
+    assert len(proposals) == len(set(proposals))  # none trained (and recorded) twice
+    assert len(proposals) == sum(r["type"] == "proposal" for r in journal(full))
+
+
+def test_baselines_meet_the_budget_and_sit_beside_the_search(setup, with_baselines):
     from typer.testing import CliRunner
 
     from netadapt.cli import app
-    from netadapt.driver import baselines_for_run, comparison
+    from netadapt.driver import comparison
 
     tmp_path, config = setup
     run = tmp_path / "full"
-    records = baselines_for_run(run, predict_ms=fake_ms, progress=False)
+    records = with_baselines
     budget = float(config.budgets[0][:-2])
     trained = [r for r in records if "knob" in r]
     assert {r["name"] for r in records} == {"width_multiplier", "uniform_pruning", "resolution",

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from netadapt.cli import app
 from netadapt.latency import LatencyTable, load_device, load_table
-from netadapt.latency.devices import ROOT
 from netadapt.latency.estimate import (
     PHONE_TERMS,
     Published,
@@ -24,9 +23,12 @@ from netadapt.latency.estimate import (
     published_points,
 )
 from netadapt.latency.table import COLUMNS, KEY_COLUMNS, required_keys
+from netadapt.resources import shipped_dir
 from netadapt.spec import load_spec
 
 from .conftest import CONFIGS
+
+SHIPPED = shipped_dir()  # configs/ and latency_tables/ as netadapt ships them
 
 TRUE_COEF = np.array([0.18, 13.0, 65.0])  # ms per MMAC, per M SE elements, per M positions
 
@@ -125,14 +127,14 @@ def root(tmp_path, monkeypatch):
     devices = tmp_path / "configs" / "devices"
     devices.mkdir(parents=True)
     (devices / "pixel.yaml").write_text((CONFIGS / "devices" / "pixel.yaml").read_text())
-    monkeypatch.setenv("NETADAPT_ROOT", str(tmp_path))
+    monkeypatch.setenv("NETADAPT_HOME", str(tmp_path))
     return tmp_path
 
 
 # ---------------------------------------------------------------------- shipped pixel
 @pytest.fixture(scope="module")
 def pixel_points():
-    return published_points(load_device("pixel", root=ROOT).published, root=ROOT)
+    return published_points(load_device("pixel", root=SHIPPED).published, root=SHIPPED)
 
 
 def test_width_multiplier_networks_are_the_papers(pixel_points):
@@ -152,7 +154,7 @@ def test_shipped_pixel_estimate_is_within_10pct_of_every_published_point_left_ou
     assert len(pixel_points) == 8
     fit = fit_phone_model(pixel_points)
     assert np.abs(fit.loo_errors).max() < 0.10
-    table = load_table("pixel", root=ROOT)
+    table = load_table("pixel", root=SHIPPED)
     for p in pixel_points:
         assert table.predict_ms(p.spec) == pytest.approx(p.ms, rel=0.05), p.label
     shipped = table.meta["estimate_fit"]
@@ -171,7 +173,7 @@ def test_the_models_macs_are_netadapts_mac_count(pixel_points):
 
 
 def test_shipped_pixel_estimate_is_smaller_for_every_narrower_network():
-    table = load_table("pixel", root=ROOT)
+    table = load_table("pixel", root=SHIPPED)
     large = load_spec(CONFIGS / "mobilenetv3_large.yaml")
     base = table.predict_ms(large)
     for group in large.groups:
@@ -182,8 +184,8 @@ def test_estimate_from_prints_the_fit_and_leave_one_out_errors(root, tmp_path, m
     """The CLI on the shipped local-ref table, writing into a scratch root."""
     import shutil
 
-    shutil.copytree(ROOT / "latency_tables" / "local-ref", root / "latency_tables" / "local-ref")
-    shutil.copytree(ROOT / "configs", root / "configs", dirs_exist_ok=True)
+    shutil.copytree(SHIPPED / "latency_tables" / "local-ref", root / "latency_tables" / "local-ref")
+    shutil.copytree(SHIPPED / "configs", root / "configs", dirs_exist_ok=True)
     result = CliRunner().invoke(app, ["profile", "--device", "pixel", "--estimate-from",
                                       "local-ref"])
     assert result.exit_code == 0, result.output
@@ -204,4 +206,4 @@ def test_a_bad_published_label_names_the_form(root):
     from netadapt.errors import LatencyError
 
     with pytest.raises(LatencyError, match="SPEC.yaml xMULT"):
-        published_points({"configs/mobilenetv3_large.yaml xhalf": 20.0}, root=ROOT)
+        published_points({"configs/mobilenetv3_large.yaml xhalf": 20.0}, root=SHIPPED)

@@ -43,14 +43,14 @@ protocol: {{rounds: 5, warmup: 1, chunk: 64, max_spread: 0.5, attempts: 2,
 
 @pytest.fixture
 def root(tmp_path, monkeypatch):
-    """A checkout-like root with a fast local device, used by the CLI via NETADAPT_ROOT."""
+    """A checkout-like root with a fast local device, used by the CLI via NETADAPT_HOME."""
     devices = tmp_path / "configs" / "devices"
     devices.mkdir(parents=True)
     (devices / "fast.yaml").write_text(FAST.format(name="fast"))
     for name in ("pixel", "rpi4"):
         (devices / f"{name}.yaml").write_text(
             (Path(CONFIGS) / "devices" / f"{name}.yaml").read_text())
-    monkeypatch.setenv("NETADAPT_ROOT", str(tmp_path))
+    monkeypatch.setenv("NETADAPT_HOME", str(tmp_path))
     return tmp_path
 
 
@@ -243,7 +243,7 @@ def test_profile_extends_a_table_with_another_seed(built, tiny_spec, tiny_dict):
 
 
 def built_root() -> Path:
-    return Path(os.environ["NETADAPT_ROOT"])
+    return Path(os.environ["NETADAPT_HOME"])
 
 
 @pytest.mark.parametrize("clock", ["wall", "thread"])
@@ -373,9 +373,9 @@ def test_devices_lists_profiles_and_tables(built):
 # ---------------------------------------------------------------------- shipped tables
 @pytest.fixture(scope="module")
 def shipped():
-    from netadapt.latency.devices import ROOT
+    from netadapt.resources import shipped_dir
 
-    return {name: load_table(name, root=ROOT) for name in ("pixel", "local-ref")}
+    return {name: load_table(name, root=shipped_dir()) for name in ("pixel", "local-ref")}
 
 
 @pytest.mark.parametrize("seed", ["mobilenetv3_large", "mobilenetv3_small"])

@@ -122,7 +122,7 @@ def board(tmp_path_factory):
 @pytest.fixture
 def root(tmp_path, monkeypatch):
     (tmp_path / "configs" / "devices").mkdir(parents=True)
-    monkeypatch.setenv("NETADAPT_ROOT", str(tmp_path))
+    monkeypatch.setenv("NETADAPT_HOME", str(tmp_path))
     return tmp_path
 
 

@@ -11,7 +11,7 @@ from netadapt import __version__
 from netadapt.rundir import RunDir, RunError
 from netadapt.search import Budget, Iteration, Start, netadapt, resources_of
 
-from .test_search import evaluate, fake_accuracy, fake_ms
+from .conftest import evaluate, fake_accuracy, fake_ms
 
 
 def journal_events(run: RunDir, events) -> None:

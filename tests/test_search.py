@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from netadapt.cost import count_macs, count_params
+from netadapt.cost import count_params
 from netadapt.search import (
     Budget,
     BudgetError,
@@ -22,21 +22,7 @@ from netadapt.search import (
 )
 from netadapt.spec import load_spec
 
-from .conftest import CONFIGS
-
-
-def fake_ms(spec) -> float:
-    """Latency that grows with MACs, plus a per-block overhead: monotone enough."""
-    return count_macs(spec) / 1e5 + 0.05 * len(spec.blocks)
-
-
-def fake_accuracy(spec) -> float:
-    """More parameters, more accuracy; deterministic."""
-    return 1.0 - 1.0 / (1.0 + count_params(spec) / 1e4)
-
-
-def evaluate(iteration, spec, group) -> float:
-    return fake_accuracy(spec)
+from .conftest import CONFIGS, evaluate, fake_accuracy, fake_ms
 
 
 def start_of(spec) -> Start:

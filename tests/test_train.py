@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from netadapt.checkpoint import Checkpoint
 from netadapt.data import Data, Split
 from netadapt.errors import TrainError
 from netadapt.model import build_model
@@ -72,15 +73,34 @@ def test_equal_seeds_give_identical_weights_and_other_seeds_do_not(spec, data, o
     assert not states_equal(runs[0], runs[2])
 
 
-def test_resumed_finetune_ends_with_the_uninterrupted_weights(spec, data):
+def test_resumed_finetune_ends_with_the_uninterrupted_weights(spec, data, tmp_path):
     straight = tune(randomize_(build_model(spec)), data, steps=8)
-    saved: list[dict] = []
-    tune(randomize_(build_model(spec)), data, steps=8, checkpoint=saved.append,
-         checkpoint_every=3)
-    assert [c["step"] for c in saved] == [3, 6]
-    # a fresh process: a new model, only the checkpoint (as if loaded from disk)
-    resumed = tune(build_model(spec), data, steps=8, resume=saved[0])
+
+    def stop_after_five(step: int, loss: float) -> None:
+        if step == 5:
+            raise KeyboardInterrupt  # a kill after the checkpoint of step 5 was written
+
+    checkpoint = Checkpoint(tmp_path / "phase.pt", every_s=0)
+    with pytest.raises(KeyboardInterrupt):
+        tune(randomize_(build_model(spec)), data, steps=8, checkpoint=checkpoint,
+             progress=stop_after_five)
+    assert torch.load(tmp_path / "phase.pt")["step"] == 5
+    # a fresh process: a new untrained model, only the file on disk
+    steps_run: list[int] = []
+    resumed = tune(build_model(spec), data, steps=8, progress=lambda s, _: steps_run.append(s),
+                   checkpoint=Checkpoint(tmp_path / "phase.pt", every_s=3600))
+    assert steps_run == [6, 7, 8]
     assert states_equal(straight, resumed)
+    assert torch.load(tmp_path / "phase.pt")["step"] == 8  # the caller removes it
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(spec, data, tmp_path):
+    checkpoint = Checkpoint(tmp_path / "phase.pt", every_s=0)
+    tune(randomize_(build_model(spec)), data, steps=4, checkpoint=checkpoint)
+    steps_run: list[int] = []
+    tune(randomize_(build_model(spec)), data, steps=4, lr=0.5, checkpoint=checkpoint,
+         progress=lambda s, _: steps_run.append(s))
+    assert steps_run == [1, 2, 3, 4]
 
 
 def test_finetune_leaves_the_global_rng_untouched(spec, data):

@@ -8,7 +8,6 @@ recorded with every table, and the measurement protocol.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,9 @@ from typing import Any
 import yaml
 
 from ..errors import LatencyError
+from ..resources import search_roots, user_dir
 
 RUNNERS = ("local", "adb", "ssh")
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: configs/ and latency_tables/
-
-
-def root_dir() -> Path:
-    """Where configs/devices and latency_tables live (NETADAPT_ROOT overrides)."""
-    return Path(os.environ.get("NETADAPT_ROOT", ROOT))
 
 
 @dataclass(frozen=True)
@@ -62,23 +56,29 @@ class Device:
                 "clock": str(self.runtime.get("clock", "wall"))}
 
 
-def devices_dir(root: Path | None = None) -> Path:
-    return (root or root_dir()) / "configs" / "devices"
+def _profiles(root: Path | None) -> dict[str, Path]:
+    """Every device profile by name; the user's own win over shipped ones
+    (netadapt/resources.py)."""
+    found: dict[str, Path] = {}
+    for folder in reversed([r / "configs" / "devices" for r in search_roots(root)]):
+        found.update({p.stem: p for p in folder.glob("*.yaml")})
+    return dict(sorted(found.items()))
 
 
 def list_devices(root: Path | None = None) -> list[Device]:
-    folder = devices_dir(root)
-    return [load_device(p.stem, root) for p in sorted(folder.glob("*.yaml"))]
+    return [load_device(name, root) for name in _profiles(root)]
 
 
 def load_device(name: str, root: Path | None = None) -> Device:
-    """Read ``configs/devices/NAME.yaml``; errors say which devices exist."""
-    folder = devices_dir(root)
-    path = folder / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(p.stem for p in sorted(folder.glob("*.yaml"))) or "none"
+    """Read ``configs/devices/NAME.yaml`` (the user's, else the shipped one); errors say
+    which devices exist."""
+    profiles = _profiles(root)
+    if name not in profiles:
+        known = ", ".join(profiles) or "none"
+        folder = (root or user_dir()) / "configs" / "devices"
         raise LatencyError(f"unknown device {name!r} (known: {known}); add "
                            f"{folder / (name + '.yaml')} to define it")
+    path = profiles[name]
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:

@@ -39,8 +39,9 @@ import pandas as pd
 
 from ..cost import conv_output_size
 from ..errors import LatencyError
+from ..resources import shipped_dir
 from ..spec import NetworkSpec, load_spec, make_divisible
-from .devices import Device, root_dir
+from .devices import Device
 from .graphs import EntryKey, entry_keys
 from .profile import write_table
 from .table import CLASSES, COLUMNS, FORMAT, LatencyTable, key_of
@@ -188,11 +189,11 @@ class Published:
 def published_points(published: dict[str, float], root: Path | None = None
                      ) -> list[Published]:
     """The device profile's ``published:`` entries, each with its spec (paths relative
-    to the checkout)."""
+    relative to the shipped files: ``configs/...``)."""
     points = []
     for label, ms in published.items():
         path, _, mult = label.partition(" x")
-        file = Path(path) if Path(path).is_absolute() else (root or root_dir()) / path
+        file = Path(path) if Path(path).is_absolute() else (root or shipped_dir()) / path
         try:
             spec = load_spec(file)
             if mult:

@@ -47,6 +47,7 @@ from .table import (
     LatencyTable,
     at_size,
     entries_of,
+    find_table,
     frame_to_csv,
     key_of,
     multiplier_specs,
@@ -180,7 +181,7 @@ def _existing_table(device: Device, runner: Runner, root: Path | None, fresh: bo
     """The table to extend (empty when fresh, absent or an estimate); refuses one
     measured with another onnxruntime version."""
     empty: tuple[pd.DataFrame, dict[str, Any]] = (pd.DataFrame(columns=COLUMNS), {})
-    if fresh or not table_paths(device.name, root)[0].is_file():
+    if fresh or find_table(device.name, root) is None:
         return empty
     old, old_meta = read_table_files(device.name, root)
     if old_meta.get("estimate"):

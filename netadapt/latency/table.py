@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LatencyError, NetadaptError
+from ..resources import search_roots, user_dir
 from ..spec import ClassifierHead, Layer, LRASPPHead, NetworkSpec, spec_from_dict, walk
-from .devices import root_dir
 from .graphs import (
     EntryKey,
     conv_key,
@@ -68,7 +68,9 @@ _STR = ("kind", "act")
 
 
 def tables_dir(root: Path | None = None) -> Path:
-    return (root or root_dir()) / "latency_tables"
+    """Where tables are written: ``root``, else the user directory (never the shipped
+    files: netadapt/resources.py)."""
+    return (root or user_dir()) / "latency_tables"
 
 
 def signature(spec: NetworkSpec) -> str:
@@ -392,14 +394,24 @@ class LatencyTable:
 
 # ---------------------------------------------------------------------- files
 def table_paths(device: str, root: Path | None = None) -> tuple[Path, Path]:
+    """Where DEVICE's table is written (``table.csv``, ``meta.json``)."""
     folder = tables_dir(root) / device
     return folder / "table.csv", folder / "meta.json"
+
+
+def find_table(device: str, root: Path | None = None) -> tuple[Path, Path] | None:
+    """Where DEVICE's table is read from: the user's own, else the shipped one."""
+    for base in search_roots(root):
+        folder = base / "latency_tables" / device
+        if (folder / "meta.json").is_file():
+            return folder / "table.csv", folder / "meta.json"
+    return None
 
 
 def read_table_files(device: str, root: Path | None = None
                      ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The table's rows and metadata, checked (the CSV's hash must match meta.json)."""
-    csv_path, meta_path = table_paths(device, root)
+    csv_path, meta_path = find_table(device, root) or table_paths(device, root)
     rebuild = f"rebuild it with: netadapt profile --device {device}"
     if not meta_path.is_file() or not csv_path.is_file():
         raise LatencyError(f"no latency table for device {device!r} in {csv_path.parent}; "
