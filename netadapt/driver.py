@@ -2,8 +2,9 @@
 NetAdapt loop to a run directory, and resumes one.
 
 Data flows one way: the config names a seed spec, a device table and data; the loop
-(search.py) decides; this module performs its decisions (fine-tunes, checkpoints) and
-records them (runs.py).
+(search.py) decides; an executor (executors.py) runs each iteration's proposal jobs
+(jobs.py) wherever it runs them; this module alone writes what they return, and the
+phases it performs itself, to the run directory (rundir.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +24,11 @@ import torch
 from tqdm import tqdm
 
 from .errors import NetadaptError
+from .executors import Executor, WorkerError
+from .jobs import DataSource, ProposalJob, ProposalResult, Training, recalibrated
 from .model import build_model, check_state_dict, read_state_dict
 from .prune import inherit_weights
+from .records import IterationRecord, ProposalRecord
 from .rundir import RunDir, iteration_name, proposal_name
 from .search import (
     CRITERIA,
@@ -47,7 +51,6 @@ if TYPE_CHECKING:
 
 CLASSIFIER_FIT_STEPS = 200  # a classifier for another class count, before the search
 DEPLOY_SEED = -2  # the "iteration" whose seed every deployed-size phase shares
-BN_BATCHES = 4  # batches that re-estimate BN statistics before a proposal is scored
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "mobilenetv3_large.yaml"
 
 
@@ -136,6 +139,7 @@ class SearchResult:
     iterations: int
     seconds: float = 0.0
     baselines: list[dict[str, Any]] = field(default_factory=list)
+    loop_seconds: float = 0.0  # wall time of this session's proposal loop
 
 
 def _torch_device(name: str) -> str:
@@ -189,11 +193,12 @@ class Searcher:
 
     def __init__(self, config: SearchConfig, run: RunDir, seed_spec: NetworkSpec,
                  predict_ms: Callable[[NetworkSpec], float] | None = None,
-                 progress: bool = True) -> None:
-        from .data import load_data
+                 progress: bool = True, executor: Executor | None = None) -> None:
         from .latency import load_table
 
         self.config, self.run, self.progress = config, run, progress
+        # where proposal jobs run; the caller owns (and closes) one it passes in
+        self.executor = executor or Executor()
         self.torch_device = _torch_device(config.torch_device)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
@@ -204,9 +209,10 @@ class Searcher:
             predict_ms, self.table_label = table.predict_ms, table.label()
             self.table_sha256 = getattr(table, "meta", {}).get("sha256")
         self.predict_ms = predict_ms
-        self.data = load_data(Path(config.data) if config.data else None,
-                              resolution=config.resolution, in_channels=seed_spec.in_channels,
-                              holdout=config.holdout, seed=config.seed)
+        # what workers load the data from; loaded here too (the same splits, bit for bit)
+        self.data_source = DataSource(config.data, config.resolution, seed_spec.in_channels,
+                                      config.holdout, config.seed)
+        self.data = self.data_source.load()
         self.seed_spec = dataclasses.replace(seed_spec, num_classes=self.data.num_classes)
         self.budgets = resolve_budgets(config.budgets, self.seed_spec, predict_ms)
         check_reachable(self.seed_spec, self.budgets, predict_ms)
@@ -218,6 +224,8 @@ class Searcher:
                                "latency_table": self.table_label})
         self.schedule = Schedule.named(config.schedule, config.step)
         self._parent_cache: tuple[int, NetworkSpec, dict[str, torch.Tensor]] | None = None
+        self._results: dict[tuple[int, str], ProposalResult] = {}  # this session's jobs
+        self.loop_seconds = 0.0
 
     # ------------------------------------------------------------------ phases
 
@@ -239,7 +247,7 @@ class Searcher:
         self.run.write_csv()
         self._plot()
         return SearchResult(self.run.path, seed_record, final, len(iterations),
-                            time.time() - started, baselines)
+                            time.time() - started, baselines, self.loop_seconds)
 
     def _prepare_seed(self) -> dict[str, Any]:
         from .seedcache import cached_seed
@@ -273,8 +281,9 @@ class Searcher:
         self.run.save_state("seed.pt", model.state_dict())
         # Scored as its children will be (BN re-estimated on a copy), so that dAcc
         # compares weights, not protocols.
-        accuracy = evaluate(self._recalibrated(copy.deepcopy(model), 0), self.data.holdout,
-                            batch_size=256, device=self.torch_device)
+        accuracy = evaluate(recalibrated(copy.deepcopy(model), self.data, cfg.batch_size,
+                                         _iteration_seed(cfg.seed, 0), self.torch_device),
+                            self.data.holdout, batch_size=256, device=self.torch_device)
         record = {"type": "seed", "accuracy": accuracy, "trained_steps": 0 if cfg.weights
                   else cfg.seed_steps, "notes": notes, "accuracy_protocol": "BN re-estimated",
                   "holdout_px": self.data.resolution,
@@ -304,37 +313,31 @@ class Searcher:
             self._parent_cache = (iteration, spec, read_state_dict(self.run.path / name))
         return self._parent_cache[1], self._parent_cache[2]
 
-    def _recalibrated(self, model: torch.nn.Module, iteration: int) -> torch.nn.Module:
-        """BN statistics re-estimated on the iteration's batches (the same for every
-        proposal of an iteration)."""
-        from .train import recalibrate_bn
-
-        cfg = self.config
-        return recalibrate_bn(model, self.data, BN_BATCHES, batch_size=cfg.batch_size,
-                              seed=_iteration_seed(cfg.seed, iteration),
-                              device=self.torch_device)
-
-    def _evaluate(self, iteration: int, child: NetworkSpec, group: str) -> float:
-        """Inherit the largest-norm filters, fine-tune T steps, score on the holdout.
+    def _evaluate_many(self, iteration: int, children: Sequence[tuple[NetworkSpec, str]]
+                       ) -> Iterator[tuple[str, float]]:
+        """Hand the iteration's proposals to the executor as jobs; save each result's
+        weights and per-image correctness as it arrives, then report its accuracy.
         Every proposal of an iteration sees the same training and BN batches."""
-        from .train import correct_items, finetune
-
         cfg = self.config
-        state = inherit_weights(*self._parent(iteration), child)
-        model = build_model(child)
-        model.load_state_dict(state)
-        finetune(model, self.data, steps=cfg.short_term_steps, lr=cfg.lr,
-                 batch_size=cfg.batch_size, seed=_iteration_seed(cfg.seed, iteration),
-                 device=self.torch_device)
-        # A few hundred steps leave BN running statistics behind the new weights; measure
-        # them afresh so that proposals are compared on their weights, not on stale BN.
-        self._recalibrated(model, iteration)
-        name = proposal_name(iteration, group)
-        correct = correct_items(model, self.data.holdout, batch_size=256,
-                                device=self.torch_device)
-        self.run.save_state(correct_name(name), {"correct": correct})
-        self.run.save_state(name, model.state_dict())
-        return float(correct.float().mean())
+        parent, parent_state = self._parent(iteration)
+        training = Training(cfg.short_term_steps, cfg.lr, cfg.batch_size, self.torch_device,
+                            cfg.threads)
+        seed = _iteration_seed(cfg.seed, iteration)
+        jobs = [ProposalJob(iteration, group, parent, child, seed, training, self.data_source)
+                for child, group in children]
+        try:
+            for result in self.executor.run(jobs, parent_state):
+                name = proposal_name(iteration, result.group)
+                self.run.save_state(correct_name(name), {"correct": result.correct})
+                self.run.save_state(name, result.state)
+                self._results[(iteration, result.group)] = result
+                yield result.group, result.accuracy
+        except WorkerError as exc:
+            log = self.run.write_text(
+                f"errors/{Path(proposal_name(iteration, exc.job.group)).stem}-iter_"
+                f"{iteration:03d}.log", f"{exc}\n{exc.details}")
+            raise NetadaptError(f"{exc}; tracebacks: {log}; fix the cause and run `netadapt "
+                                f"search --resume {self.run.path}`") from None
 
     def _loop(self, start: Start, history: list) -> list[Iteration]:
         chosen: list[Iteration] = []
@@ -354,16 +357,14 @@ class Searcher:
                                   "{unit} [{elapsed}<{remaining}]")
         bar = tqdm(desc="proposals", unit="proposal", disable=not self.progress, leave=False,
                    position=1)
-        started = time.time()
-        for event in netadapt(start, self.budgets, self.predict_ms, self._evaluate,
+        loop_started = time.perf_counter()
+        for event in netadapt(start, self.budgets, self.predict_ms, self._evaluate_many,
                               self.schedule, self.config.criterion, history):
             if isinstance(event, Proposal):
-                self.run.append({
-                    "type": "proposal", "iteration": event.iteration, "group": event.group,
-                    "width_from": event.width_from, "width_to": event.width_to,
-                    **event.resources, "accuracy": event.accuracy,
-                    "holdout_px": self.data.resolution,
-                    "seconds": round(time.time() - started, 2)})
+                job = self._results.pop((event.iteration, event.group))
+                self.run.append(ProposalRecord.of(
+                    event, holdout_px=self.data.resolution, seconds=round(job.seconds, 3),
+                    worker=job.worker, attempts=job.attempts))
                 bar.update()
                 bar.set_postfix_str(f"iter {event.iteration} {event.group} "
                                     f"acc {event.accuracy:.3f}")
@@ -377,7 +378,7 @@ class Searcher:
                     latency = format_resource("latency_ms", c.resources["latency_ms"])
                     tqdm.write(f"iteration {event.iteration}: {c.group} {c.width_from}->"
                                f"{c.width_to}, {latency}, holdout {c.accuracy:.4f}")
-            started = time.time()
+        self.loop_seconds = time.perf_counter() - loop_started
         bar.close()
         overall.close()
         return chosen
@@ -396,14 +397,8 @@ class Searcher:
             margin, margin_se = paired_margin(chosen, second)
         self.run.write_spec(f"{iteration_name(p.iteration)}.yaml", p.spec)
         self.run.copy(proposal_name(p.iteration, p.group), f"{iteration_name(p.iteration)}.pt")
-        self.run.append({"type": "iteration", "iteration": event.iteration,
-                         "target": event.target, "group": p.group,
-                         "width_from": p.width_from, "width_to": p.width_to,
-                         **p.resources, "accuracy": p.accuracy,
-                         "holdout_px": self.data.resolution, "score": event.score,
-                         "reduction": event.reduction, "scheduled": event.scheduled,
-                         "runner_up": event.runner_up, "margin": margin,
-                         "margin_se": margin_se})
+        self.run.append(IterationRecord.of(event, holdout_px=self.data.resolution,
+                                           margin=margin, margin_se=margin_se))
         # The proposals' weights go; their per-image correctness stays (a few KB each),
         # so selection noise can be studied afterwards (scripts/measure_defaults.py).
         folder = self.run.path / Path(proposal_name(p.iteration, p.group)).parent

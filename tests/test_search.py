@@ -16,6 +16,7 @@ from netadapt.search import (
     Start,
     check_reachable,
     netadapt,
+    one_by_one,
     parse_budget,
     propose,
     resources_of,
@@ -44,7 +45,7 @@ def start_of(spec) -> Start:
 
 
 def run(spec, budgets, **kwargs):
-    return list(netadapt(start_of(spec), budgets, fake_ms, evaluate, **kwargs))
+    return list(netadapt(start_of(spec), budgets, fake_ms, one_by_one(evaluate), **kwargs))
 
 
 def test_the_loop_meets_the_budget_and_latency_falls_every_iteration(tiny_spec):
@@ -115,7 +116,7 @@ def test_resume_skips_finished_proposals_and_ends_identically(tiny_spec):
             calls.append((iteration, group))
             return evaluate(iteration, spec, group)
 
-        rest = list(netadapt(start_of(tiny_spec), budgets, fake_ms, counting,
+        rest = list(netadapt(start_of(tiny_spec), budgets, fake_ms, one_by_one(counting),
                              history=full[:cut]))
         assert full[:cut] + rest == full
         done = {(e.iteration, e.group) for e in full[:cut] if isinstance(e, Proposal)}
