@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -121,12 +123,22 @@ class Executor:
         self._queued.clear()
 
 
-def _start_worker(threads: int, device: str | None) -> None:
+def _start_worker(threads: int, device: str | None, parent: int | None = None) -> None:
     """Initialise a worker process: its torch threads (a job's own setting, when it has
-    one, wins) and its GPU."""
+    one, wins), its GPU, and a watch on ``parent`` (the driver)."""
     if threads > 0:
         torch.set_num_threads(threads)
     set_worker_device(device)
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker when the driver is gone (kill -9 gives it no chance to say so;
+    an orphan would keep its memory, and its job's CPU, forever)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 class ProcessExecutor(Executor):
@@ -151,7 +163,8 @@ class ProcessExecutor(Executor):
         if pool is None:
             pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_start_worker,
-                                       initargs=(self.threads, self._devices[slot]))
+                                       initargs=(self.threads, self._devices[slot],
+                                                 os.getpid()))
             self._pools[slot] = pool
         return pool
 
