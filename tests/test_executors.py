@@ -230,3 +230,15 @@ def test_bad_executor_options_are_one_line_errors(monkeypatch):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "error: --ray needs Ray, which is not installed: pip install 'netadapt[ray]'"]
+
+
+def test_the_options_pick_the_executor_and_threads_default_to_the_cores_shared_out():
+    from netadapt.executors import default_threads, make_executor
+
+    assert type(make_executor(None, None, 1, "cpu")) is Executor
+    assert type(make_executor(1, None, 1, "cpu")) is Executor  # one worker: this process
+    with make_executor(2, None, 0, "cpu") as executor:
+        assert isinstance(executor, ProcessExecutor) and executor.workers == 2
+        assert executor.threads == default_threads(2) == max(1, (os.cpu_count() or 1) // 2)
+    with make_executor(3, None, 2, "cpu") as executor:
+        assert isinstance(executor, ProcessExecutor) and executor.threads == 2
