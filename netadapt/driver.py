@@ -302,8 +302,9 @@ class Searcher:
                 "torch_device": torch.device(self.torch_device).type}
 
     def _parent(self, iteration: int) -> tuple[NetworkSpec, dict[str, torch.Tensor]]:
-        """Spec and weights of the network iteration ``iteration`` starts from, read once
-        per iteration (every proposal of the iteration inherits from them)."""
+        """Spec and weights of the network iteration ``iteration`` starts from: the seed,
+        or the network the previous iteration promoted (read back from the run only when
+        a resumed run starts mid-search)."""
         if self._parent_cache is None or self._parent_cache[0] != iteration:
             if iteration == 1:
                 spec, name = self.seed_spec, "seed.pt"
@@ -396,7 +397,11 @@ class Searcher:
                 proposal_name(p.iteration, g)))["correct"] for g in (p.group, event.runner_up))
             margin, margin_se = paired_margin(chosen, second)
         self.run.write_spec(f"{iteration_name(p.iteration)}.yaml", p.spec)
-        self.run.copy(proposal_name(p.iteration, p.group), f"{iteration_name(p.iteration)}.pt")
+        chosen_weights = proposal_name(p.iteration, p.group)
+        # the next iteration's parent, handed over here rather than found on disk later
+        self._parent_cache = (p.iteration + 1, p.spec,
+                              read_state_dict(self.run.path / chosen_weights))
+        self.run.copy(chosen_weights, f"{iteration_name(p.iteration)}.pt")
         self.run.append(IterationRecord.of(event, holdout_px=self.data.resolution,
                                            margin=margin, margin_se=margin_se))
         # The proposals' weights go; their per-image correctness stays (a few KB each),
