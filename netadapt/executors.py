@@ -12,6 +12,7 @@ threads per job the results are bit-identical (tests/test_executors.py).
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import threading
@@ -157,6 +158,10 @@ class ProcessExecutor(Executor):
         self._devices = [devices[i % len(devices)] for i in range(workers)]
         self._pools: list[ProcessPoolExecutor | None] = [None] * workers
         self._running: dict[Future[ProposalResult], tuple[int, int]] = {}  # -> slot, job
+        # The parent's weights (22 MB for Large) go to each worker once per iteration,
+        # not with every job: which iteration's each slot's worker holds.
+        self._holds: list[int | None] = [None] * workers
+        self._iterations = itertools.count()
 
     def _pool(self, slot: int) -> ProcessPoolExecutor:
         pool = self._pools[slot]
@@ -175,10 +180,17 @@ class ProcessExecutor(Executor):
     def _has_room(self) -> bool:
         return self._free_slot() is not None
 
+    def _share(self, parent_state: dict[str, torch.Tensor]) -> Any:
+        return next(self._iterations), parent_state
+
     def _submit(self, index: int, job: ProposalJob, shared: Any) -> None:
         slot = self._free_slot()
         assert slot is not None  # _has_room said so
-        self._running[self._pool(slot).submit(self.function, job, shared)] = (slot, index)
+        key, parent_state = shared
+        send = parent_state if self._holds[slot] != key else None
+        future = self._pool(slot).submit(_with_parent, self.function, job, key, send)
+        self._holds[slot] = key
+        self._running[future] = (slot, index)
 
     def _finished(self) -> list[tuple[int, ProposalResult | str]]:
         done, _ = wait(list(self._running), return_when=FIRST_COMPLETED)
@@ -197,6 +209,7 @@ class ProcessExecutor(Executor):
 
     def _discard(self, slot: int, kill: bool = False) -> None:
         pool, self._pools[slot] = self._pools[slot], None
+        self._holds[slot] = None  # a fresh worker holds no parent
         if pool is None:
             return
         if kill:  # a job still runs there: end it rather than wait for it
@@ -213,6 +226,21 @@ class ProcessExecutor(Executor):
         self._abandon()
         for slot in range(self.workers):
             self._discard(slot)
+
+
+_HELD: tuple[int, Any] | None = None  # in a worker: (key, the parent's weights)
+
+
+def _with_parent(function: JobFunction, job: ProposalJob, key: int, parent_state: Any
+                 ) -> ProposalResult:
+    """In a worker: run ``job`` on the parent's weights, sent with the iteration's first
+    job to this worker (``parent_state``) and kept for its other jobs (None)."""
+    global _HELD
+    if parent_state is not None:
+        _HELD = (key, parent_state)
+    elif _HELD is None or _HELD[0] != key:
+        raise RuntimeError(f"worker holds no parent weights for key {key} (a bug)")
+    return function(job, _HELD[1])
 
 
 def import_ray() -> Any:
