@@ -92,6 +92,7 @@ class ProposalResult:
     seconds: float
     worker: str  # host:pid of the process that ran it
     attempts: int = 1
+    cpu_seconds: float = 0.0  # CPU time of the job's process (below seconds: it waited)
 
 
 _WORKER_DEVICE: str | None = None  # a GPU assigned to this worker process
@@ -123,7 +124,7 @@ def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> Pro
     from .prune import inherit_weights
     from .train import correct_items, finetune
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     settings = job.training
     if settings.threads > 0 and torch.get_num_threads() != settings.threads:
         torch.set_num_threads(settings.threads)
@@ -137,4 +138,5 @@ def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> Pro
     correct = correct_items(model, data.holdout, batch_size=EVAL_BATCH, device=device)
     return ProposalResult(job.iteration, job.group, float(correct.float().mean()), correct,
                           {k: v.cpu() for k, v in model.state_dict().items()},
-                          time.perf_counter() - started, worker_name())
+                          time.perf_counter() - started, worker_name(),
+                          cpu_seconds=time.process_time() - cpu_started)

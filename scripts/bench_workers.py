@@ -88,9 +88,11 @@ def throughput(args: argparse.Namespace) -> None:
                 rates[n].append(len(jobs) / seconds * 3600)
                 digests.setdefault(n, {}).update({x.group: digest(x) for x in results})
                 job_seconds = sum(x.seconds for x in results)
+                cpu_seconds = sum(x.cpu_seconds for x in results)
                 print(f"round {r + 1}, {n} worker{'s' if n > 1 else ' '}: {seconds:7.1f} s, "
-                      f"{rates[n][-1]:7.0f} proposals/h (jobs' own time {job_seconds:.1f} s)",
-                      flush=True)
+                      f"{rates[n][-1]:7.0f} proposals/h (jobs' own time {job_seconds:.1f} s, "
+                      f"their CPU time {cpu_seconds:.1f} s: below their own time when "
+                      f"they wait for a core)", flush=True)
     finally:
         for executor in executors.values():
             executor.close()
