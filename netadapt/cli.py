@@ -122,16 +122,28 @@ def search(
     compare: Annotated[bool, typer.Option(
         "--compare", help="Also train the baselines at the same budgets and print the "
         "comparison")] = False,
+    workers: Annotated[int | None, typer.Option(
+        help="Evaluate each iteration's proposals on N local worker processes (with "
+        "--ray: N tasks at a time) [default: 1, in this process]")] = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Run proposals as Ray tasks on a running cluster: auto (the one "
+        "`ray start --head` started on this machine) or its address; needs "
+        "pip install 'netadapt[ray]'")] = None,
 ) -> None:
     """Run NetAdapt: shrink the seed step by step until every budget is met."""
     import time
 
     from .driver import SearchConfig, resume_search, start_search
+    from .executors import make_executor
 
+    # where proposals run changes no result, so it is not part of the run's config
+    executor = make_executor(workers, ray, threads or 0, torch_device or "auto")
+    if executor.name != "serial":
+        typer.echo(f"proposals run on {executor.name}")
     if resume is not None:
         typer.echo(f"resuming {resume} with its saved config")
-        with _resumable(resume):
-            result = resume_search(resume)
+        with _resumable(resume), executor:
+            result = resume_search(resume, executor=executor)
     else:
         if not budget:
             raise NetadaptError("no budget given; e.g. --budget 20ms (or --resume RUN_DIR)")
@@ -153,8 +165,8 @@ def search(
             tag = "_".join(b.replace("=", "").replace("%", "pct") for b in budget)
             out = Path("runs") / f"{name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
         typer.echo(f"run directory: {out}")
-        with _resumable(out):
-            result = start_search(config, out)
+        with _resumable(out), executor:
+            result = start_search(config, out, executor=executor)
     seed_r, final = result.seed, result.final
     typer.echo(f"\n{'':<16}{'seed':>12}{'result':>12}")
     typer.echo(f"{'latency (ms)':<16}{seed_r['latency_ms']:>12.2f}{final['latency_ms']:>12.2f}")

@@ -2,8 +2,9 @@
 NetAdapt loop to a run directory, and resumes one.
 
 Data flows one way: the config names a seed spec, a device table and data; the loop
-(search.py) decides; this module performs its decisions (fine-tunes, checkpoints) and
-records them (runs.py).
+(search.py) decides; an executor (executors.py) runs each iteration's proposal jobs
+(jobs.py) wherever it runs them; this module alone writes what they return, and the
+phases it performs itself, to the run directory (rundir.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import dataclasses
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +25,11 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint
 from .errors import NetadaptError
+from .executors import Executor, WorkerError
+from .jobs import DataSource, ProposalJob, ProposalResult, Training, recalibrated
 from .model import build_model, check_state_dict, read_state_dict
 from .prune import inherit_weights
+from .records import IterationRecord, ProposalRecord
 from .resources import default_spec
 from .rundir import RunDir, iteration_name, proposal_name
 from .search import (
@@ -49,7 +53,6 @@ if TYPE_CHECKING:
 
 CLASSIFIER_FIT_STEPS = 200  # a classifier for another class count, before the search
 DEPLOY_SEED = -2  # the "iteration" whose seed every deployed-size phase shares
-BN_BATCHES = 4  # batches that re-estimate BN statistics before a proposal is scored
 CLASSIFIER_RESOLUTION = 32  # --resolution's default for a classifier
 DEFAULT_SPEC = default_spec()  # shipped (in the wheel, or the checkout's configs/)
 
@@ -144,6 +147,7 @@ class SearchResult:
     iterations: int
     seconds: float = 0.0
     baselines: list[dict[str, Any]] = field(default_factory=list)
+    loop_seconds: float = 0.0  # wall time of this session's proposal loop
 
 
 def _torch_device(name: str) -> str:
@@ -213,13 +217,13 @@ class Searcher:
 
     def __init__(self, config: SearchConfig, run: RunDir, seed_spec: NetworkSpec,
                  predict_ms: Callable[[NetworkSpec], float] | None = None,
-                 progress: bool = True) -> None:
-        from .data import load_data
+                 progress: bool = True, executor: Executor | None = None) -> None:
         from .latency import load_table
         from .latency.table import at_size
-        from .segdata import load_segmentation
 
         self.config, self.run, self.progress = config, run, progress
+        # where proposal jobs run; the caller owns (and closes) one it passes in
+        self.executor = executor or Executor()
         self.torch_device = _torch_device(config.torch_device)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
@@ -235,10 +239,10 @@ class Searcher:
         segmentation = seed_spec.task == "segmentation"
         resolution = config.resolution or (seed_spec.input_size[0] if segmentation
                                            else CLASSIFIER_RESOLUTION)
-        load = load_segmentation if segmentation else load_data
-        self.data = load(Path(config.data) if config.data else None, resolution=resolution,
-                         in_channels=seed_spec.in_channels, holdout=config.holdout,
-                         seed=config.seed)
+        # what workers load the data from; loaded here too (the same splits, bit for bit)
+        self.data_source = DataSource(config.data, resolution, seed_spec.in_channels,
+                                      config.holdout, config.seed, segmentation)
+        self.data = self.data_source.load()
         self.metric = "mIoU" if segmentation else "top-1"
         self.seed_spec = dataclasses.replace(seed_spec, num_classes=self.data.num_classes)
         self.budgets = resolve_budgets(config.budgets, self.seed_spec, predict_ms)
@@ -255,6 +259,8 @@ class Searcher:
                                else "per-image correctness"})
         self.schedule = Schedule.named(config.schedule, config.step)
         self._parent_cache: tuple[int, NetworkSpec, dict[str, torch.Tensor]] | None = None
+        self._results: dict[tuple[int, str], ProposalResult] = {}  # this session's jobs
+        self.loop_seconds = 0.0
 
     # ------------------------------------------------------------------ phases
 
@@ -279,7 +285,7 @@ class Searcher:
         self.run.write_csv()
         self._plot()
         return SearchResult(self.run.path, seed_record, final, len(iterations),
-                            time.time() - started, baselines)
+                            time.time() - started, baselines, self.loop_seconds)
 
     def _prepare_seed(self) -> dict[str, Any]:
         from .scoring import score_model
@@ -315,9 +321,10 @@ class Searcher:
         self.run.save_state("seed.pt", model.state_dict())
         # Scored as its children will be (BN re-estimated on a copy), so that dAcc
         # compares weights, not protocols.
-        accuracy, _, extra = score_model(self._recalibrated(copy.deepcopy(model), 0),
-                                         self.data.holdout, self.data.num_classes,
-                                         batch_size=256, device=self.torch_device)
+        accuracy, _, extra = score_model(
+            recalibrated(copy.deepcopy(model), self.data, cfg.batch_size,
+                         _iteration_seed(cfg.seed, 0), self.torch_device),
+            self.data.holdout, self.data.num_classes, batch_size=256, device=self.torch_device)
         record = {"type": "seed", "accuracy": accuracy, "trained_steps": 0 if cfg.weights
                   else cfg.seed_steps, "notes": notes, "accuracy_protocol": "BN re-estimated",
                   "metric": self.metric, **extra,
@@ -337,8 +344,9 @@ class Searcher:
                 "torch_device": torch.device(self.torch_device).type}
 
     def _parent(self, iteration: int) -> tuple[NetworkSpec, dict[str, torch.Tensor]]:
-        """Spec and weights of the network iteration ``iteration`` starts from, read once
-        per iteration (every proposal of the iteration inherits from them)."""
+        """Spec and weights of the network iteration ``iteration`` starts from: the seed,
+        or the network the previous iteration promoted (read back from the run only when
+        a resumed run starts mid-search)."""
         if self._parent_cache is None or self._parent_cache[0] != iteration:
             if iteration == 1:
                 spec, name = self.seed_spec, "seed.pt"
@@ -348,38 +356,31 @@ class Searcher:
             self._parent_cache = (iteration, spec, read_state_dict(self.run.path / name))
         return self._parent_cache[1], self._parent_cache[2]
 
-    def _recalibrated(self, model: torch.nn.Module, iteration: int) -> torch.nn.Module:
-        """BN statistics re-estimated on the iteration's batches (the same for every
-        proposal of an iteration)."""
-        from .train import recalibrate_bn
-
-        cfg = self.config
-        return recalibrate_bn(model, self.data, BN_BATCHES, batch_size=cfg.batch_size,
-                              seed=_iteration_seed(cfg.seed, iteration),
-                              device=self.torch_device)
-
-    def _evaluate(self, iteration: int, child: NetworkSpec, group: str) -> float:
-        """Inherit the largest-norm filters, fine-tune T steps, score on the holdout.
+    def _evaluate_many(self, iteration: int, children: Sequence[tuple[NetworkSpec, str]]
+                       ) -> Iterator[tuple[str, float]]:
+        """Hand the iteration's proposals to the executor as jobs; save each result's
+        weights and per-image correctness as it arrives, then report its accuracy.
         Every proposal of an iteration sees the same training and BN batches."""
-        from .scoring import score_model
-        from .train import finetune
-
         cfg = self.config
-        state = inherit_weights(*self._parent(iteration), child)
-        model = build_model(child)
-        model.load_state_dict(state)
-        finetune(model, self.data, steps=cfg.short_term_steps, lr=cfg.lr,
-                 batch_size=cfg.batch_size, seed=_iteration_seed(cfg.seed, iteration),
-                 device=self.torch_device)
-        # A few hundred steps leave BN running statistics behind the new weights; measure
-        # them afresh so that proposals are compared on their weights, not on stale BN.
-        self._recalibrated(model, iteration)
-        name = proposal_name(iteration, group)
-        score, correct, _ = score_model(model, self.data.holdout, self.data.num_classes,
-                                        batch_size=256, device=self.torch_device)
-        self.run.save_state(correct_name(name), {"correct": correct})
-        self.run.save_state(name, model.state_dict())
-        return score
+        parent, parent_state = self._parent(iteration)
+        training = Training(cfg.short_term_steps, cfg.lr, cfg.batch_size, self.torch_device,
+                            cfg.threads)
+        seed = _iteration_seed(cfg.seed, iteration)
+        jobs = [ProposalJob(iteration, group, parent, child, seed, training, self.data_source)
+                for child, group in children]
+        try:
+            for result in self.executor.run(jobs, parent_state):
+                name = proposal_name(iteration, result.group)
+                self.run.save_state(correct_name(name), {"correct": result.correct})
+                self.run.save_state(name, result.state)
+                self._results[(iteration, result.group)] = result
+                yield result.group, result.accuracy
+        except WorkerError as exc:
+            log = self.run.write_text(
+                f"errors/{Path(proposal_name(iteration, exc.job.group)).stem}-iter_"
+                f"{iteration:03d}.log", f"{exc}\n{exc.details}")
+            raise NetadaptError(f"{exc}; tracebacks: {log}; fix the cause and run `netadapt "
+                                f"search --resume {self.run.path}`") from None
 
     def _loop(self, start: Start, history: list) -> list[Iteration]:
         chosen: list[Iteration] = []
@@ -399,16 +400,14 @@ class Searcher:
                                   "{unit} [{elapsed}<{remaining}]")
         bar = tqdm(desc="proposals", unit="proposal", disable=not self.progress, leave=False,
                    position=1)
-        started = time.time()
-        for event in netadapt(start, self.budgets, self.predict_ms, self._evaluate,
+        loop_started = time.perf_counter()
+        for event in netadapt(start, self.budgets, self.predict_ms, self._evaluate_many,
                               self.schedule, self.config.criterion, history):
             if isinstance(event, Proposal):
-                self.run.append({
-                    "type": "proposal", "iteration": event.iteration, "group": event.group,
-                    "width_from": event.width_from, "width_to": event.width_to,
-                    **event.resources, "accuracy": event.accuracy,
-                    "holdout_px": self.data.resolution,
-                    "seconds": round(time.time() - started, 2)})
+                job = self._results.pop((event.iteration, event.group))
+                self.run.append(ProposalRecord.of(
+                    event, holdout_px=self.data.resolution, seconds=round(job.seconds, 3),
+                    worker=job.worker, attempts=job.attempts))
                 bar.update()
                 bar.set_postfix_str(f"iter {event.iteration} {event.group} "
                                     f"acc {event.accuracy:.3f}")
@@ -422,7 +421,7 @@ class Searcher:
                     latency = format_resource("latency_ms", c.resources["latency_ms"])
                     tqdm.write(f"iteration {event.iteration}: {c.group} {c.width_from}->"
                                f"{c.width_to}, {latency}, holdout {c.accuracy:.4f}")
-            started = time.time()
+        self.loop_seconds = time.perf_counter() - loop_started
         bar.close()
         overall.close()
         return chosen
@@ -440,15 +439,13 @@ class Searcher:
                 proposal_name(p.iteration, g)))["correct"] for g in (p.group, event.runner_up))
             margin, margin_se = paired_margin(chosen, second)
         self.run.write_spec(f"{iteration_name(p.iteration)}.yaml", p.spec)
-        self.run.copy(proposal_name(p.iteration, p.group), f"{iteration_name(p.iteration)}.pt")
-        self.run.append({"type": "iteration", "iteration": event.iteration,
-                         "target": event.target, "group": p.group,
-                         "width_from": p.width_from, "width_to": p.width_to,
-                         **p.resources, "accuracy": p.accuracy,
-                         "holdout_px": self.data.resolution, "score": event.score,
-                         "reduction": event.reduction, "scheduled": event.scheduled,
-                         "runner_up": event.runner_up, "margin": margin,
-                         "margin_se": margin_se})
+        chosen_weights = proposal_name(p.iteration, p.group)
+        # the next iteration's parent, handed over here rather than found on disk later
+        self._parent_cache = (p.iteration + 1, p.spec,
+                              read_state_dict(self.run.path / chosen_weights))
+        self.run.copy(chosen_weights, f"{iteration_name(p.iteration)}.pt")
+        self.run.append(IterationRecord.of(event, holdout_px=self.data.resolution,
+                                           margin=margin, margin_se=margin_se))
         # The proposals' weights go; their per-image correctness stays (a few KB each),
         # so selection noise can be studied afterwards (scripts/measure_defaults.py).
         folder = self.run.path / Path(proposal_name(p.iteration, p.group)).parent

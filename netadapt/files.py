@@ -1,11 +1,15 @@
-"""Atomic file writes: a kill at any moment leaves either the old file or the new one."""
+"""Files that survive kill -9: atomic writes (a kill at any moment leaves either the old
+file or the new one) and append-only journals (a kill loses at most the line being
+written)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import tempfile
 from pathlib import Path
+from typing import Any
 
 # Fault injection for the kill -9 tests (tests/test_driver.py, scripts/kill_resume.py):
 # "SUFFIX" or "SUFFIX#N" kills this process with SIGKILL right after the N-th (default
@@ -42,3 +46,38 @@ def _kill_if_asked(path: Path) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """:func:`write_bytes_atomic` for UTF-8 text."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+class JournalError(Exception):
+    """A journal line other than the last is not JSON (edited by hand?)."""
+
+
+class Journal:
+    """An append-only JSON-lines file that survives kill -9: each record is one line,
+    flushed and fsynced before ``append`` returns; a torn last line (a kill mid-write)
+    is dropped when the journal is read, and cut off so that appends stay whole."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every complete record, in order."""
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):  # torn write: the record never happened
+            lines = lines[:-1]
+            write_text_atomic(self.path, "".join(lines))
+        out = []
+        for i, line in enumerate(lines):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise JournalError(f"{self.path}: line {i + 1} is corrupt") from None
+        return out

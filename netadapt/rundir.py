@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -33,8 +32,9 @@ import pandas as pd
 
 from . import __version__
 from .errors import NetadaptError
-from .files import write_bytes_atomic
-from .search import Event, Iteration, Proposal
+from .files import Journal, JournalError, write_bytes_atomic
+from .records import IterationRecord, ProposalRecord
+from .search import Event, Proposal
 from .spec import NetworkSpec, dumps_spec, load_spec
 
 
@@ -111,33 +111,24 @@ class RunDir:
 
     # ------------------------------------------------------------------ journal
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any] | ProposalRecord | IterationRecord) -> None:
         """Append one record to the journal (flushed and fsynced before returning)."""
-        path = self.path / "history.jsonl"
-        line = json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n"
-        with _writing(path, self.path), open(path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        data = record if isinstance(record, dict) else record.to_dict()
+        with _writing(self._journal.path, self.path):
+            self._journal.append({**data, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record; a torn last line (a kill mid-write) is dropped."""
-        path = self.path / "history.jsonl"
-        if not path.exists():
-            return []
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        if lines and not lines[-1].endswith("\n"):  # torn write: the record never happened
-            lines = lines[:-1]
-            with _writing(path, self.path):
-                write_bytes_atomic(path, "".join(lines).encode("utf-8"))
-        out = []
-        for i, line in enumerate(lines):
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise RunError(f"{path}: line {i + 1} is corrupt (edited by hand?); restore "
-                               f"it or start a new run") from None
-        return out
+        try:
+            with _writing(self._journal.path, self.path):
+                return self._journal.read()
+        except JournalError as exc:
+            raise RunError(f"{exc} (edited by hand?); restore it or start a new "
+                           f"run") from None
+
+    @property
+    def _journal(self) -> Journal:
+        return Journal(self.path / "history.jsonl")
 
     def history_table(self) -> pd.DataFrame:
         """The journal as a table (one row per proposal / iteration / seed / final)."""
@@ -155,19 +146,15 @@ class RunDir:
         current = seed
         pending: dict[tuple[int, str], Proposal] = {}
         for r in self.records():
-            if r["type"] == "proposal":
-                p = Proposal(r["iteration"], r["group"], r["width_from"], r["width_to"],
-                             current.with_group_width(r["group"], r["width_to"]),
-                             {k: r[k] for k in ("latency_ms", "params", "macs")},
-                             r["accuracy"])
+            if r["type"] == ProposalRecord.TYPE:
+                p = ProposalRecord.from_dict(r).event(current)
                 pending[(p.iteration, p.group)] = p
                 events.append(p)
-            elif r["type"] == "iteration":
-                chosen = pending[(r["iteration"], r["group"])]
-                events.append(Iteration(r["iteration"], r["target"], chosen, r["score"],
-                                        r.get("reduction", 0.0), r.get("scheduled", 0.0),
-                                        r.get("runner_up")))
-                current = chosen.spec
+            elif r["type"] == IterationRecord.TYPE:
+                record = IterationRecord.from_dict(r)
+                iteration = record.event(pending[(record.iteration, record.group)])
+                events.append(iteration)
+                current = iteration.chosen.spec
         return events
 
     # ------------------------------------------------------------------ files
@@ -180,6 +167,13 @@ class RunDir:
         with _writing(path, self.path):
             path.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(path, dumps_spec(spec).encode("utf-8"))
+        return path
+
+    def write_text(self, relative: str, text: str) -> Path:
+        """Write a text file of the run atomically (e.g. a failed job's tracebacks)."""
+        path = self.weights_path(relative)
+        with _writing(path, self.path):
+            write_bytes_atomic(path, text.encode("utf-8"))
         return path
 
     def read_spec(self, relative: str) -> NetworkSpec:

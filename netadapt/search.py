@@ -9,16 +9,18 @@
         net = the best child                            (accuracy, or dAcc / |dRes|)
 
 It does not train, time, print or write anything: it is handed ``predict_ms`` (a
-latency-table lookup) and ``evaluate`` (fine-tune + holdout accuracy), and yields a
-record for every proposal and every iteration. The caller persists them and, to resume,
-hands the records back as ``history``: finished proposals are not evaluated again.
+latency-table lookup) and ``evaluate_many`` (fine-tune + holdout accuracy of a whole
+iteration's proposals at once, so an executor can run them in parallel), and yields a
+record for every proposal as its result arrives and for every iteration. The caller
+persists them and, to resume, hands the records back as ``history``: finished proposals
+are not evaluated again.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .cost import count_macs, count_params
@@ -160,6 +162,17 @@ class Start:
 
 Event = Proposal | Iteration
 Evaluate = Callable[[int, NetworkSpec, str], float]  # (iteration, child spec, group) -> acc
+# (iteration, [(child spec, group), ...]) -> (group, accuracy) of each, as each finishes
+EvaluateMany = Callable[[int, Sequence[tuple[NetworkSpec, str]]], Iterable[tuple[str, float]]]
+
+
+def one_by_one(evaluate: Evaluate) -> EvaluateMany:
+    """An EvaluateMany that evaluates the proposals one after another."""
+    def evaluate_many(iteration: int, children: Sequence[tuple[NetworkSpec, str]]
+                      ) -> Iterator[tuple[str, float]]:
+        for child, group in children:
+            yield group, evaluate(iteration, child, group)
+    return evaluate_many
 
 
 def resources_of(spec: NetworkSpec, predict_ms: Callable[[NetworkSpec], float]
@@ -216,7 +229,7 @@ def netadapt(
     start: Start,
     budgets: Sequence[Budget],
     predict_ms: Callable[[NetworkSpec], float],
-    evaluate: Evaluate,
+    evaluate_many: EvaluateMany,
     schedule: Schedule = Schedule(),
     criterion: str = "accuracy",
     history: Sequence[Event] = (),
@@ -224,9 +237,11 @@ def netadapt(
 ) -> Iterator[Event]:
     """Run NetAdapt from ``start`` until every budget is met; yield each new record.
 
-    ``history`` holds records of an earlier, interrupted run of the same search: its
-    iterations are replayed without work and its finished proposals are not
-    re-evaluated. When no single group can meet an iteration's target, the step is
+    ``evaluate_many`` gets each iteration's unfinished proposals at once; a Proposal
+    is yielded as each result arrives (in any order), so the caller can record it before
+    the others finish. ``history`` holds records of an earlier, interrupted run of the
+    same search: its iterations are replayed without work and its finished proposals
+    are not re-evaluated. When no single group can meet an iteration's target, the step is
     halved (recorded as the iteration's ``reduction``). Raises BudgetError when no
     single-group change can reduce the driving resource any further.
     """
@@ -266,15 +281,17 @@ def netadapt(
                 f"cannot reduce {resource} below {format_resource(resource, resources[resource])}"
                 f" by shrinking any single channel group, even by 1/{2 ** MAX_HALVINGS} of the "
                 f"scheduled step; the unmet budget is {driver}")
-        proposals = []
-        for group, width, child, _ in candidates:
-            proposal = done_proposals.get((iteration, group))
-            if proposal is None:
-                proposal = Proposal(
-                    iteration, group, spec.group(group).width, width, child,
-                    resources_of(child, predict_ms), evaluate(iteration, child, group))
-                yield proposal
-            proposals.append(proposal)
+        found = {g: done_proposals[(iteration, g)] for g, *_ in candidates
+                 if (iteration, g) in done_proposals}
+        todo = {g: (width, child) for g, width, child, _ in candidates if g not in found}
+        for group, child_accuracy in evaluate_many(iteration,
+                                                   [(c, g) for g, (_, c) in todo.items()]):
+            width, child = todo[group]
+            found[group] = Proposal(iteration, group, spec.group(group).width, width, child,
+                                    resources_of(child, predict_ms), child_accuracy)
+            yield found[group]
+        # candidates' order, whatever order the results came in: ties rank the same
+        proposals = [found[group] for group, *_ in candidates]
         ranked = _rank(proposals, criterion, accuracy, resources, resource)
         (best, score), runner_up = ranked[0], (ranked[1][0].group if len(ranked) > 1 else None)
         yield Iteration(iteration, {resource: target}, best, score, reduction, scheduled,

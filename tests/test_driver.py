@@ -100,22 +100,22 @@ def test_checkpoints_of_recorded_phases_are_dropped_on_resume(setup, tmp_path):
     assert not list((run / "checkpoints").iterdir())
 
 
-def test_an_interrupted_search_resumes_to_the_same_result(setup, monkeypatch):
+def test_an_interrupted_search_resumes_to_the_same_result(setup):
+    from netadapt.executors import Executor
+    from netadapt.jobs import run_proposal
+
     tmp_path, config = setup
-    from netadapt import driver
-    original = driver.Searcher._evaluate
     calls = {"n": 0}
 
-    def crash_on_fifth(self, *args):
+    def crash_on_fifth(job, parent_state):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt  # Ctrl-C in the middle of an iteration
-        return original(self, *args)
+        return run_proposal(job, parent_state)
 
-    monkeypatch.setattr(driver.Searcher, "_evaluate", crash_on_fifth)
     with pytest.raises(KeyboardInterrupt):
-        start_search(config, tmp_path / "cut", predict_ms=fake_ms, progress=False)
-    monkeypatch.setattr(driver.Searcher, "_evaluate", original)
+        start_search(config, tmp_path / "cut", predict_ms=fake_ms, progress=False,
+                     executor=Executor(crash_on_fifth))
     resume_search(tmp_path / "cut", predict_ms=fake_ms, progress=False)
     assert (tmp_path / "cut" / "best.yaml").read_text() == \
         (tmp_path / "full" / "best.yaml").read_text()

@@ -8,29 +8,23 @@ import json
 import pytest
 
 from netadapt import __version__
+from netadapt.records import IterationRecord, ProposalRecord
 from netadapt.rundir import RunDir, RunError
-from netadapt.search import Budget, Iteration, Start, netadapt, resources_of
+from netadapt.search import Budget, Iteration, Start, netadapt, one_by_one, resources_of
 
 from .conftest import evaluate, fake_accuracy, fake_ms
 
 
 def journal_events(run: RunDir, events) -> None:
-    """Write search events as the runner does."""
+    """Write search events as the driver does."""
     for e in events:
-        if isinstance(e, Iteration):
-            run.append({"type": "iteration", "iteration": e.iteration, "target": e.target,
-                        "group": e.chosen.group, "score": e.score, "reduction": e.reduction,
-                        "scheduled": e.scheduled, "runner_up": e.runner_up})
-        else:
-            run.append({"type": "proposal", "iteration": e.iteration, "group": e.group,
-                        "width_from": e.width_from, "width_to": e.width_to,
-                        "accuracy": e.accuracy, **e.resources})
+        run.append(IterationRecord.of(e) if isinstance(e, Iteration) else ProposalRecord.of(e))
 
 
 def test_journal_replays_into_the_same_search_events(tiny_spec, tmp_path):
     start = Start(tiny_spec, fake_accuracy(tiny_spec), resources_of(tiny_spec, fake_ms))
     budgets = [Budget("latency_ms", start.resources["latency_ms"] * 0.6)]
-    events = list(netadapt(start, budgets, fake_ms, evaluate))
+    events = list(netadapt(start, budgets, fake_ms, one_by_one(evaluate)))
     run = RunDir.create(tmp_path / "run", {"budget": ["x"]})
     journal_events(run, events)
     assert run.events(tiny_spec) == events
@@ -84,7 +78,7 @@ def test_a_full_disk_is_one_line_that_says_how_to_resume(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("netadapt.rundir.os.fsync", full)
+    monkeypatch.setattr("netadapt.files.os.fsync", full)
     with pytest.raises(RunError, match=r"the disk is full; .* --resume"):
         run.save_state("iterations/iter_001.pt", {})
     assert not (tmp_path / "run" / "iterations" / "iter_001.pt").exists()

@@ -16,6 +16,7 @@ from netadapt.search import (
     Start,
     check_reachable,
     netadapt,
+    one_by_one,
     parse_budget,
     propose,
     resources_of,
@@ -30,7 +31,7 @@ def start_of(spec) -> Start:
 
 
 def run(spec, budgets, **kwargs):
-    return list(netadapt(start_of(spec), budgets, fake_ms, evaluate, **kwargs))
+    return list(netadapt(start_of(spec), budgets, fake_ms, one_by_one(evaluate), **kwargs))
 
 
 def test_the_loop_meets_the_budget_and_latency_falls_every_iteration(tiny_spec):
@@ -101,7 +102,7 @@ def test_resume_skips_finished_proposals_and_ends_identically(tiny_spec):
             calls.append((iteration, group))
             return evaluate(iteration, spec, group)
 
-        rest = list(netadapt(start_of(tiny_spec), budgets, fake_ms, counting,
+        rest = list(netadapt(start_of(tiny_spec), budgets, fake_ms, one_by_one(counting),
                              history=full[:cut]))
         assert full[:cut] + rest == full
         done = {(e.iteration, e.group) for e in full[:cut] if isinstance(e, Proposal)}
@@ -185,3 +186,18 @@ def test_large_seed_runs_to_sixty_percent_with_a_constant_schedule():
     events = run(spec, [budget], schedule=Schedule.named("constant", 0.05))
     final = [e for e in events if isinstance(e, Iteration)][-1].chosen
     assert final.resources["latency_ms"] <= budget.limit
+
+
+def test_proposals_finishing_in_any_order_lead_to_the_same_choices(tiny_spec):
+    budgets = [Budget("latency_ms", fake_ms(tiny_spec) * 0.6)]
+    in_order = run(tiny_spec, budgets)
+
+    def last_first(iteration, children):  # as parallel workers may finish them
+        return reversed(list(one_by_one(evaluate)(iteration, children)))
+
+    shuffled = list(netadapt(start_of(tiny_spec), budgets, fake_ms, last_first))
+    assert [e for e in shuffled if isinstance(e, Iteration)] == \
+        [e for e in in_order if isinstance(e, Iteration)]
+    assert sorted(map(repr, shuffled)) == sorted(map(repr, in_order))
+    assert [e.group for e in shuffled if isinstance(e, Proposal)] != \
+        [e.group for e in in_order if isinstance(e, Proposal)]  # the order did change

@@ -1,0 +1,147 @@
+"""A proposal evaluation as a plain job: everything it needs in, its result out.
+
+    ProposalJob (parent spec, child spec, group, iteration seed, training settings,
+                 data description) + the parent's weights
+        -> run_proposal ->
+    ProposalResult (holdout accuracy, per-image correctness, child weights, seconds, worker)
+
+A job touches no file and no state of the search: any process that can import netadapt
+runs it (the driver itself, a local worker process, a Ray task on another machine) and
+gets the same bits on CPU. The driver alone writes the run directory from the results.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .spec import NetworkSpec
+
+if TYPE_CHECKING:
+    from .data import Data
+
+BN_BATCHES = 4  # batches that re-estimate BN statistics before a proposal is scored
+EVAL_BATCH = 256
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """How to load the search's data: workers load it themselves (once per process)
+    instead of receiving 50 MB of images with every job."""
+
+    path: str | None  # None: the built-in Fashion-MNIST
+    resolution: int
+    in_channels: int
+    holdout: int
+    seed: int
+    segmentation: bool = False  # images and masks (netadapt.segdata), not labels
+
+    def load(self) -> Data:
+        """The data, loaded once per process (deterministic: the same splits anywhere)."""
+        from .data import load_data
+        from .segdata import load_segmentation
+
+        if self not in _LOADED:
+            load = load_segmentation if self.segmentation else load_data
+            _LOADED[self] = load(Path(self.path) if self.path else None,
+                                 resolution=self.resolution, in_channels=self.in_channels,
+                                 holdout=self.holdout, seed=self.seed)
+        return _LOADED[self]
+
+
+_LOADED: dict[DataSource, Data] = {}
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a proposal is fine-tuned and scored."""
+
+    steps: int
+    lr: float
+    batch_size: int
+    device: str = "cpu"  # "cuda": the worker's own GPU (see set_worker_device)
+    threads: int = 1  # torch CPU threads in the process that runs the job; 0: leave as is
+
+
+@dataclass(frozen=True)
+class ProposalJob:
+    """One proposal: the parent with ``group`` cut to the child's width, fine-tuned with
+    the iteration's seed (every proposal of an iteration sees the same batches)."""
+
+    iteration: int
+    group: str
+    parent: NetworkSpec
+    child: NetworkSpec
+    seed: int
+    training: Training
+    data: DataSource
+
+
+@dataclass(frozen=True)
+class ProposalResult:
+    """What a job hands back: the driver records and saves it."""
+
+    iteration: int
+    group: str
+    accuracy: float  # on the holdout split: top-1, or mIoU for segmentation
+    correct: torch.Tensor  # per holdout image: correct (bool), or pixel accuracy
+    state: dict[str, torch.Tensor]  # the fine-tuned child's weights (CPU)
+    seconds: float
+    worker: str  # host:pid of the process that ran it
+    attempts: int = 1
+    cpu_seconds: float = 0.0  # CPU time of the job's process (below seconds: it waited)
+
+
+_WORKER_DEVICE: str | None = None  # a GPU assigned to this worker process
+
+
+def set_worker_device(device: str | None) -> None:
+    """Pin the jobs this process runs with ``device == "cuda"`` to one GPU."""
+    global _WORKER_DEVICE
+    _WORKER_DEVICE = device
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def recalibrated(model: torch.nn.Module, data: Data, batch_size: int, seed: int,
+                 device: str) -> torch.nn.Module:
+    """BN statistics re-estimated on the seed's batches: a few hundred steps leave them
+    behind the new weights, and proposals must be compared on weights, not stale BN."""
+    from .train import recalibrate_bn
+
+    return recalibrate_bn(model, data, BN_BATCHES, batch_size=batch_size, seed=seed,
+                          device=device)
+
+
+def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> ProposalResult:
+    """Inherit the parent's largest-norm filters, fine-tune, re-estimate BN, score."""
+    from .model import build_model
+    from .prune import inherit_weights
+    from .scoring import score_model
+    from .train import finetune
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    settings = job.training
+    if settings.threads > 0 and torch.get_num_threads() != settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = _WORKER_DEVICE if settings.device == "cuda" and _WORKER_DEVICE else settings.device
+    data = job.data.load()
+    model = build_model(job.child)
+    model.load_state_dict(inherit_weights(job.parent, parent_state, job.child))
+    finetune(model, data, steps=settings.steps, lr=settings.lr,
+             batch_size=settings.batch_size, seed=job.seed, device=device)
+    recalibrated(model, data, settings.batch_size, job.seed, device)
+    score, correct, _ = score_model(model, data.holdout, data.num_classes,
+                                    batch_size=EVAL_BATCH, device=device)
+    return ProposalResult(job.iteration, job.group, score, correct,
+                          {k: v.cpu() for k, v in model.state_dict().items()},
+                          time.perf_counter() - started, worker_name(),
+                          cpu_seconds=time.process_time() - cpu_started)

@@ -1,0 +1,98 @@
+"""The search's journal records, typed: one place that says what a proposal and an
+iteration line of history.jsonl hold, how they are written and read back.
+
+Every record is a JSON object with a ``type``; ``to_dict`` / ``from_dict`` convert, and
+unknown keys written by other versions are ignored on reading. The seed, final and
+baseline records (open-ended notes and per-phase facts) stay plain dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .search import Iteration, Proposal
+from .spec import NetworkSpec
+
+
+@dataclass(frozen=True)
+class _Record:
+    TYPE: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.TYPE, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class ProposalRecord(_Record):
+    """A finished proposal: which group went to which width, its resources and its
+    holdout accuracy; where (worker) and how long (seconds, attempts) it ran."""
+
+    TYPE: ClassVar[str] = "proposal"
+    iteration: int
+    group: str
+    width_from: int
+    width_to: int
+    latency_ms: float
+    params: float
+    macs: float
+    accuracy: float
+    holdout_px: int | None = None
+    seconds: float | None = None  # the job's own time (fine-tune + scoring)
+    worker: str | None = None  # host:pid that ran it
+    attempts: int = 1
+
+    @classmethod
+    def of(cls, p: Proposal, **facts: Any) -> ProposalRecord:
+        r = p.resources
+        return cls(p.iteration, p.group, p.width_from, p.width_to, r["latency_ms"],
+                   r["params"], r["macs"], p.accuracy, **facts)
+
+    def event(self, parent: NetworkSpec) -> Proposal:
+        """The search's Proposal, its spec re-derived from the parent's."""
+        return Proposal(self.iteration, self.group, self.width_from, self.width_to,
+                        parent.with_group_width(self.group, self.width_to),
+                        {"latency_ms": self.latency_ms, "params": self.params,
+                         "macs": self.macs}, self.accuracy)
+
+
+@dataclass(frozen=True)
+class IterationRecord(_Record):
+    """The proposal an iteration chose, and how clearly it won (margin over the
+    runner-up, paired on the holdout images, with its standard error)."""
+
+    TYPE: ClassVar[str] = "iteration"
+    iteration: int
+    target: dict[str, float]
+    group: str
+    score: float
+    width_from: int | None = None
+    width_to: int | None = None
+    latency_ms: float | None = None
+    params: float | None = None
+    macs: float | None = None
+    accuracy: float | None = None
+    holdout_px: int | None = None
+    reduction: float = 0.0
+    scheduled: float = 0.0
+    runner_up: str | None = None
+    margin: float | None = None
+    margin_se: float | None = None
+
+    @classmethod
+    def of(cls, it: Iteration, **facts: Any) -> IterationRecord:
+        p, r = it.chosen, it.chosen.resources
+        return cls(it.iteration, it.target, p.group, it.score, p.width_from, p.width_to,
+                   r["latency_ms"], r["params"], r["macs"], p.accuracy,
+                   reduction=it.reduction,
+                   scheduled=it.scheduled, runner_up=it.runner_up, **facts)
+
+    def event(self, chosen: Proposal) -> Iteration:
+        return Iteration(self.iteration, self.target, chosen, self.score, self.reduction,
+                         self.scheduled, self.runner_up)
