@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import shutil
 import time
 import zlib
@@ -508,17 +509,30 @@ class Searcher:
         holdout = score_model(model, data.holdout, data.num_classes, 256, self.torch_device)[0]
         steps = self.deploy_steps(spec, data)
         deployed = data.at(spec.input_size)
+        # At the deployed size the ops are large enough to split across cores (unlike at
+        # the 32 px proxy, where --threads 1 is fastest) and nothing else of the search runs
+        # now: use every core this process may run on (README command (a)).
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+        threads = max(cfg.threads, cores) if cfg.threads > 0 else 0
+        previous = torch.get_num_threads()
         if steps:
-            finetune(model, deployed, steps, lr=cfg.deploy_lr, batch_size=cfg.deploy_batch_size,
-                     seed=_iteration_seed(cfg.seed, DEPLOY_SEED), device=self.torch_device,
-                     progress=self._bar(f"{name} at {spec.input_size[0]} px", steps),
-                     checkpoint=self._checkpoint(_deploy_phase(name)))
+            if threads:
+                torch.set_num_threads(threads)
+            try:
+                finetune(model, deployed, steps, lr=cfg.deploy_lr,
+                         batch_size=cfg.deploy_batch_size,
+                         seed=_iteration_seed(cfg.seed, DEPLOY_SEED), device=self.torch_device,
+                         progress=self._bar(f"{name} at {spec.input_size[0]} px", steps),
+                         checkpoint=self._checkpoint(_deploy_phase(name)))
+            finally:
+                torch.set_num_threads(previous)
         self.run.write_spec(f"{name}.yaml", spec)
         self.run.save_state(f"{name}.pt", model.state_dict())
         onnx_path = self.run.path / f"{name}.onnx"
         export_onnx(model, spec, onnx_path, metadata=self.metadata(spec))
         test, correct, extra = score_onnx(onnx_path, deployed.test, data.num_classes,
-                                          threads=cfg.threads)
+                                          threads=threads)
         self.run.save_state(f"{name}.test_correct.pt", {"correct": correct})
         return {"accuracy": holdout, "holdout_px": data.resolution, "deploy_steps": steps,
                 "test_accuracy": test, **{f"test_{k}": v for k, v in extra.items()},
