@@ -155,6 +155,24 @@ class Data:
                 resolution, int) else list(resolution)})
 
 
+def make_splits(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
+                indices: tuple[Tensor, Tensor, Tensor], in_channels: int, resolution: int
+                ) -> tuple[list[Split], Any]:
+    """The train / holdout / test splits at ``indices``, and a sha256 of those indices
+    (what makes two runs' splits comparable)."""
+    mean, std = channel_stats(in_channels)
+    size = (resolution, resolution)
+    train_idx, holdout_idx, test_idx = indices
+    splits = [Split(name, x[idx], y[idx], in_channels, mean, std, size)
+              for name, x, y, idx in (("train", train_x, train_y, train_idx),
+                                      ("holdout", train_x, train_y, holdout_idx),
+                                      ("test", test_x, test_y, test_idx))]
+    digest = hashlib.sha256()
+    for idx in indices:
+        digest.update(idx.numpy().astype("<i8").tobytes())
+    return splits, digest
+
+
 def load_data(source: Path | None, resolution: int, in_channels: int, holdout: int, seed: int,
               *, max_train: int | None = None, max_test: int | None = None,
               test_fraction: float = 0.2) -> Data:
@@ -201,14 +219,8 @@ def load_data(source: Path | None, resolution: int, in_channels: int, holdout: i
                               [:max_test]).values
 
     mean, std = channel_stats(in_channels)
-    size = (resolution, resolution)
-    splits = [Split(name, x[idx], y[idx], in_channels, mean, std, size)
-              for name, x, y, idx in (("train", train_x, train_y, train_idx),
-                                      ("holdout", train_x, train_y, holdout_idx),
-                                      ("test", test_x, test_y, test_idx))]
-    digest = hashlib.sha256()
-    for idx in (train_idx, holdout_idx, test_idx):
-        digest.update(idx.numpy().astype("<i8").tobytes())
+    splits, digest = make_splits(train_x, train_y, test_x, test_y,
+                                 (train_idx, holdout_idx, test_idx), in_channels, resolution)
     description = {
         "source": str(root.resolve()), "format": fmt, "resolution": resolution,
         "in_channels": in_channels, "classes": list(classes), "seed": seed,

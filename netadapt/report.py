@@ -99,13 +99,13 @@ def verdict(table: pd.DataFrame, metric: str = "top-1") -> str:
     or "LOSES TO" only when the paired margin's 95% interval excludes zero; else "ties".
     For segmentation (``metric`` mIoU) the networks are compared on test mIoU and the
     paired margin is of per-image pixel accuracy (mIoU has no per-image terms)."""
+    ours = float(table.loc[table["network"] == "netadapt", "test_accuracy"].iloc[0])
+    others = table[~table["network"].isin(["seed", "netadapt"])].dropna(
+        subset=["test_accuracy"])
+    if others.empty:
+        return "no baseline could meet the budgets"
+    best = others.loc[others["test_accuracy"].idxmax()]
     if metric == "mIoU":
-        ours = float(table.loc[table["network"] == "netadapt", "test_accuracy"].iloc[0])
-        others = table[~table["network"].isin(["seed", "netadapt"])].dropna(
-            subset=["test_accuracy"])
-        if others.empty:
-            return "no baseline could meet the budgets"
-        best = others.loc[others["test_accuracy"].idxmax()]
         word = "above" if ours > best["test_accuracy"] else "at or below"
         line = (f"netadapt is {word} the best baseline ({best['network']}) on test mIoU: "
                 f"{ours:.4f} vs {best['test_accuracy']:.4f}")
@@ -113,12 +113,6 @@ def verdict(table: pd.DataFrame, metric: str = "top-1") -> str:
             line += (f"; per-image pixel accuracy margin {100 * best['margin']:+.2f} +- "
                      f"{100 * Z95 * best['margin_se']:.2f} points (95%, paired)")
         return line
-    ours = float(table.loc[table["network"] == "netadapt", "test_accuracy"].iloc[0])
-    others = table[~table["network"].isin(["seed", "netadapt"])].dropna(
-        subset=["test_accuracy"])
-    if others.empty:
-        return "no baseline could meet the budgets"
-    best = others.loc[others["test_accuracy"].idxmax()]
     margin = best.get("margin")
     se = best.get("margin_se")
     if margin is None or se is None or pd.isna(margin) or pd.isna(se):

@@ -8,7 +8,6 @@ left out of the loss and of every score.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,12 @@ from .data import (
     IMAGE_EXTENSIONS,
     INSTALL_HINT,
     Data,
-    Split,
     _find_idx,
     _generator,
     _load_idx_dir,
     _to_channels,
     channel_stats,
+    make_splits,
 )
 from .errors import DataError
 
@@ -112,14 +111,8 @@ def load_segmentation(source: Path | None, resolution: int, in_channels: int, ho
     train_idx = torch.sort(perm[holdout:]).values
     test_idx = torch.arange(len(test_y))
     mean, std = channel_stats(in_channels)
-    size = (resolution, resolution)
-    splits = [Split(name, x[idx], y[idx], in_channels, mean, std, size)
-              for name, x, y, idx in (("train", train_x, train_y, train_idx),
-                                      ("holdout", train_x, train_y, holdout_idx),
-                                      ("test", test_x, test_y, test_idx))]
-    digest = hashlib.sha256()
-    for idx in (train_idx, holdout_idx, test_idx):
-        digest.update(idx.numpy().astype("<i8").tobytes())
+    splits, digest = make_splits(train_x, train_y, test_x, test_y,
+                                 (train_idx, holdout_idx, test_idx), in_channels, resolution)
     digest.update(train_y[:16].numpy().tobytes())  # the synthetic set's content, in brief
     description = {
         "source": where, "format": fmt, "task": "segmentation", "resolution": resolution,
