@@ -340,7 +340,7 @@ def _estimate(dev: Any, source_name: str) -> None:
     import numpy as np
 
     from .latency import load_table
-    from .latency.estimate import estimate, published_points
+    from .latency.estimate import estimate, published_points, size_sweep_points
     from .latency.table import read_table_files
 
     if not dev.published:
@@ -349,9 +349,12 @@ def _estimate(dev: Any, source_name: str) -> None:
     source = load_table(source_name)
     frame, _ = read_table_files(source_name)
     points = published_points(dict(dev.published))
-    fit = estimate(source, dev, dict(dev.published), {p.label: p.spec for p in points}, frame)
+    sweep = size_sweep_points(dev.size_sweep)
+    fit = estimate(source, dev, dict(dev.published), {p.label: p.spec for p in points}, frame,
+                   sweep=sweep)
+    ratios = f" and {len(sweep)} size ratios" if sweep else ""
     typer.secho(f"{dev.name}: ESTIMATE written (the {source_name} table's entries, priced by "
-                f"a phone model fitted to {len(points)} published latencies)",
+                f"a phone model fitted to {len(points)} published latencies{ratios})",
                 fg=typer.colors.YELLOW)
     typer.echo(f"  entry_ms = {fit.formula()}")
     typer.echo(f"  {'network':<40}{'published':>10}{'fit':>16}{'leave-one-out':>18}")
@@ -362,6 +365,16 @@ def _estimate(dev: Any, source_name: str) -> None:
     typer.echo(f"  leave-one-out: max |error| {worst:.1%}, median "
                f"{float(np.median(np.abs(fit.loo_errors))):.1%} (each point predicted by a fit "
                f"without it)")
+    if sweep:
+        typer.echo(f"  {'size sweep (latency / at largest size)':<40}{'published':>10}"
+                   f"{'fit':>16}{'size left out':>18}")
+        for sp, f, lo in zip(sweep, fit.sweep_fitted, fit.sweep_loso):
+            typer.echo(f"  {sp.label:<40}{sp.ratio:>10.3f}{f:>9.3f} ({f / sp.ratio - 1:+5.1%})"
+                       f"{lo:>10.3f} ({lo / sp.ratio - 1:+5.1%})")
+        errs = np.abs(fit.sweep_loso_errors)
+        typer.echo(f"  size left out: max |error| {errs.max():.1%}, median "
+                   f"{float(np.median(errs)):.1%} (each size's ratios predicted by a fit "
+                   f"without that size)")
 
 
 @command

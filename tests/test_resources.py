@@ -37,11 +37,11 @@ def test_a_users_device_profile_wins_over_the_shipped_one(tmp_path, monkeypatch)
 def test_tables_are_read_from_the_user_folder_first_and_written_only_there(tmp_path,
                                                                            monkeypatch):
     monkeypatch.setenv("NETADAPT_HOME", str(tmp_path))
-    assert find_table("pixel") == (shipped_dir() / "latency_tables/pixel/table.csv",
+    assert find_table("pixel") == (shipped_dir() / "latency_tables/pixel/table.csv.gz",
                                    shipped_dir() / "latency_tables/pixel/meta.json")
     assert tables_dir() == tmp_path / "latency_tables"  # profile writes here
     shutil.copytree(shipped_dir() / "latency_tables/pixel", tmp_path / "latency_tables/pixel")
-    assert find_table("pixel")[0] == tmp_path / "latency_tables/pixel/table.csv"
+    assert find_table("pixel")[0] == tmp_path / "latency_tables/pixel/table.csv.gz"
     assert load_table("pixel").predict_ms(load_spec("mobilenetv3_small")) > 0
 
 

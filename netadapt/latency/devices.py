@@ -44,6 +44,8 @@ class Device:
     protocol: Protocol
     options: dict[str, Any] = field(default_factory=dict)  # the runner's own section
     published: dict[str, float] = field(default_factory=dict)  # spec path -> ms, for estimates
+    # network label -> {input size: ms}: how latency falls with the input size (estimates)
+    size_sweep: dict[str, dict[int, float]] = field(default_factory=dict)
     path: Path | None = None
 
     @property
@@ -102,5 +104,7 @@ def load_device(name: str, root: Path | None = None) -> Device:
         protocol=Protocol(**proto),
         options=dict(data.get(runner) or {}),
         published={str(k): float(v) for k, v in (data.get("published") or {}).items()},
+        size_sweep={str(k): dict(v) if isinstance(v, dict) else v
+                    for k, v in (data.get("size_sweep") or {}).items()},
         path=path,
     )

@@ -7,17 +7,23 @@ kind of work on a phone's big core, with coefficients fitted to the device's pub
 end-to-end latencies:
 
     entry_ms = a x MMACs                  (convs and FC layers: compute)
-             + b x SE elements (M)        (squeeze-excite pools the expanded tensor and
-                                           rescales it: two memory passes, few MACs)
+             + b x depthwise MMACs        (a depthwise MAC costs more than a dense one:
+                                           no reuse of its inputs across channels)
              + c x conv positions (M)     (each conv's output positions, whatever its
                                            width: per-position loop and memory overhead,
-                                           what narrow networks pay beyond their MACs,
-                                           and what a smaller input size saves)
+                                           what narrow networks pay beyond their MACs)
+             + d x conv weights (M)       (paid once per inference whatever the input
+                                           size: what a smaller input does not save)
 
-Three non-negative coefficients, fitted on relative error, validated by leave-one-out on
-every published point (each point predicted by a fit without it) and, outside the search
-space, on MobileNetV2 (scripts/pixel_estimate.py compares every model of up to three of
-TERMS; README "Devices" has the comparison).
+Two kinds of published figures fit it. The device's own network at its fitted size
+(``published:``: the MobileNetV3 width sweep at 224 px) fixes the absolute costs; a size
+sweep of another network on the same phone (``size_sweep:``: MobileNetV2 at 96-224 px,
+measured with an older TFLite, so only each network's latency *relative to its own
+224 px* is used) fixes how latency falls with the input size, which the width sweep
+alone cannot tell (every term there scales with the positions alike). Non-negative
+coefficients, fitted on relative error, validated by leave-one-out on every published
+point and by leaving each size of the sweep out (scripts/pixel_estimate.py compares every
+model of up to four of TERMS; README "Devices" has the comparison).
 
 The terms are linear in the entries' widths where the table composes entries
 (T(c,e,o) = T(c,e,o0) + T(c0,e,o) - T(c0,e,o0) for blocks without residual), so
@@ -30,7 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +52,10 @@ from .graphs import EntryKey, entry_keys
 from .profile import write_table
 from .table import CLASSES, COLUMNS, FORMAT, LatencyTable, key_of
 
-PHONE_TERMS = ("mmacs", "se_m_elements", "conv_m_positions")
+PHONE_TERMS = ("mmacs", "depthwise_mmacs", "conv_m_positions", "conv_weights_m")
 SOURCE = "Howard et al. 2019 (MobileNetV3), TFLite float, single big core, batch 1"
+SIZE_SWEEP_SOURCE = ("TensorFlow slim MobileNetV2 checkpoints table (Pixel 1, TFLite float, "
+                     "big core): ratios to each network's own largest size")
 
 
 # Segmentation entries (graphs.EntryKey): 1x1 convs at their input size, no depthwise.
@@ -153,6 +161,12 @@ def conv_positions(key: EntryKey) -> float:
     return (key.h * key.w if key.expand else 0) + 2 * ho * wo
 
 
+def conv_weights(key: EntryKey) -> float:
+    """Weights of the entry's convolutions (the head's fully connected layers left out:
+    they are read once whatever the input size too, but fit no published point)."""
+    return 0.0 if key.kind in ("head", "classifier") else weights(key)
+
+
 def macs(key: EntryKey) -> float:
     """All multiply-accumulates of the entry (netadapt.cost's count, per entry)."""
     return (pointwise_macs(key) + gemm_macs(key) + depthwise_outputs(key) * key.kernel ** 2
@@ -170,6 +184,7 @@ TERMS: dict[str, Callable[[EntryKey], float]] = {
     "gemm_mmacs": lambda k: gemm_macs(k) / 1e6,
     "depthwise_m_outputs": lambda k: depthwise_outputs(k) / 1e6,
     "weights_m": lambda k: weights(k) / 1e6,
+    "conv_weights_m": lambda k: conv_weights(k) / 1e6,
     "activations_m": lambda k: activations(k) / 1e6,
     "entries": lambda k: 0.0 if k.kind == "classifier" else 1.0,
 }
@@ -205,6 +220,77 @@ def published_points(published: dict[str, float], root: Path | None = None
     return points
 
 
+def mobilenet_v2_keys(alpha: float, size: int) -> list[EntryKey]:
+    """MobileNetV2 (Sandler et al. 2018: its t, c, n, s rows; the last conv's 1280
+    channels kept below x1 and scaled above; one 1001-way FC) as table entries at a square
+    input size. Outside the search space: built for the size sweep that fits the
+    estimate, so only its terms are ever needed, never a measured entry."""
+    c = make_divisible(32 * alpha)
+    keys = [EntryKey("stem", 3, 0, c, 3, 2, 1, False, "relu", False, False, size, size)]
+    hw = conv_output_size(size, 3, 2, 1)
+    for t, width, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                           (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
+        out = make_divisible(width * alpha)
+        for i in range(n):
+            stride = s if i == 0 else 1
+            exp = make_divisible(c * t)
+            keys.append(EntryKey("block", c, max(exp, c), out, 3, stride, 1, False, "relu",
+                                 exp > c, stride == 1 and c == out, hw, hw))
+            hw = conv_output_size(hw, 3, stride, 1)
+            c = out
+    last = make_divisible(1280 * alpha) if alpha > 1 else 1280
+    keys.append(EntryKey("last_conv", c, 0, last, 1, 1, 1, False, "relu", False, False,
+                         hw, hw))
+    keys.append(EntryKey("classifier", last, 0, 1001, 0, 0, 0, False, "linear", False,
+                         False, 1, 1))
+    return keys
+
+
+SWEEP_NETWORKS: dict[str, Callable[[float, int], list[EntryKey]]] = {
+    "mobilenet_v2": mobilenet_v2_keys}
+
+
+@dataclass(frozen=True)
+class SizePoint:
+    """One latency of a size sweep with the same network's at the sweep's largest size:
+    the model is fitted to their ratio (the sweep may come from another runtime version
+    than ``published:``; a ratio does not care)."""
+
+    label: str  # "mobilenet_v2 x0.5 @96"
+    size: int
+    keys: tuple[EntryKey, ...]
+    ms: float
+    largest_keys: tuple[EntryKey, ...]
+    largest_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.ms / self.largest_ms
+
+
+def size_sweep_points(sweep: dict[str, dict[int, float]]) -> list[SizePoint]:
+    """The device profile's ``size_sweep:`` (``NETWORK xMULT: {size: ms, ...}``), one
+    point per size below each network's largest."""
+    points = []
+    for label, by_size in sweep.items():
+        name, _, mult = label.partition(" x")
+        build = SWEEP_NETWORKS.get(name)
+        try:
+            alpha = float(mult) if mult else 1.0
+            sizes = {int(k): float(v) for k, v in by_size.items()}
+        except (TypeError, ValueError, AttributeError):
+            build = None
+        if build is None or len(sizes) < 2:
+            raise LatencyError(f"size_sweep: {label!r}: write 'NETWORK xMULT: {{SIZE: ms, ...}}' "
+                               f"with two sizes or more (NETWORK: {', '.join(SWEEP_NETWORKS)})")
+        largest = max(sizes)
+        top = tuple(build(alpha, largest))
+        points += [SizePoint(f"{label} @{size}", size, tuple(build(alpha, size)), ms, top,
+                             sizes[largest])
+                   for size, ms in sorted(sizes.items()) if size != largest]
+    return points
+
+
 @dataclass
 class EstimateFit:
     """Coefficients of a phone model and how well it reproduces the published points."""
@@ -214,6 +300,9 @@ class EstimateFit:
     points: list[Published]
     fitted_ms: np.ndarray
     loo_ms: np.ndarray  # each point predicted by a fit without it
+    sweep: list[SizePoint] = field(default_factory=list)
+    sweep_fitted: np.ndarray = field(default_factory=lambda: np.zeros(0))  # ratios
+    sweep_loso: np.ndarray = field(default_factory=lambda: np.zeros(0))  # size left out
 
     @property
     def fit_errors(self) -> np.ndarray:
@@ -224,6 +313,11 @@ class EstimateFit:
         return self.loo_ms / self._published - 1
 
     @property
+    def sweep_loso_errors(self) -> np.ndarray:
+        """Each size's ratio predicted by a fit without that size, against the published."""
+        return self.sweep_loso / np.array([p.ratio for p in self.sweep]) - 1
+
+    @property
     def _published(self) -> np.ndarray:
         return np.array([p.ms for p in self.points])
 
@@ -231,7 +325,7 @@ class EstimateFit:
         return " + ".join(f"{c:.4g} x {t}" for t, c in zip(self.terms, self.coef))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "model": f"entry_ms = {' + '.join(f'c[{t}] x {t}' for t in self.terms)}",
             "coefficients": {t: float(c) for t, c in zip(self.terms, self.coef)},
             "source": SOURCE,
@@ -241,6 +335,14 @@ class EstimateFit:
             "fit_max_abs_error": float(np.abs(self.fit_errors).max()),
             "leave_one_out_max_abs_error": float(np.abs(self.loo_errors).max()),
         }
+        if self.sweep:
+            out["size_sweep"] = {
+                "source": SIZE_SWEEP_SOURCE,
+                "points": [{"network": p.label, "published_ratio": p.ratio,
+                            "fitted_ratio": float(f), "leave_size_out_ratio": float(lo)}
+                           for p, f, lo in zip(self.sweep, self.sweep_fitted, self.sweep_loso)],
+                "leave_size_out_max_abs_error": float(np.abs(self.sweep_loso_errors).max())}
+        return out
 
 
 def term_values(key: EntryKey, terms: Sequence[str],
@@ -256,11 +358,17 @@ def term_values(key: EntryKey, terms: Sequence[str],
     return values
 
 
+def keys_terms(keys: Sequence[EntryKey], terms: Sequence[str],
+               source: LatencyTable | None = None) -> np.ndarray:
+    """Sum of the terms over a network's entries."""
+    return np.array([term_values(k, terms, source) for k in keys]).sum(axis=0)
+
+
 def network_terms(spec: NetworkSpec, terms: Sequence[str],
                   source: LatencyTable | None = None) -> np.ndarray:
-    """Sum of the terms over the network's entries (the source's time uncalibrated:
-    its coefficient absorbs the calibration, as the estimate's table has none)."""
-    return np.array([term_values(k, terms, source) for _, k in entry_keys(spec)]).sum(axis=0)
+    """Sum of the terms over the spec's entries (the source's time uncalibrated: its
+    coefficient absorbs the calibration, as the estimate's table has none)."""
+    return keys_terms([k for _, k in entry_keys(spec)], terms, source)
 
 
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -283,24 +391,74 @@ def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return best[1] if best is not None else np.zeros(n)
 
 
-def fit_coefficients(x: np.ndarray, ms: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class Sweep:
+    """A size sweep's terms, ready to fit: ``at`` / ``top`` (points x terms) and the
+    published ms of each at its size and at the largest."""
+
+    at: np.ndarray
+    top: np.ndarray
+    ms: np.ndarray
+    top_ms: np.ndarray
+    sizes: np.ndarray
+
+    @classmethod
+    def of(cls, points: Sequence[SizePoint], terms: Sequence[str]) -> Sweep:
+        at = np.array([keys_terms(p.keys, terms) for p in points])
+        top = np.array([keys_terms(p.largest_keys, terms) for p in points])
+        return cls(at, top, np.array([p.ms for p in points]),
+                   np.array([p.largest_ms for p in points]),
+                   np.array([p.size for p in points]))
+
+    def rows(self) -> np.ndarray:
+        """Linear residuals that vanish when the model's ratio is the published one:
+        terms(size) / ms(size) - terms(largest) / ms(largest), on the relative scale of
+        the published points' rows."""
+        return self.at / self.ms[:, None] - self.top / self.top_ms[:, None]
+
+    def subset(self, keep: np.ndarray) -> Sweep:
+        return Sweep(self.at[keep], self.top[keep], self.ms[keep], self.top_ms[keep],
+                     self.sizes[keep])
+
+    def ratios(self, coef: np.ndarray) -> np.ndarray:
+        return (self.at @ coef) / (self.top @ coef)
+
+
+def fit_coefficients(x: np.ndarray, ms: np.ndarray, sweep: Sweep | None = None) -> np.ndarray:
     """Coefficients minimising the squared relative error of the network sums
-    (``x``: networks x terms, ``ms``: their published latencies)."""
-    return nnls(x / ms[:, None], np.ones(len(ms)))
+    (``x``: networks x terms, ``ms``: their published latencies) and of the sweep's
+    ratios."""
+    a, b = x / ms[:, None], np.ones(len(ms))
+    if sweep is not None and len(sweep.ms):
+        a, b = np.vstack([a, sweep.rows()]), np.r_[b, np.zeros(len(sweep.ms))]
+    return nnls(a, b)
 
 
-def leave_one_out_ms(x: np.ndarray, ms: np.ndarray) -> np.ndarray:
-    """Each network predicted by the coefficients fitted to all the others."""
+def leave_one_out_ms(x: np.ndarray, ms: np.ndarray, sweep: Sweep | None = None) -> np.ndarray:
+    """Each network predicted by the coefficients fitted to all the others (and the
+    whole sweep)."""
     if len(ms) < 2:
         return np.full(len(ms), np.nan)
-    return np.array([x[i] @ fit_coefficients(np.delete(x, i, axis=0), np.delete(ms, i))
+    return np.array([x[i] @ fit_coefficients(np.delete(x, i, axis=0), np.delete(ms, i), sweep)
                      for i in range(len(ms))])
 
 
+def leave_size_out_ratios(x: np.ndarray, ms: np.ndarray, sweep: Sweep) -> np.ndarray:
+    """Each sweep point's ratio predicted by a fit without any point of its size."""
+    out = np.full(len(sweep.ms), np.nan)
+    for size in np.unique(sweep.sizes):
+        left = sweep.sizes == size
+        coef = fit_coefficients(x, ms, sweep.subset(~left))
+        out[left] = sweep.subset(left).ratios(coef)
+    return out
+
+
 def fit_phone_model(points: list[Published], terms: Sequence[str] = PHONE_TERMS,
-                    source: LatencyTable | None = None) -> EstimateFit:
-    """Fit the terms' coefficients to the published points, and leave each point out
-    once to see how well the model predicts a network it was not fitted to."""
+                    source: LatencyTable | None = None,
+                    sweep: Sequence[SizePoint] = ()) -> EstimateFit:
+    """Fit the terms' coefficients to the published points (and the size sweep's
+    ratios), and leave each point (each sweep size) out once to see how well the model
+    predicts what it was not fitted to."""
     if not points:
         raise LatencyError("no published latencies to fit an estimate to")
     x = np.array([network_terms(p.spec, terms, source) for p in points])
@@ -308,8 +466,13 @@ def fit_phone_model(points: list[Published], terms: Sequence[str] = PHONE_TERMS,
         bad = [p.label for p, row in zip(points, x) if np.isnan(row).any()]
         raise LatencyError(f"the source table lacks entries of {', '.join(bad)}")
     ms = np.array([p.ms for p in points])
-    return EstimateFit(tuple(terms), fit_coefficients(x, ms), points,
-                       x @ fit_coefficients(x, ms), leave_one_out_ms(x, ms))
+    sw = Sweep.of(sweep, terms) if sweep else None
+    coef = fit_coefficients(x, ms, sw)
+    fit = EstimateFit(tuple(terms), coef, points, x @ coef, leave_one_out_ms(x, ms, sw))
+    if sw is not None:
+        fit.sweep, fit.sweep_fitted = list(sweep), sw.ratios(coef)
+        fit.sweep_loso = leave_size_out_ratios(x, ms, sw)
+    return fit
 
 
 def _with_all_classes(frame: pd.DataFrame) -> pd.DataFrame:
@@ -324,12 +487,14 @@ def _with_all_classes(frame: pd.DataFrame) -> pd.DataFrame:
 
 def estimate(source: LatencyTable, device: Device, published: dict[str, float],
              specs: dict[str, NetworkSpec], source_frame: pd.DataFrame,
-             root: Path | None = None, terms: Sequence[str] = PHONE_TERMS) -> EstimateFit:
+             root: Path | None = None, terms: Sequence[str] = PHONE_TERMS,
+             sweep: Sequence[SizePoint] = ()) -> EstimateFit:
     """Write DEVICE's ESTIMATE table: every entry of ``source_frame`` (the source
     table's rows: its widths and input sizes) priced by the phone model fitted to
-    ``published`` (label -> ms; ``specs`` gives each label's network)."""
+    ``published`` (label -> ms; ``specs`` gives each label's network) and to the size
+    ``sweep``'s ratios."""
     points = [Published(label, specs[label], ms) for label, ms in published.items()]
-    fit = fit_phone_model(points, terms, source)
+    fit = fit_phone_model(points, terms, source, sweep)
     frame = _with_all_classes(source_frame)
     keys = [key_of(r) for r in frame.itertuples(index=False)]
     values = np.array([term_values(k, terms, source) for k in keys])
@@ -337,6 +502,9 @@ def estimate(source: LatencyTable, device: Device, published: dict[str, float],
     frame = frame.sort_values(list(COLUMNS[:-3]), kind="stable").reset_index(drop=True)
     summary = (f"{len(points)} published latencies fitted by {len(terms)} terms, "
                f"leave-one-out within {np.abs(fit.loo_errors).max():.1%}")
+    if fit.sweep:
+        summary += (f"; {len(fit.sweep)} size ratios of a size sweep, each size left out "
+                    f"within {np.abs(fit.sweep_loso_errors).max():.1%}")
     meta = {
         "format": FORMAT, "device": device.name, "description": device.description,
         "runner": device.runner, "estimate": True, "estimate_of": source.device,

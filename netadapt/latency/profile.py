@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LatencyError
-from ..files import write_text_atomic
+from ..files import write_bytes_atomic, write_text_atomic
 from ..spec import NetworkSpec, spec_from_dict
 from .devices import Device, Protocol
 from .graphs import (
@@ -44,6 +44,7 @@ from .table import (
     COLUMNS,
     FORMAT,
     KEY_COLUMNS,
+    LEGACY_TABLE_FILE,
     LatencyTable,
     at_size,
     entries_of,
@@ -54,6 +55,7 @@ from .table import (
     read_table_files,
     required_keys,
     signature,
+    table_bytes,
     table_paths,
 )
 
@@ -411,8 +413,9 @@ def write_table(device: str, frame: pd.DataFrame, meta: dict[str, Any],
     text = frame_to_csv(frame)
     meta = {**meta, "rows": len(frame),
             "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
-    write_text_atomic(csv_path, text)
+    write_bytes_atomic(csv_path, table_bytes(text))
     write_text_atomic(meta_path, json.dumps(meta, indent=1) + "\n")
+    (csv_path.parent / LEGACY_TABLE_FILE).unlink(missing_ok=True)  # replaced by the above
 
 
 class _SeedRatios:

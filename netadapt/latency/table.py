@@ -25,6 +25,7 @@ fitted to the seed and reduced variants timed end to end).
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -184,7 +185,7 @@ def classifier_key(width: int, classes: int) -> EntryKey:
     return EntryKey("classifier", width, 0, classes, 0, 0, 0, False, "linear", False, False, 1, 1)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path | io.BytesIO) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype={c: str for c in _STR})
     for c in OPTIONAL_COLUMNS:
         if c not in frame.columns:
@@ -393,10 +394,16 @@ class LatencyTable:
 
 
 # ---------------------------------------------------------------------- files
+# The rows are gzipped CSV (a Large table compresses 6x: most of a row repeats its
+# neighbour); ``table.csv`` is read too (tables written before). meta.json's sha256 is
+# the CSV text's either way.
+TABLE_FILE, LEGACY_TABLE_FILE = "table.csv.gz", "table.csv"
+
+
 def table_paths(device: str, root: Path | None = None) -> tuple[Path, Path]:
-    """Where DEVICE's table is written (``table.csv``, ``meta.json``)."""
+    """Where DEVICE's table is written (``table.csv.gz``, ``meta.json``)."""
     folder = tables_dir(root) / device
-    return folder / "table.csv", folder / "meta.json"
+    return folder / TABLE_FILE, folder / "meta.json"
 
 
 def find_table(device: str, root: Path | None = None) -> tuple[Path, Path] | None:
@@ -404,8 +411,17 @@ def find_table(device: str, root: Path | None = None) -> tuple[Path, Path] | Non
     for base in search_roots(root):
         folder = base / "latency_tables" / device
         if (folder / "meta.json").is_file():
-            return folder / "table.csv", folder / "meta.json"
+            rows = folder / TABLE_FILE
+            legacy = folder / LEGACY_TABLE_FILE
+            return (legacy if legacy.is_file() and not rows.is_file() else rows,
+                    folder / "meta.json")
     return None
+
+
+def table_bytes(text: str) -> bytes:
+    """The table file's bytes for its CSV text (gzip without a timestamp: the same rows
+    give the same file)."""
+    return gzip.compress(text.encode("utf-8"), mtime=0)
 
 
 def read_table_files(device: str, root: Path | None = None
@@ -419,7 +435,9 @@ def read_table_files(device: str, root: Path | None = None
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         data = csv_path.read_bytes()
-    except (OSError, ValueError) as exc:
+        if csv_path.suffix == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, ValueError, EOFError, gzip.BadGzipFile) as exc:
         raise LatencyError(f"{meta_path}: unreadable ({exc}); {rebuild}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise LatencyError(f"{meta_path}: not a format-{FORMAT} table; {rebuild}")
@@ -428,7 +446,7 @@ def read_table_files(device: str, root: Path | None = None
                            f"or corrupt); {rebuild}, or restore it (git checkout "
                            f"latency_tables/{device})")
     try:
-        frame = _read_csv(csv_path)
+        frame = _read_csv(io.BytesIO(data))
     except (ValueError, pd.errors.ParserError) as exc:
         raise LatencyError(f"{csv_path}: corrupt ({exc}); {rebuild}") from None
     if len(frame) != meta.get("rows"):
