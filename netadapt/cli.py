@@ -406,8 +406,13 @@ def profile(
     multiplier_sizes: Annotated[str, typer.Option(
         help="Input sizes at which to cover each --spec and its x0.35/0.5/0.75/1.0 width "
         "multipliers (comma-separated, or 'none')")] = "96,128,160,192,224,256",
+    processes: Annotated[int | None, typer.Option(
+        help="Timing processes for a local device, each timing its own chunks "
+        "[default: the device profile's protocol.processes, else 1]", min=1)] = None,
 ) -> None:
     """Build or extend a device's latency table (resumable), or validate it."""
+    import dataclasses
+
     from .latency import load_device, load_table
     from .latency import profile as prof
     from .resources import default_spec
@@ -417,9 +422,10 @@ def profile(
     if clock is not None:
         if clock not in ("wall", "thread"):
             raise NetadaptError(f"--clock: must be wall or thread, got {clock!r}")
-        import dataclasses
-
         dev = dataclasses.replace(dev, runtime={**dev.runtime, "clock": clock})
+    if processes is not None:
+        dev = dataclasses.replace(dev, protocol=dataclasses.replace(dev.protocol,
+                                                                    processes=processes))
     if estimate_from is not None:
         _estimate(dev, estimate_from)
         return

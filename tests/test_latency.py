@@ -198,6 +198,19 @@ def test_profile_builds_a_table_that_covers_the_seed(built, tiny_spec):
     assert not (table_paths("fast")[0].parent / "journal.csv").exists()
 
 
+def test_two_timing_processes_build_the_same_table(built, root, tiny_spec):
+    """Chunks timed in two worker processes, journaled by this one: the same entries,
+    and a calibrated prediction of the seed close to the one-process table's."""
+    two = dataclasses.replace(load_device("fast"), name="fast2", protocol=dataclasses.replace(
+        load_device("fast").protocol, processes=2))
+    (root / "configs" / "devices" / "fast2.yaml").write_text(FAST.format(name="fast2"))
+    result = prof.profile(two, [tiny_spec], root=root, progress=False, log=lambda _: None)
+    table = load_table("fast2")
+    assert set(table._entries) == set(built._entries) and result.measured >= len(built._entries)
+    assert table.meta["profiling"]["last_run_processes"] == 2
+    assert table.predict_ms(tiny_spec) == pytest.approx(built.predict_ms(tiny_spec), rel=0.3)
+
+
 def test_interrupted_profile_continues_where_it_stopped(root, tiny_spec):
     device = load_device("fast")
 

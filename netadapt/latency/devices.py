@@ -33,6 +33,7 @@ class Protocol:
     calibration_rounds: int = 20
     calibration_every: int = 25  # chunks between bursts of the seeds during profiling
     calibration_variants: int = 24  # random reduced variants the factor is fitted to
+    processes: int = 1  # timing processes for a local runner (each its own core and chunk)
 
 
 @dataclass(frozen=True)

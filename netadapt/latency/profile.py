@@ -7,7 +7,10 @@ between chunks cancels (each time is the mean of the model's fastest 20% of runs
 see fast_ms). Entries whose fast runs spread more than ``max_spread`` are timed
 again in a later chunk, keeping the quietest attempt. Every chunk is appended to
 journal.csv and fsynced, so an interrupted run loses at most one chunk and the same
-command continues; the finished table replaces table.csv + meta.json at the end.
+command continues; the finished table replaces table.csv.gz + meta.json at the end.
+With ``processes: N`` a local device times N chunks at once, one per process (each with
+its own reference, so what the processes do to each other's speed cancels as drift
+does); the journal is written by this process alone.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,7 @@ from .graphs import (
     network_input_shape,
     network_model,
 )
-from .runners import Model, Runner, make_runner
+from .runners import LocalRunner, Model, Runner, make_runner
 from .table import (
     COLUMNS,
     FORMAT,
@@ -262,47 +266,93 @@ def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | 
                  attempts, pending)
 
 
+def _time_chunk(runner: Runner, chunk: list[EntryKey], ref_model: Model, rounds: int,
+                warmup: int) -> tuple[float, np.ndarray]:
+    """Time one chunk round-robin with the reference at several places in it: (the
+    reference's fast time, each entry's runs)."""
+    models: list[Model] = []
+    ref_rows: list[int] = []
+    for i, k in enumerate(chunk):
+        if i % REF_EVERY == 0:
+            ref_rows.append(len(models))
+            models.append(ref_model)
+        models.append((entry_model(k), input_shape(k)))
+    ms = runner.time(models, rounds, warmup)
+    return float(fast_ms(ms[ref_rows].reshape(1, -1))[0]), np.delete(ms, ref_rows, axis=0)
+
+
+_worker: tuple[Runner, Model] | None = None  # a timing process's runner and reference
+
+
+def _start_worker(device: Device, ref: EntryKey) -> None:
+    global _worker
+    _worker = (LocalRunner(device), (entry_model(ref), input_shape(ref)))
+
+
+def _time_chunk_in_worker(chunk: list[EntryKey], rounds: int,
+                          warmup: int) -> tuple[float, np.ndarray]:
+    assert _worker is not None
+    return _time_chunk(_worker[0], chunk, _worker[1], rounds, warmup)
+
+
 def measure_entries(work: _Plan, runner: Runner, proto: Protocol, ref_model: Model,
-                    seed_ratios: _SeedRatios, result: ProfileResult, progress: bool) -> None:
+                    seed_ratios: _SeedRatios, result: ProfileResult, progress: bool,
+                    device: Device | None = None) -> None:
     """Step 2: time the pending entries in chunks, round-robin with the reference,
     journaling every chunk; noisy entries go back in the queue; the seeds are timed end
-    to end every ``calibration_every`` chunks."""
+    to end every ``calibration_every`` chunks. ``proto.processes`` > 1 (a local
+    ``device``) times that many chunks at once in worker processes."""
+    import multiprocessing
+
     from tqdm import tqdm
+
+    pool = None
+    processes = min(proto.processes, os.cpu_count() or 1)  # never two timers on one core
+    if processes > 1 and isinstance(runner, LocalRunner) and device is not None:
+        pool = ProcessPoolExecutor(processes, multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(device, work.ref))
+
+    def submit(chunk: list[EntryKey]) -> Future[tuple[float, np.ndarray]]:
+        if pool is not None:
+            return pool.submit(_time_chunk_in_worker, chunk, proto.rounds, proto.warmup)
+        done: Future[tuple[float, np.ndarray]] = Future()
+        done.set_result(_time_chunk(runner, chunk, ref_model, proto.rounds, proto.warmup))
+        return done
 
     attempts = work.attempts
     bar = tqdm(total=len(work.pending), unit="entry", disable=not progress, smoothing=0.05)
     try:
         queue = list(work.pending)
+        in_flight: dict[Future[tuple[float, np.ndarray]], list[EntryKey]] = {}
         chunks = 0
-        while queue:
-            chunk, queue = queue[:proto.chunk], queue[proto.chunk:]
-            models: list[Model] = []
-            ref_rows: list[int] = []
-            for i, k in enumerate(chunk):
-                if i % REF_EVERY == 0:  # the reference at several places in the round
-                    ref_rows.append(len(models))
-                    models.append(ref_model)
-                models.append((entry_model(k), input_shape(k)))
-            ms = runner.time(models, proto.rounds, proto.warmup)
-            ref_ms = float(fast_ms(ms[ref_rows].reshape(1, -1))[0])
-            entry_ms = np.delete(ms, ref_rows, axis=0)
-            rows = []
-            for k, runs in zip(chunk, entry_ms):
-                spread = _spread(runs)
-                attempts[k] = attempts.get(k, 0) + 1
-                rows.append(_key_row(k) + [float(fast_ms(runs)[0]), ref_ms, spread, len(runs)])
-                if spread > proto.max_spread and attempts[k] < proto.attempts:
-                    queue.append(k)  # noisy: again later, in another time window
-                    result.remeasured += 1
-                    bar.total += 1
-            work.journal.append(rows)
-            result.measured += len(chunk)
-            bar.update(len(chunk))
-            chunks += 1
-            if chunks % proto.calibration_every == 1:
-                seed_ratios.burst()  # the seeds end to end, spread over the whole run
+        while queue or in_flight:
+            while queue and len(in_flight) < (processes if pool is not None else 1):
+                chunk, queue = queue[:proto.chunk], queue[proto.chunk:]
+                in_flight[submit(chunk)] = chunk
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                chunk = in_flight.pop(future)
+                ref_ms, entry_ms = future.result()
+                rows = []
+                for k, runs in zip(chunk, entry_ms):
+                    spread = _spread(runs)
+                    attempts[k] = attempts.get(k, 0) + 1
+                    rows.append(_key_row(k) + [float(fast_ms(runs)[0]), ref_ms, spread,
+                                               len(runs)])
+                    if spread > proto.max_spread and attempts[k] < proto.attempts:
+                        queue.append(k)  # noisy: again later, in another time window
+                        result.remeasured += 1
+                        bar.total += 1
+                work.journal.append(rows)
+                result.measured += len(chunk)
+                bar.update(len(chunk))
+                chunks += 1
+                if chunks % proto.calibration_every == 1:
+                    seed_ratios.burst()  # the seeds end to end, spread over the whole run
     finally:
         bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def assemble(work: _Plan) -> tuple[pd.DataFrame, float]:
@@ -366,7 +416,7 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
     seed_ratios = _SeedRatios(work.folder / "journal_seeds.csv", runner, ref_model,
                               {name: spec for name, (spec, _) in work.targets.items()},
                               proto.calibration_rounds)
-    measure_entries(work, runner, proto, ref_model, seed_ratios, result, progress)
+    measure_entries(work, runner, proto, ref_model, seed_ratios, result, progress, device)
     try:
         frame, base_ms = assemble(work)
     except LatencyError:
@@ -391,7 +441,9 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
         "profiling": {**old_meta.get("profiling", {}),
                       "last_run_s": round(time.perf_counter() - start, 1),
                       "last_run_entries": result.measured,
-                      "last_run_remeasured": result.remeasured},
+                      "last_run_remeasured": result.remeasured,
+                      "last_run_processes": min(proto.processes, os.cpu_count() or 1)
+                      if isinstance(runner, LocalRunner) else 1},
     }
     write_table(device.name, frame, meta, root)
     for path in (work.journal.path, seed_ratios.path, work.state_path):
