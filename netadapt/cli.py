@@ -468,8 +468,12 @@ def profile(
                f"{result.remeasured:,} of them repeats of noisy entries) in "
                f"{result.seconds / 60:.1f} min")
     for cal in result.calibration:
-        typer.echo(f"  calibration {cal['seed']}: end to end {cal['seed_e2e_ms']:.2f} ms / "
-                   f"table sum {cal['table_sum_ms']:.2f} ms = factor {cal['factor']:.3f}")
+        boundary = cal.get("boundary_ms_per_m", 0.0)
+        typer.echo(f"  calibration {cal['seed']}: factor {cal['factor']:.3f}"
+                   + (f", boundary {boundary:.3f} ms per M input elements" if boundary else "")
+                   + f" (seed end to end {cal['seed_e2e_ms']:.2f} ms, table sum "
+                   f"{cal['table_sum_ms']:.2f} ms; {cal['calibration_variants']} variants, "
+                   f"median fit error {cal['fit_median_abs_error']:.1%})")
 
 
 @command

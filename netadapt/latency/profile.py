@@ -54,6 +54,7 @@ from .table import (
     entries_of,
     find_table,
     frame_to_csv,
+    input_elements_m,
     key_of,
     multiplier_specs,
     read_table_files,
@@ -510,7 +511,8 @@ class _SeedRatios:
 def calibrate(table: LatencyTable, seed: NetworkSpec, runner: Runner, ref_model: Model,
               base_ms: float, proto: Any, earlier_ratios: Sequence[float] = (),
               variants: Sequence[NetworkSpec] | None = None) -> dict[str, Any]:
-    """The factor that turns a sum of entries into end-to-end milliseconds.
+    """The factor (and boundary cost, see fit_calibration) that turn a sum of entries
+    into end-to-end milliseconds.
 
     The seed's level: median of (seed end to end / reference block) over bursts spread
     through the profile run and at its end, x the reference's base ms. The factor is
@@ -520,7 +522,6 @@ def calibrate(table: LatencyTable, seed: NetworkSpec, runner: Runner, ref_model:
     smaller networks the search actually scores. ``variants`` replace the random ones
     (a seed covered at its width multipliers only is fitted to those).
     """
-    keys = [k for _, k in entry_keys(seed)]
     shape = network_input_shape(seed)
     seed_model = (network_model(seed), shape)
     if variants is None:
@@ -538,19 +539,40 @@ def calibrate(table: LatencyTable, seed: NetworkSpec, runner: Runner, ref_model:
         for i, m in zip(idx, med[2:]):
             relative.setdefault(i, []).append(float(m / med[1]))
     seed_ms = float(np.median(ratios)) * base_ms
-    x_seed = sum(table.entry_ms(k) or np.nan for k in keys)
-    x = [x_seed] + [sum(table.entry_ms(k) or np.nan for _, k in entry_keys(variants[i]))
-                    for i in sorted(relative)]
-    y = [seed_ms] + [float(np.median(relative[i])) * seed_ms for i in sorted(relative)]
+    networks = [seed] + [variants[i] for i in sorted(relative)]
+    x = np.array([sum(table.entry_ms(k) or np.nan for _, k in entry_keys(s)) for s in networks])
+    e = np.array([input_elements_m(s) for s in networks])
+    y = np.array([seed_ms] + [float(np.median(relative[i])) * seed_ms for i in sorted(relative)])
     w = np.array([max(1.0, len(relative) / 4)] + [1.0] * len(relative))
-    q = np.asarray(x) / np.asarray(y)
-    factor = float(np.sum(w * q) / np.sum(w * q * q))
-    fit = np.abs(factor * q - 1)
-    return {"factor": factor, "factor_seed_only": seed_ms / x_seed, "seed_e2e_ms": seed_ms,
-            "table_sum_ms": x_seed, "calibration_variants": len(relative),
+    factor, boundary = fit_calibration(x, e, y, w)
+    fit = np.abs(factor * (x - boundary * e) / y - 1)
+    return {"factor": factor, "boundary_ms_per_m": boundary,
+            "factor_seed_only": seed_ms / x[0], "seed_e2e_ms": seed_ms,
+            "table_sum_ms": float(x[0]), "calibration_variants": len(relative),
             "fit_median_abs_error": float(np.median(fit[1:])) if len(fit) > 1 else 0.0,
             "seed_ratio_bursts": len(ratios), "seed_ratio_spread": _spread(np.asarray(ratios)),
             "e2e_raw_ms_final_bursts": [round(r, 4) for r in raw]}
+
+
+# Fewer networks than this fit the factor alone (a seed covered at its multipliers only).
+MIN_BOUNDARY_FIT = 12
+
+
+def fit_calibration(x: np.ndarray, e: np.ndarray, y: np.ndarray,
+                    w: np.ndarray) -> tuple[float, float]:
+    """(factor, boundary): end to end ~ factor x (table sum - boundary x input elements),
+    least squares on relative error, weighted. ``boundary`` >= 0 is what an entry timed
+    alone pays per million elements of its input beyond its share in the network (the
+    input converted into onnxruntime's blocked layout and back, which the whole network
+    does once); with too few networks, or a negative fit, it is 0 and the factor alone
+    is fitted."""
+    sw = np.sqrt(w)
+    if len(y) >= MIN_BOUNDARY_FIT:
+        (a, b), *_ = np.linalg.lstsq(np.c_[x / y, e / y] * sw[:, None], sw, rcond=None)
+        if a > 0 and b <= 0:
+            return float(a), float(-b / a)
+    q = x / y
+    return float(np.sum(w * q) / np.sum(w * q * q)), 0.0
 
 
 # ---------------------------------------------------------------------- validation

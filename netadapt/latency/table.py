@@ -18,8 +18,10 @@ The number of classes is not searched: a head is measured for the seed's classes
 its last Gemm alone for 10, 100 and 1000 classes (CLASSES), so any other count is a
 swap of that Gemm.
 
-A table's sum is scaled by one calibration factor per seed structure (profile.calibrate:
-fitted to the seed and reduced variants timed end to end).
+A prediction is factor x (sum of entries - boundary x their input elements), both per
+seed structure (profile.calibrate and fit_calibration: fitted to the seed and reduced
+variants timed end to end; boundary is what an entry timed alone pays for its input's
+layout conversion, which the whole network does once).
 """
 
 from __future__ import annotations
@@ -211,6 +213,16 @@ def frame_to_csv(frame: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
+def entry_input_m(key: EntryKey) -> float:
+    """Millions of elements of the entry's input tensor."""
+    return key.c_in * key.h * key.w / 1e6
+
+
+def input_elements_m(spec: NetworkSpec) -> float:
+    """Millions of input elements summed over the spec's entries (see fit_calibration)."""
+    return sum(entry_input_m(k) for _, k in entry_keys(spec))
+
+
 def key_of(row: Any) -> EntryKey:
     return EntryKey(str(row.kind), int(row.c_in), int(row.exp), int(row.out), int(row.kernel),
                     int(row.stride), int(row.dilation), bool(row.se), str(row.act),
@@ -234,6 +246,7 @@ class LatencyTable:
         self._entries = entries
         self._anchors: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
         self._calibration: dict[str, float] = {}
+        self._boundary: dict[str, float] = {}  # ms per M input elements (fit_calibration)
         self._seeds: list[NetworkSpec] = []
         self._seed_classes: list[int] = []
         self._multiplier_seeds: set[str] = set()  # covered at multipliers only
@@ -245,16 +258,19 @@ class LatencyTable:
             if seed.num_classes not in self._seed_classes:
                 self._seed_classes.append(seed.num_classes)
             self._calibration[signature(seed)] = float(seed_meta.get("factor", 1.0))
+            self._boundary[signature(seed)] = float(seed_meta.get("boundary_ms_per_m", 0.0))
             for _, key in entry_keys(seed):
                 if _composed(key):
                     self._anchors.setdefault(_shape_class(key), []).append(
                         (key.c_in, key.out))
-        factors = sorted(self._calibration.values()) or [1.0]
-        self._default_factor = factors[len(factors) // 2]
+        # a structure no seed has (another seed's widths): the median seed's calibration
+        calibrations = sorted((f, self._boundary[s]) for s, f in self._calibration.items())
+        self._default_factor, self._default_boundary = \
+            calibrations[len(calibrations) // 2] if calibrations else (1.0, 0.0)
         self._resolved: dict[EntryKey, float | None] = {}
         self._specs: dict[NetworkSpec, float] = {}
-        self._layers: dict[Layer, float] = {}
-        self._factors: dict[tuple[Any, ...], float] = {}
+        self._layers: dict[Layer, tuple[float, float]] = {}  # (ms, M input elements)
+        self._factors: dict[tuple[Any, ...], tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ lookup
     @property
@@ -310,6 +326,11 @@ class LatencyTable:
     def factor(self, spec: NetworkSpec) -> float:
         return self._calibration.get(signature(spec), self._default_factor)
 
+    def boundary(self, spec: NetworkSpec) -> float:
+        """ms per million input elements an entry timed alone pays beyond its share in
+        the network (profile.fit_calibration; 0 for tables calibrated before)."""
+        return self._boundary.get(signature(spec), self._default_boundary)
+
     def _entry_list(self, spec: NetworkSpec) -> list[tuple[str, float]]:
         values = []
         for name, key in entry_keys(spec):
@@ -325,36 +346,41 @@ class LatencyTable:
         if cached is not None:
             return cached
         if not isinstance(spec.head, ClassifierHead):  # few specs: no per-layer cache
-            return self._remember(spec, sum(ms for _, ms in self._entry_list(spec)))
+            return self._remember(spec, sum(ms for _, ms in self._entry_list(spec)),
+                                  input_elements_m(spec))
         layers = self._layers
-        total = 0.0
+        total = elements = 0.0
         # walk() and not spec.layers: rows cached on the thousands of specs the search
         # scores kept the garbage collector busy (7,800 predictions/s, 18,000 without)
         for layer in spec.__dict__.get("layers") or walk(spec):  # a lookup per layer
-            ms = layers.get(layer)
-            if ms is None:
-                ms = self.entry_ms(entry_key(layer))
+            row = layers.get(layer)
+            if row is None:
+                key = entry_key(layer)
+                ms = self.entry_ms(key)
                 if ms is None:
                     self._entry_list(spec)  # raises, naming the layer and the fix
                     raise AssertionError("unreachable")
-                layers[layer] = ms
-            total += ms
-        return self._remember(spec, total)
+                row = layers[layer] = (ms, entry_input_m(key))
+            total += row[0]
+            elements += row[1]
+        return self._remember(spec, total, elements)
 
-    def _remember(self, spec: NetworkSpec, entries_ms: float) -> float:
+    def _remember(self, spec: NetworkSpec, entries_ms: float, elements_m: float) -> float:
         structure = _structure(spec)
-        factor = self._factors.get(structure)
-        if factor is None:
-            factor = self._factors[structure] = self.factor(spec)
+        calibration = self._factors.get(structure)
+        if calibration is None:
+            calibration = self._factors[structure] = (self.factor(spec), self.boundary(spec))
         if len(self._specs) > 200_000:
             self._specs.clear()
-        total = self._specs[spec] = factor * entries_ms
+        factor, boundary = calibration
+        total = self._specs[spec] = factor * (entries_ms - boundary * elements_m)
         return total
 
     def breakdown_ms(self, spec: NetworkSpec) -> list[tuple[str, float]]:
         """(layer name, calibrated ms) per entry; the values sum to ``predict_ms``."""
-        f = self.factor(spec)
-        return [(name, f * ms) for name, ms in self._entry_list(spec)]
+        f, b = self.factor(spec), self.boundary(spec)
+        return [(name, f * (ms - b * entry_input_m(key)))
+                for (name, ms), (_, key) in zip(self._entry_list(spec), entry_keys(spec))]
 
     def covers(self, spec: NetworkSpec) -> bool:
         try:
