@@ -47,6 +47,8 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
             out[name] = value.lower() in ("1", "true", "yes")
         elif isinstance(current, (int, float)):
             out[name] = type(current)(value)
+        elif current is None and value.isdigit():  # an optional size, e.g. resolution=64
+            out[name] = int(value)
         else:
             out[name] = value
     return out
