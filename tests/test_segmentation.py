@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +260,39 @@ def test_latency_command_predicts_the_segmentation_network_at_an_input_size():
                                       "--device", "local-ref", "--input-size", "64"])
     assert result.exit_code == 0, result.output
     assert "lraspp_mobilenetv3_large@64" in result.output and "head.upsample" in result.output
+
+
+# ---------------------------------------------------------------------- kill -9
+@pytest.fixture
+def one_core():
+    """This process, and so every search process it starts, on one core: the deploy-size
+    phase trains on every core a process may use, and on this shared 2-core machine two
+    OpenMP threads took 3.4 s a step of the tiny LR-ASPP where one took 17 ms."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    yield
+    os.sched_setaffinity(0, cores)
+
+
+def test_kill_dash_nine_in_every_phase_of_a_segmentation_search_then_resume(
+        tiny_seg, tmp_path, one_core):
+    """The classifier's kill test (tests/test_driver.py) on a tiny LR-ASPP search of the
+    built-in SYNTHETIC set, trained at 24 px and deployed at 32 so that every phase runs
+    (the deploy-size training and the baselines included): killed in each phase in turn
+    and resumed, it ends with the uninterrupted run's best.yaml, best.pt, seed and
+    baselines, bit for bit."""
+    from .test_driver import KILL_POINTS, assert_same_result, kill_in_every_phase
+
+    spec_path = tmp_path / "tiny_seg.yaml"
+    spec_path.write_text(json.dumps(TINY_SEG))
+    config = SearchConfig(budgets=(f"{fake_ms(tiny_seg) * 0.75:.4f}ms",), spec=str(spec_path),
+                          device="fake", step=0.1, short_term_steps=3, long_term_steps=4,
+                          seed_steps=6, deploy_steps=3, resolution=24, batch_size=8,
+                          holdout=40, torch_device="cpu", compare=True)
+    full = start_search(config, tmp_path / "full", predict_ms=fake_ms, progress=False)
+    run = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert "SYNTHETIC" in run["data"]["source"] and run["metric"] == "mIoU"
+    assert full.iterations >= 1 and full.final["deploy_steps"] == 3
+    assert "uniform_pruning" in {b["name"] for b in full.baselines if "knob" in b}
+    kill_in_every_phase(config, KILL_POINTS, tmp_path / "killed", tmp_path)
+    assert_same_result(tmp_path / "killed", tmp_path / "full", full.baselines)
