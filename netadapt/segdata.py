@@ -36,6 +36,9 @@ SYNTHETIC_CLASSES = ("background", *FASHION_MNIST_CLASSES)
 # Fashion-MNIST's training images); test canvases use Fashion-MNIST's test images only.
 SYNTHETIC_TRAIN = 4000
 SYNTHETIC_TEST = 1000
+# the canvases' seeds: a pure function of these, so scripts/score_onnx.py rebuilds the
+# test canvases a run was scored on
+TRAIN_CANVAS_SEED, TEST_CANVAS_SEED = 1, 2
 GARMENTS = (2, 4)  # garments per canvas, inclusive
 INK = 24  # a garment pixel darker than this (of 255) is background; a faint rim is ignored
 RIM = 8  # pixels in (RIM, INK] are the garment's soft edge: label 255 (ignore)
@@ -132,8 +135,10 @@ def _synthetic(canvas: int, train_count: int, test_count: int
     fx, fy, tx, ty = _load_idx_dir(root)
     # train canvases from training garments, test canvases from test garments: no garment
     # is ever seen in both
-    train = synthetic_canvases(fx[:, 0].numpy(), fy.numpy(), train_count, canvas, seed=1)
-    test = synthetic_canvases(tx[:, 0].numpy(), ty.numpy(), test_count, canvas, seed=2)
+    train = synthetic_canvases(fx[:, 0].numpy(), fy.numpy(), train_count, canvas,
+                               seed=TRAIN_CANVAS_SEED)
+    test = synthetic_canvases(tx[:, 0].numpy(), ty.numpy(), test_count, canvas,
+                              seed=TEST_CANVAS_SEED)
     return (torch.from_numpy(train[0]), torch.from_numpy(train[1]),
             torch.from_numpy(test[0]), torch.from_numpy(test[1]))
 
@@ -147,20 +152,13 @@ def _load_voc(root: Path, resolution: int, in_channels: int, test_fraction: floa
         raise DataError(f"{root}: segmentation data directory not found; pass a directory "
                         f"with images/ and masks/ (same-named PNG masks), or omit --data for "
                         f"the built-in synthetic set")
-    test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    test_dir = _test_dir(root)
     train_dir = root / "train" if test_dir is not None and (root / "train").is_dir() else root
     x, y = _decode_pairs(train_dir, resolution, in_channels)
     if test_dir is not None:
         tx, ty = _decode_pairs(test_dir, resolution, in_channels)
     else:
-        if not 0 < test_fraction < 1:
-            raise DataError(f"test fraction must be between 0 and 1, got {test_fraction}")
-        n_test = max(1, round(len(y) * test_fraction))
-        if n_test >= len(y) - 1:
-            raise DataError(f"{root}: only {len(y)} images, too few to split into train, "
-                            "holdout and test; add images or provide train/ and test/")
-        perm = torch.randperm(len(y), generator=_generator(_TEST_SEED, -3))
-        test_idx, train_idx = torch.sort(perm[:n_test]).values, torch.sort(perm[n_test:]).values
+        train_idx, test_idx = voc_test_split(root, len(y), test_fraction)
         x, y, tx, ty = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
     labels = torch.cat([y.flatten(), ty.flatten()])
     used = labels[labels != IGNORE_INDEX]
@@ -176,7 +174,24 @@ def _load_voc(root: Path, resolution: int, in_channels: int, test_fraction: floa
     return x, y, tx, ty, tuple(str(i) for i in range(count))
 
 
-def _decode_pairs(folder: Path, resolution: int, in_channels: int) -> tuple[Tensor, Tensor]:
+def voc_test_split(root: Path, count: int, test_fraction: float = 0.2
+                   ) -> tuple[Tensor, Tensor]:
+    """(train, test) indices into the ``count`` image/mask pairs of a directory without
+    train/ and test/ folders, in file-name order: a fixed share is the test split,
+    whatever ``--seed`` (results stay comparable across seeds)."""
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test fraction must be between 0 and 1, got {test_fraction}")
+    n_test = max(1, round(count * test_fraction))
+    if n_test >= count - 1:
+        raise DataError(f"{root}: only {count} images, too few to split into train, "
+                        "holdout and test; add images or provide train/ and test/")
+    perm = torch.randperm(count, generator=_generator(_TEST_SEED, -3))
+    return torch.sort(perm[n_test:]).values, torch.sort(perm[:n_test]).values
+
+
+def voc_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """A VOC-style folder's (image, mask) files in file-name order: ``images/`` (or
+    ``JPEGImages/``) and same-named PNGs in ``masks/`` (or ``SegmentationClass/``)."""
     image_dir = next((folder / n for n in IMAGE_DIRS if (folder / n).is_dir()), None)
     mask_dir = next((folder / n for n in MASK_DIRS if (folder / n).is_dir()), None)
     if image_dir is None or mask_dir is None:
@@ -192,7 +207,27 @@ def _decode_pairs(folder: Path, resolution: int, in_channels: int) -> tuple[Tens
     if unmatched:
         raise DataError(f"{image_dir / unmatched[0]}: no mask {mask_dir.name}/"
                         f"{Path(unmatched[0]).stem}.png; add it or remove the image")
-    decoded = [decode_pair(i, m, resolution, in_channels) for i, m in pairs]
+    return pairs
+
+
+def voc_test_pairs(root: Path, test_fraction: float = 0.2) -> list[tuple[Path, Path]]:
+    """The (image, mask) files of a VOC-style directory's test split, in the order a run
+    scores them: its ``test/`` (or ``val/``) folder, else the fixed share of
+    :func:`voc_test_split`."""
+    test_dir = _test_dir(root)
+    if test_dir is not None:
+        return voc_pairs(test_dir)
+    pairs = voc_pairs(root)
+    _, test_idx = voc_test_split(root, len(pairs), test_fraction)
+    return [pairs[i] for i in test_idx.tolist()]
+
+
+def _test_dir(root: Path) -> Path | None:
+    return next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+
+
+def _decode_pairs(folder: Path, resolution: int, in_channels: int) -> tuple[Tensor, Tensor]:
+    decoded = [decode_pair(i, m, resolution, in_channels) for i, m in voc_pairs(folder)]
     xs = np.stack([d[0] for d in decoded])
     x = torch.from_numpy(xs[:, None] if xs.ndim == 3 else xs.transpose(0, 3, 1, 2).copy())
     return x, torch.from_numpy(np.stack([d[1] for d in decoded]))

@@ -191,6 +191,40 @@ def test_export_checks_parity_at_two_sizes_and_keeps_height_and_width_dynamic(ti
 
 
 # ---------------------------------------------------------------------- search
+def score_onnx_script(onnx_path: Path, data: Path | None = None) -> tuple[float, float]:
+    """(mIoU, pixel accuracy) as scripts/score_onnx.py prints them, run as a user would."""
+    import re
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "score_onnx.py"
+    done = subprocess.run([sys.executable, str(script), str(onnx_path),
+                           *([str(data)] if data else [])], capture_output=True, text=True,
+                          timeout=300)
+    found = re.search(r"mIoU (\S+), pixel accuracy (\S+) on", done.stdout)
+    assert done.returncode == 0 and found, done.stderr
+    return float(found[1]), float(found[2])
+
+
+def test_score_onnx_script_scores_a_segmentation_export_on_the_synthetic_test_set(
+        tiny_seg, tmp_path):
+    """From the file's metadata alone, the script scores what netadapt scores: the same
+    1,000 SYNTHETIC test canvases at the file's input size."""
+    from netadapt.data import channel_stats
+    from netadapt.export import deployment_metadata
+    from netadapt.scoring import score_onnx
+    from netadapt.segdata import SYNTHETIC_CLASSES
+
+    spec = dataclasses.replace(tiny_seg, num_classes=len(SYNTHETIC_CLASSES))
+    path = tmp_path / "seg.onnx"
+    export_onnx(randomize_(build_model(spec)), spec, path,
+                metadata=deployment_metadata(spec, *channel_stats(3), SYNTHETIC_CLASSES))
+    data = load_segmentation(None, 32, 3, holdout=5, seed=0)
+    miou, _, extra = score_onnx(path, data.test, data.num_classes)
+    assert 0.01 < miou < 0.99  # the untrained network neither all right nor all wrong
+    assert score_onnx_script(path) == pytest.approx((miou, extra["pixel_accuracy"]), abs=1e-4)
+
+
 def test_tiny_lraspp_search_runs_end_to_end_and_scores_miou(tiny_seg, tmp_path):
     spec_path = tmp_path / "tiny_seg.yaml"
     spec_path.write_text(json.dumps(TINY_SEG))
@@ -212,6 +246,10 @@ def test_tiny_lraspp_search_runs_end_to_end_and_scores_miou(tiny_seg, tmp_path):
     assert table["margin"].notna().any()  # paired on per-image pixel accuracy
     head = dataclasses.replace(load_spec(tmp_path / "run" / "best.yaml")).head
     assert head.inter <= 32  # the head's group was a candidate like any other
+    # the reported test mIoU is the exported file's: a user's check, from its metadata
+    miou, accuracy = score_onnx_script(tmp_path / "run" / "best.onnx", data)
+    assert miou == pytest.approx(result.final["test_accuracy"], abs=1e-4)
+    assert accuracy == pytest.approx(result.final["test_pixel_accuracy"], abs=1e-4)
 
 
 def test_segmentation_verdict_compares_miou_and_names_the_margins_unit():
