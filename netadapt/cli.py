@@ -282,12 +282,15 @@ def export(
                 f"{report.max_abs_diff:.2e} <= {report.tolerance:g} (outputs up to "
                 f"{report.output_scale:.3g})", fg=typer.colors.GREEN)
     if spec.task == "segmentation":
-        from .export import OTHER_SIZE_PX
+        from .export import OTHER_SIZE_PX, PARITY_TOLERANCE
 
         h, w = spec.input_size
         typer.echo(f"segmentation: height and width are dynamic (any size runs); at "
                    f"{h + OTHER_SIZE_PX}x{w + OTHER_SIZE_PX} max |diff| = "
                    f"{report.other_size_diff:.2e}")
+        typer.echo(f"float64: the same graph, run by onnx's reference evaluator, matches "
+                   f"PyTorch float64: max |diff| = {report.double_diff:.2e} <= "
+                   f"{PARITY_TOLERANCE:g} (outputs up to {report.double_scale:.3g})")
     typer.echo(f"metadata: input {metadata['input_size']} (C,H,W), mean {metadata['mean']}, "
                f"std {metadata['std']}, {spec.num_classes} labels"
                + (f", predicted {metadata['predicted_latency_ms']} ms on "

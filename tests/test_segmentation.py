@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from netadapt.driver import SearchConfig, comparison, start_search
-from netadapt.errors import DataError
+from netadapt.errors import DataError, ExportError
 from netadapt.export import export_onnx, parity
 from netadapt.latency import load_table
 from netadapt.latency.graphs import entry_keys, entry_model, input_shape, network_model
@@ -184,10 +184,39 @@ def test_export_checks_parity_at_two_sizes_and_keeps_height_and_width_dynamic(ti
     report = export_onnx(model, tiny_seg, tmp_path / "seg.onnx")
     assert report.max_abs_diff <= 1e-4 and report.output_scale > 0.1
     assert report.other_size_diff is not None and report.other_size_diff <= 1e-4
+    assert report.double_diff is not None and report.double_diff <= 1e-9  # float64
     diff, _ = parity(model, tmp_path / "seg.onnx", (1, 3, 48, 40))  # another size
     assert diff <= 1e-4
     shape = ort.InferenceSession(str(tmp_path / "seg.onnx")).get_inputs()[0].shape
     assert shape[2:] == ["height", "width"]
+
+
+class ShiftedInExport(torch.nn.Module):
+    """A network whose exported graph adds ``shift`` to every logit: a wrong graph."""
+
+    def __init__(self, model: torch.nn.Module, shift: float) -> None:
+        super().__init__()
+        self.model, self.shift = model, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.model(x)
+        return y + self.shift if torch.onnx.is_in_onnx_export() else y
+
+
+def test_float64_parity_catches_an_error_the_relative_float32_bound_lets_through(tiny_seg,
+                                                                                 tmp_path):
+    model = randomize_(build_model(tiny_seg))
+    with torch.no_grad():
+        scale = float(model(torch.randn((2, 3, 32, 32),
+                                        generator=torch.Generator().manual_seed(0))).abs().max())
+    assert scale > 3  # so that a shift between 1e-4 and 1e-4 x scale exists
+    shift = 1e-4 * (1 + scale) / 2
+    (tmp_path / "seg.onnx").write_bytes(b"the user's file")
+    with pytest.raises(ExportError, match=r"run in float64, the exported graph differs from "
+                                          r"PyTorch float64 by 0.000"):
+        export_onnx(ShiftedInExport(model, shift), tiny_seg, tmp_path / "seg.onnx")
+    assert (tmp_path / "seg.onnx").read_bytes() == b"the user's file"  # left untouched
+    assert list(tmp_path.iterdir()) == [tmp_path / "seg.onnx"]  # no temporary file left
 
 
 # ---------------------------------------------------------------------- search
@@ -277,6 +306,7 @@ def test_export_command_says_height_and_width_are_dynamic(tmp_path):
     result = CliRunner().invoke(app, ["export", str(spec_path)])
     assert result.exit_code == 0, result.output
     assert "height and width are dynamic" in result.output and "at 64x64" in result.output
+    assert "float64: the same graph, run by onnx's reference evaluator" in result.output
     assert (tmp_path / "tiny_seg.onnx").is_file()
 
 
