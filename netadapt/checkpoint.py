@@ -10,6 +10,7 @@ momentum is set afresh by every call; the BN running statistics are in the model
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .clock import PhaseClock
 from .files import write_bytes_atomic
 
 SECONDS_ENV = "NETADAPT_CHECKPOINT_SECONDS"
@@ -44,6 +46,7 @@ class Checkpoint:
     path: Path
     key: dict[str, Any] = field(default_factory=dict)
     every_s: float = field(default_factory=checkpoint_seconds)
+    clock: PhaseClock | None = None  # saving counts as overhead, not as training
     _last: float = field(default_factory=time.monotonic, repr=False)
 
     def load(self, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -67,10 +70,11 @@ class Checkpoint:
 
     def save(self, state: dict[str, Any], settings: dict[str, Any]) -> None:
         """Write ``state`` (with the key) atomically: a kill leaves the old file or this."""
-        buffer = io.BytesIO()
-        torch.save({**state, "key": {**self.key, **settings}}, buffer)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(self.path, buffer.getvalue())
+        with self.clock.phase("other") if self.clock else contextlib.nullcontext():
+            buffer = io.BytesIO()
+            torch.save({**state, "key": {**self.key, **settings}}, buffer)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(self.path, buffer.getvalue())
         self._last = time.monotonic()
 
     def remove(self) -> None:

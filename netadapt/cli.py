@@ -172,6 +172,7 @@ def search(
     typer.echo(f"{'latency (ms)':<16}{seed_r['latency_ms']:>12.2f}{final['latency_ms']:>12.2f}")
     typer.echo(f"{'params (M)':<16}{seed_r['params'] / 1e6:>12.3f}{final['params'] / 1e6:>12.3f}")
     typer.echo(f"{'MACs (M)':<16}{seed_r['macs'] / 1e6:>12.2f}{final['macs'] / 1e6:>12.2f}")
+    from .records import RunTimes
     from .rundir import RunDir
 
     run_config = RunDir.open(result.run).config
@@ -188,6 +189,7 @@ def search(
     typer.echo(f"latency: {run_config.get('latency_table', '?')}")
     typer.echo(f"{result.iterations} iterations; budgets met: {final['budgets_met']}; "
                f"{result.seconds / 60:.1f} min")
+    typer.echo(RunTimes.of(RunDir.open(result.run).records()).summary())
     typer.echo(f"result: {result.run / 'best.yaml'} (+ best.pt); history: "
                f"{result.run / 'history.csv'}; plot: {result.run / 'accuracy_vs_latency.png'}")
     typer.echo(f"next: netadapt export {result.run / 'best.yaml'}")
@@ -236,8 +238,13 @@ def report(
         help="Also time every network end to end on this machine (onnxruntime, "
         "interleaved; a few seconds)")] = True,
 ) -> None:
-    """The seed, the search's result and the baselines of a run in one table."""
+    """The seed, the search's result and the baselines of a run in one table, and
+    where the run's wall time went."""
+    from .records import RunTimes
+    from .rundir import RunDir
+
     _print_comparison(run_dir, measure=measure)
+    typer.echo(RunTimes.of(RunDir.open(run_dir).records()).summary())
 
 
 # ----------------------------------------------------------------------------- latency

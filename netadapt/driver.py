@@ -25,12 +25,13 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint
+from .clock import PhaseClock
 from .errors import NetadaptError
 from .executors import Executor, WorkerError
 from .jobs import DataSource, ProposalJob, ProposalResult, Training, recalibrated
 from .model import build_model, check_state_dict, read_state_dict
 from .prune import inherit_weights
-from .records import IterationRecord, ProposalRecord
+from .records import IterationRecord, ProposalRecord, timed
 from .resources import default_spec
 from .rundir import RunDir, iteration_name, proposal_name
 from .search import (
@@ -222,6 +223,9 @@ class Searcher:
         from .latency import load_table
         from .latency.table import at_size
 
+        # wall time by phase from here on (start-up and data loading count as overhead);
+        # every journal record carries its lap
+        self.clock = PhaseClock()
         self.config, self.run, self.progress = config, run, progress
         # where proposal jobs run; the caller owns (and closes) one it passes in
         self.executor = executor or Executor()
@@ -299,19 +303,22 @@ class Searcher:
         if cfg.weights:
             fresh = load_seed_weights(model, cfg.weights, self.seed_spec.num_classes)
             if fresh:  # fit the new classifier first, so that dAcc means what it says
-                fit_layers(model, self.data, fresh, CLASSIFIER_FIT_STEPS, lr=cfg.lr * 5,
-                           batch_size=cfg.batch_size, seed=cfg.seed, device=self.torch_device,
-                           progress=self._bar("fit the new classifier", CLASSIFIER_FIT_STEPS))
+                with self.clock.phase("train"):
+                    fit_layers(model, self.data, fresh, CLASSIFIER_FIT_STEPS, lr=cfg.lr * 5,
+                               batch_size=cfg.batch_size, seed=cfg.seed,
+                               device=self.torch_device, progress=self._bar(
+                                   "fit the new classifier", CLASSIFIER_FIT_STEPS))
                 notes.append(f"re-initialised {', '.join(fresh)} (the checkpoint has another "
                              f"class count) and fitted them {CLASSIFIER_FIT_STEPS} steps, the "
                              f"rest frozen")
         else:  # from scratch a larger LR than fine-tuning's pays off
             def train() -> dict[str, torch.Tensor]:
-                trained = train_seed(self.seed_spec, self.data, steps=cfg.seed_steps,
-                                     lr=cfg.lr * 5, batch_size=cfg.batch_size, seed=cfg.seed,
-                                     device=self.torch_device,
-                                     progress=self._bar("train seed", cfg.seed_steps),
-                                     checkpoint=self._checkpoint("seed"))
+                with self.clock.phase("train"):
+                    trained = train_seed(self.seed_spec, self.data, steps=cfg.seed_steps,
+                                         lr=cfg.lr * 5, batch_size=cfg.batch_size,
+                                         seed=cfg.seed, device=self.torch_device,
+                                         progress=self._bar("train seed", cfg.seed_steps),
+                                         checkpoint=self._checkpoint("seed"))
                 return {k: v.cpu() for k, v in trained.state_dict().items()}
 
             state, path, hit = cached_seed(self._seed_recipe(), train)
@@ -322,10 +329,12 @@ class Searcher:
         self.run.save_state("seed.pt", model.state_dict())
         # Scored as its children will be (BN re-estimated on a copy), so that dAcc
         # compares weights, not protocols.
-        accuracy, _, extra = score_model(
-            recalibrated(copy.deepcopy(model), self.data, cfg.batch_size,
-                         _iteration_seed(cfg.seed, 0), self.torch_device),
-            self.data.holdout, self.data.num_classes, batch_size=256, device=self.torch_device)
+        with self.clock.phase("evaluate"):
+            accuracy, _, extra = score_model(
+                recalibrated(copy.deepcopy(model), self.data, cfg.batch_size,
+                             _iteration_seed(cfg.seed, 0), self.torch_device),
+                self.data.holdout, self.data.num_classes, batch_size=256,
+                device=self.torch_device)
         record = {"type": "seed", "accuracy": accuracy, "trained_steps": 0 if cfg.weights
                   else cfg.seed_steps, "notes": notes, "accuracy_protocol": "BN re-estimated",
                   "metric": self.metric, **extra,
@@ -371,6 +380,9 @@ class Searcher:
                 for child, group in children]
         try:
             for result in self.executor.run(jobs, parent_state):
+                # the job's training and scoring, its share of the wall time (N at once)
+                self.clock.credit("train", result.train_seconds / self.executor.slots)
+                self.clock.credit("evaluate", result.eval_seconds / self.executor.slots)
                 name = proposal_name(iteration, result.group)
                 self.run.save_state(correct_name(name), {"correct": result.correct})
                 self.run.save_state(name, result.state)
@@ -406,9 +418,9 @@ class Searcher:
                               self.schedule, self.config.criterion, history):
             if isinstance(event, Proposal):
                 job = self._results.pop((event.iteration, event.group))
-                self.run.append(ProposalRecord.of(
+                self._journal(ProposalRecord.of(
                     event, holdout_px=self.data.resolution, seconds=round(job.seconds, 3),
-                    worker=job.worker, attempts=job.attempts))
+                    worker=job.worker, attempts=job.attempts).to_dict())
                 bar.update()
                 bar.set_postfix_str(f"iter {event.iteration} {event.group} "
                                     f"acc {event.accuracy:.3f}")
@@ -445,8 +457,8 @@ class Searcher:
         self._parent_cache = (p.iteration + 1, p.spec,
                               read_state_dict(self.run.path / chosen_weights))
         self.run.copy(chosen_weights, f"{iteration_name(p.iteration)}.pt")
-        self.run.append(IterationRecord.of(event, holdout_px=self.data.resolution,
-                                           margin=margin, margin_se=margin_se))
+        self._journal(IterationRecord.of(event, holdout_px=self.data.resolution,
+                                         margin=margin, margin_se=margin_se).to_dict())
         # The proposals' weights go; their per-image correctness stays (a few KB each),
         # so selection noise can be studied afterwards (scripts/measure_defaults.py).
         folder = self.run.path / Path(proposal_name(p.iteration, p.group)).parent
@@ -468,21 +480,25 @@ class Searcher:
             spec, state = self.seed_spec, read_state_dict(self.run.path / "seed.pt")
         model = build_model(spec)
         model.load_state_dict(state)
-        finetune(model, self.data, steps=cfg.long_term_steps, lr=cfg.lr,
-                 batch_size=cfg.batch_size, seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
-                 device=self.torch_device,
-                 progress=self._bar("long-term fine-tune", cfg.long_term_steps),
-                 checkpoint=self._checkpoint("long_term"))
+        with self.clock.phase("train"):
+            finetune(model, self.data, steps=cfg.long_term_steps, lr=cfg.lr,
+                     batch_size=cfg.batch_size, seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
+                     device=self.torch_device,
+                     progress=self._bar("long-term fine-tune", cfg.long_term_steps),
+                     checkpoint=self._checkpoint("long_term"))
         seed_model = build_model(self.seed_spec)
         seed_model.load_state_dict(read_state_dict(self.run.path / "seed.pt"))
         resources = resources_of(spec, self.predict_ms)
+        finished = self._finish(model, spec, "best", self.data)
+        with self.clock.phase("evaluate"):
+            seed_test = score_model(seed_model, self.data.test, self.data.num_classes, 256,
+                                    self.torch_device)[0]
         record = {
             "type": "final", "iteration": len(iterations), **resources,
             # the training this network got from the seed: what every baseline gets too
             "steps": len(iterations) * cfg.short_term_steps + cfg.long_term_steps,
-            **self._finish(model, spec, "best", self.data),
-            "seed_test_accuracy": score_model(seed_model, self.data.test, self.data.num_classes,
-                                              256, self.torch_device)[0],
+            **finished,
+            "seed_test_accuracy": seed_test,
             "seed_test_px": self.data.resolution,
             "budgets_met": not unmet(resources, self.budgets),
         }
@@ -506,7 +522,9 @@ class Searcher:
         from .train import finetune
 
         cfg = self.config
-        holdout = score_model(model, data.holdout, data.num_classes, 256, self.torch_device)[0]
+        with self.clock.phase("evaluate"):
+            holdout = score_model(model, data.holdout, data.num_classes, 256,
+                                  self.torch_device)[0]
         steps = self.deploy_steps(spec, data)
         deployed = data.at(spec.input_size)
         # At the deployed size the ops are large enough to split across cores (unlike at
@@ -520,19 +538,22 @@ class Searcher:
             if threads:
                 torch.set_num_threads(threads)
             try:
-                finetune(model, deployed, steps, lr=cfg.deploy_lr,
-                         batch_size=cfg.deploy_batch_size,
-                         seed=_iteration_seed(cfg.seed, DEPLOY_SEED), device=self.torch_device,
-                         progress=self._bar(f"{name} at {spec.input_size[0]} px", steps),
-                         checkpoint=self._checkpoint(_deploy_phase(name)))
+                with self.clock.phase("train"):
+                    finetune(model, deployed, steps, lr=cfg.deploy_lr,
+                             batch_size=cfg.deploy_batch_size,
+                             seed=_iteration_seed(cfg.seed, DEPLOY_SEED),
+                             device=self.torch_device,
+                             progress=self._bar(f"{name} at {spec.input_size[0]} px", steps),
+                             checkpoint=self._checkpoint(_deploy_phase(name)))
             finally:
                 torch.set_num_threads(previous)
         self.run.write_spec(f"{name}.yaml", spec)
         self.run.save_state(f"{name}.pt", model.state_dict())
         onnx_path = self.run.path / f"{name}.onnx"
         export_onnx(model, spec, onnx_path, metadata=self.metadata(spec))
-        test, correct, extra = score_onnx(onnx_path, deployed.test, data.num_classes,
-                                          threads=threads)
+        with self.clock.phase("evaluate"):
+            test, correct, extra = score_onnx(onnx_path, deployed.test, data.num_classes,
+                                              threads=threads)
         self.run.save_state(f"{name}.test_correct.pt", {"correct": correct})
         return {"accuracy": holdout, "holdout_px": data.resolution, "deploy_steps": steps,
                 "test_accuracy": test, **{f"test_{k}": v for k, v in extra.items()},
@@ -567,7 +588,7 @@ class Searcher:
             try:
                 found = make(self.seed_spec, self.budgets, self.predict_ms, seed_state)
             except BaselineUnavailable as exc:
-                self.run.append({"type": "baseline", "name": name, "note": str(exc)})
+                self._record({"type": "baseline", "name": name, "note": str(exc)})
                 continue
             if found is None:
                 record: dict[str, Any] = {
@@ -588,11 +609,12 @@ class Searcher:
                     res = max(8, round(self.data.resolution * found.spec.input_size[0]
                                        / self.seed_spec.input_size[0]))
                     data = self.data.at(res)
-                finetune(model, data, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
-                         seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
-                         device=self.torch_device,
-                         progress=self._bar(f"baseline {name}", steps),
-                         checkpoint=self._checkpoint(f"baseline-{name}"))
+                with self.clock.phase("train"):
+                    finetune(model, data, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                             seed=_iteration_seed(cfg.seed, LONG_TERM_SEED),
+                             device=self.torch_device,
+                             progress=self._bar(f"baseline {name}", steps),
+                             checkpoint=self._checkpoint(f"baseline-{name}"))
                 record = {"type": "baseline", "name": name, "knob": found.knob,
                           **found.resources, "steps": steps,
                           **self._finish(model, found.spec, f"baselines/{name}", data)}
@@ -603,14 +625,18 @@ class Searcher:
 
     def _record(self, record: dict[str, Any]) -> None:
         """Journal the result of a phase, then drop the phase's checkpoints."""
-        self.run.append(record)
+        self._journal(record)
         for phase in _phases_of(record):
             self._checkpoint(phase).remove()
+
+    def _journal(self, record: dict[str, Any]) -> None:
+        """Append a record with the wall time since the previous one, by phase."""
+        self.run.append(timed(record, self.clock.lap()))
 
     def _checkpoint(self, phase: str) -> Checkpoint:
         """The progress file of a long training phase (removed once its record is in the
         journal; until then a resumed run continues the phase from it)."""
-        return Checkpoint(self.run.path / "checkpoints" / f"{phase}.pt")
+        return Checkpoint(self.run.path / "checkpoints" / f"{phase}.pt", clock=self.clock)
 
     # ------------------------------------------------------------------ output
 

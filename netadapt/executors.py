@@ -56,6 +56,7 @@ class Executor:
     override the four hooks (_share, _has_room, _submit, _finished) and _abandon."""
 
     name = "serial"
+    slots = 1  # jobs running at once
 
     def __init__(self, function: JobFunction = run_proposal, retries: int = RETRIES) -> None:
         if retries < 0:
@@ -154,6 +155,7 @@ class ProcessExecutor(Executor):
         if workers < 1:
             raise NetadaptError(f"--workers {workers}: must be >= 1")
         self.workers, self.threads = workers, threads or default_threads(workers)
+        self.slots = workers
         self.name = f"{workers} local worker process{'es' if workers > 1 else ''}"
         self._devices = [devices[i % len(devices)] for i in range(workers)]
         self._pools: list[ProcessPoolExecutor | None] = [None] * workers

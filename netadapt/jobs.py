@@ -96,6 +96,10 @@ class ProposalResult:
     worker: str  # host:pid of the process that ran it
     attempts: int = 1
     cpu_seconds: float = 0.0  # CPU time of the job's process (below seconds: it waited)
+    # of seconds: the fine-tune, and the BN re-estimation + scoring (the rest is the
+    # job's overhead: building the child, slicing the parent's weights)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
 
 
 _WORKER_DEVICE: str | None = None  # a GPU assigned to this worker process
@@ -136,12 +140,16 @@ def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> Pro
     data = job.data.load()
     model = build_model(job.child)
     model.load_state_dict(inherit_weights(job.parent, parent_state, job.child))
+    trained = time.perf_counter()
     finetune(model, data, steps=settings.steps, lr=settings.lr,
              batch_size=settings.batch_size, seed=job.seed, device=device)
+    evaluated = time.perf_counter()
     recalibrated(model, data, settings.batch_size, job.seed, device)
     score, correct, _ = score_model(model, data.holdout, data.num_classes,
                                     batch_size=EVAL_BATCH, device=device)
+    done = time.perf_counter()
     return ProposalResult(job.iteration, job.group, score, correct,
                           {k: v.cpu() for k, v in model.state_dict().items()},
-                          time.perf_counter() - started, worker_name(),
-                          cpu_seconds=time.process_time() - cpu_started)
+                          done - started, worker_name(),
+                          cpu_seconds=time.process_time() - cpu_started,
+                          train_seconds=evaluated - trained, eval_seconds=done - evaluated)

@@ -9,16 +9,24 @@ baseline records (open-ended notes and per-phase facts) stay plain dicts.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .search import Iteration, Proposal
 from .spec import NetworkSpec
 
+# The wall time since the previous record, and of it the seconds spent training and
+# evaluating (clock.PhaseClock.lap): a run's totals are their sums (RunTimes).
+TIME_FIELDS = {"wall": "wall_s", "train": "train_s", "evaluate": "eval_s"}
+
 
 @dataclass(frozen=True)
 class _Record:
     TYPE: ClassVar[str]
+    wall_s: float | None = field(default=None, kw_only=True)
+    train_s: float | None = field(default=None, kw_only=True)
+    eval_s: float | None = field(default=None, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.TYPE, **dataclasses.asdict(self)}
@@ -96,3 +104,37 @@ class IterationRecord(_Record):
     def event(self, chosen: Proposal) -> Iteration:
         return Iteration(self.iteration, self.target, chosen, self.score, self.reduction,
                          self.scheduled, self.runner_up)
+
+
+def timed(record: dict[str, Any], lap: dict[str, float]) -> dict[str, Any]:
+    """``record`` with a clock lap (clock.PhaseClock.lap) in its time fields."""
+    return {**record, **{name: lap[phase] for phase, name in TIME_FIELDS.items()}}
+
+
+@dataclass(frozen=True)
+class RunTimes:
+    """Where a run's wall time went, summed over its records (every session of it)."""
+
+    wall_s: float
+    train_s: float
+    eval_s: float
+
+    @classmethod
+    def of(cls, records: Iterable[dict[str, Any]]) -> RunTimes:
+        sums = dict.fromkeys(TIME_FIELDS.values(), 0.0)
+        for r in records:
+            for name in sums:
+                sums[name] += r.get(name) or 0.0
+        return cls(**sums)
+
+    @property
+    def overhead_s(self) -> float:
+        """Everything but training and evaluation: the loop's own cost."""
+        return self.wall_s - self.train_s - self.eval_s
+
+    def summary(self) -> str:
+        if not self.wall_s:
+            return "loop overhead: not recorded (a run of an earlier netadapt)"
+        return (f"loop overhead {100 * self.overhead_s / self.wall_s:.1f}% of "
+                f"{self.wall_s:.0f} s (training {self.train_s:.0f} s, evaluation "
+                f"{self.eval_s:.0f} s, everything else {self.overhead_s:.1f} s)")

@@ -265,6 +265,7 @@ def test_baselines_meet_the_budget_and_sit_beside_the_search(setup, with_baselin
     assert result.exit_code == 0, result.output
     assert "uniform_pruning" in result.output and "the best baseline" in result.output
     assert "measured_ms" in result.output  # timed end to end here, interleaved
+    assert "loop overhead" in result.output  # where the run's wall time went
 
 
 @pytest.mark.parametrize("change, fragment", [
@@ -426,3 +427,21 @@ def test_the_search_command_prints_each_accuracy_with_its_input_size(setup, tmp_
     assert result.exit_code == 0, result.output
     assert "holdout acc @16" in result.output
     assert "at input px" in result.output and "32x32" in result.output
+
+
+def test_every_record_carries_its_wall_time_by_phase(setup):
+    """The journal accounts the run's wall time: training, evaluation and the rest (the
+    loop's overhead), so `netadapt report` can say what the loop itself cost."""
+    from netadapt.records import RunTimes
+
+    root, _ = setup
+    records = journal(root / "full")
+    assert records and all(r["wall_s"] is not None for r in records)
+    for r in records:  # serial: the phases of an interval never exceed its wall time
+        assert 0 <= r["train_s"] + r["eval_s"] <= r["wall_s"] + 1e-3
+    proposals = [r for r in records if r["type"] == "proposal"]
+    assert all(r["train_s"] > 0 and r["eval_s"] > 0 for r in proposals)
+    final = next(r for r in records if r["type"] == "final")
+    assert final["train_s"] > 0 and final["eval_s"] > 0  # long-term, deploy; test scoring
+    times = RunTimes.of(records)
+    assert 0 < times.overhead_s < times.wall_s
