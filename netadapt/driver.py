@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import shutil
 import time
@@ -167,6 +168,8 @@ def _iteration_seed(seed: int, iteration: int) -> int:
     return zlib.crc32(f"{seed}/{iteration}".encode())
 
 
+# during the loop the plot is redrawn at most this often (always at the end of a phase)
+PLOT_EVERY_S = 60.0
 LONG_TERM_SEED = -1  # the "iteration" whose seed the long-term fine-tunes share
 
 
@@ -227,6 +230,7 @@ class Searcher:
         # every journal record carries its lap
         self.clock = PhaseClock()
         self.config, self.run, self.progress = config, run, progress
+        self._plotted_at = -math.inf  # monotonic time of the last plot redraw
         # where proposal jobs run; the caller owns (and closes) one it passes in
         self.executor = executor or Executor()
         self.torch_device = _torch_device(config.torch_device)
@@ -466,7 +470,7 @@ class Searcher:
             if not weights.name.endswith(".correct.pt"):
                 weights.unlink(missing_ok=True)
         self.run.write_csv()
-        self._plot()
+        self._plot(at_most_every_s=PLOT_EVERY_S)
 
     def _long_term(self, start: Start, iterations: list[Iteration]) -> dict[str, Any]:
         from .scoring import score_model
@@ -653,9 +657,15 @@ class Searcher:
                 bar.close()
         return update
 
-    def _plot(self) -> None:
+    def _plot(self, at_most_every_s: float = 0.0) -> None:
+        """Redraw the run's accuracy-vs-latency plot (skipped when the last one is more
+        recent than ``at_most_every_s``: a redraw costs ~0.5 s, loop overhead)."""
         from .report import plot_history
 
+        now = time.monotonic()
+        if now - self._plotted_at < at_most_every_s:
+            return
+        self._plotted_at = now
         plot_history(self.run.history_table(), self.run.path / "accuracy_vs_latency.png",
                      self.budgets)
 
