@@ -30,6 +30,7 @@ import pandas as pd
 
 from netadapt.driver import SearchConfig, comparison, resume_search, start_search
 from netadapt.errors import NetadaptError
+from netadapt.executors import make_executor
 from netadapt.report import comparison_text, verdict
 
 
@@ -93,6 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", nargs="+", default=["70%", "50%", "35%"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=None,
+                        help="proposals on N local worker processes (netadapt search "
+                        "--workers; the same results as one, on the CPU)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-search"))
     parser.add_argument("overrides", nargs="*", help="SearchConfig fields as name=value")
     args = parser.parse_args()
@@ -104,12 +108,13 @@ def main() -> None:
             run = args.out / f"seed{seed}" / budget.replace("%", "pct")
             run.parent.mkdir(parents=True, exist_ok=True)
             started = time.time()
-            if (run / "config.json").exists():
-                result = resume_search(run)
-            else:
-                config = SearchConfig(budgets=(budget,), compare=True,
-                                      **{"seed": seed, **overrides})  # type: ignore[arg-type]
-                result = start_search(config, run)
+            with make_executor(args.workers, None, 0, "auto") as executor:
+                if (run / "config.json").exists():
+                    result = resume_search(run, executor=executor)
+                else:
+                    config = SearchConfig(budgets=(budget,), compare=True,
+                                          **{"seed": seed, **overrides})  # type: ignore[arg-type]
+                    result = start_search(config, run, executor=executor)
             table = comparison(run)
             table.insert(0, "budget", budget)
             table.insert(0, "seed", seed)
