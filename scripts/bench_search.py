@@ -39,7 +39,8 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
     defaults = SearchConfig(budgets=("50%",))
     out: dict[str, object] = {}
     for item in items:
-        name, _, value = item.lstrip("-").replace("-", "_").partition("=")
+        name, _, value = item.lstrip("-").partition("=")
+        name = name.replace("-", "_")  # only the name: values like local-ref keep theirs
         if not hasattr(defaults, name) or name == "budgets":
             fields = ", ".join(f.name for f in dataclasses.fields(SearchConfig))
             raise SystemExit(f"unknown option {name!r}; SearchConfig fields: {fields}")
