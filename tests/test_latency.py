@@ -24,8 +24,8 @@ from netadapt.latency import profile as prof
 from netadapt.latency.estimate import estimate
 from netadapt.latency.graphs import entry_model, input_shape, network_model
 from netadapt.latency.measure import time_round_robin
-from netadapt.latency.runners import LocalRunner, parse_perf_test
 from netadapt.latency.table import input_elements_m, required_keys, table_paths
+from netadapt.latency.timers import LocalTimer, parse_perf_test
 from netadapt.spec import load_spec, save_spec
 
 from .conftest import CONFIGS
@@ -236,7 +236,7 @@ def test_two_timing_processes_build_the_same_table(built, root, tiny_spec):
 def test_interrupted_profile_continues_where_it_stopped(root, tiny_spec):
     device = load_device("fast")
 
-    class Interrupting(LocalRunner):
+    class Interrupting(LocalTimer):
         calls = 0
 
         def time(self, models, rounds, warmup):
@@ -248,7 +248,7 @@ def test_interrupted_profile_continues_where_it_stopped(root, tiny_spec):
 
     with pytest.raises(KeyboardInterrupt):
         prof.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None,
-                     runner=Interrupting(device))
+                     timer=Interrupting(device))
     journal = table_paths("fast")[0].parent / "journal.csv"
     saved = len(journal.read_text().splitlines()) - 1
     assert saved == 2 * device.protocol.chunk

@@ -43,7 +43,6 @@ from .graphs import (
     network_input_shape,
     network_model,
 )
-from .runners import LocalRunner, Model, Runner, make_runner
 from .table import (
     COLUMNS,
     FORMAT,
@@ -63,6 +62,7 @@ from .table import (
     table_bytes,
     table_paths,
 )
+from .timers import LocalTimer, Model, Timer, make_timer
 
 JOURNAL_COLUMNS = KEY_COLUMNS + ["raw_ms", "ref_ms", "spread", "n"]
 REF_EVERY = 12  # a copy of the reference before every 12 entries of a chunk
@@ -183,7 +183,7 @@ class _Plan:
     pending: list[EntryKey]
 
 
-def _existing_table(device: Device, runner: Runner, root: Path | None, fresh: bool
+def _existing_table(device: Device, timer: Timer, root: Path | None, fresh: bool
                     ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The table to extend (empty when fresh, absent or an estimate); refuses one
     measured with another onnxruntime version."""
@@ -193,7 +193,7 @@ def _existing_table(device: Device, runner: Runner, root: Path | None, fresh: bo
     old, old_meta = read_table_files(device.name, root)
     if old_meta.get("estimate"):
         return empty  # a measured table replaces an estimate
-    version = runner.runtime_version()
+    version = timer.runtime_version()
     if old_meta["runtime"]["onnxruntime"] != version:
         raise LatencyError(
             f"latency table {device.name!r} was measured with onnxruntime "
@@ -216,7 +216,7 @@ def targets_of(seeds: Sequence[NetworkSpec], input_sizes: Sequence[int] = (),
     return targets
 
 
-def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | None = None,
+def plan(device: Device, seeds: list[NetworkSpec], timer: Timer, root: Path | None = None,
          fresh: bool = False, targets: list[tuple[NetworkSpec, str]] | None = None,
          recalibrate: bool = False) -> _Plan:
     """Step 1: what the finished table must hold, and what is left to time (the table
@@ -227,7 +227,7 @@ def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | 
     folder = csv_path.parent
     folder.mkdir(parents=True, exist_ok=True)
     journal = Journal(folder / "journal.csv")
-    old, old_meta = _existing_table(device, runner, root, fresh)
+    old, old_meta = _existing_table(device, timer, root, fresh)
     state_path = folder / "journal.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     if fresh and not state.get("fresh"):
@@ -267,7 +267,7 @@ def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | 
                  attempts, pending)
 
 
-def _time_chunk(runner: Runner, chunk: list[EntryKey], ref_model: Model, rounds: int,
+def _time_chunk(timer: Timer, chunk: list[EntryKey], ref_model: Model, rounds: int,
                 warmup: int) -> tuple[float, np.ndarray]:
     """Time one chunk round-robin with the reference at several places in it: (the
     reference's fast time, each entry's runs)."""
@@ -278,16 +278,16 @@ def _time_chunk(runner: Runner, chunk: list[EntryKey], ref_model: Model, rounds:
             ref_rows.append(len(models))
             models.append(ref_model)
         models.append((entry_model(k), input_shape(k)))
-    ms = runner.time(models, rounds, warmup)
+    ms = timer.time(models, rounds, warmup)
     return float(fast_ms(ms[ref_rows].reshape(1, -1))[0]), np.delete(ms, ref_rows, axis=0)
 
 
-_worker: tuple[Runner, Model] | None = None  # a timing process's runner and reference
+_worker: tuple[Timer, Model] | None = None  # a timing process's timer and reference
 
 
 def _start_worker(device: Device, ref: EntryKey) -> None:
     global _worker
-    _worker = (LocalRunner(device), (entry_model(ref), input_shape(ref)))
+    _worker = (LocalTimer(device), (entry_model(ref), input_shape(ref)))
 
 
 def _time_chunk_in_worker(chunk: list[EntryKey], rounds: int,
@@ -296,7 +296,7 @@ def _time_chunk_in_worker(chunk: list[EntryKey], rounds: int,
     return _time_chunk(_worker[0], chunk, _worker[1], rounds, warmup)
 
 
-def measure_entries(work: _Plan, runner: Runner, proto: Protocol, ref_model: Model,
+def measure_entries(work: _Plan, timer: Timer, proto: Protocol, ref_model: Model,
                     seed_ratios: _SeedRatios, result: ProfileResult, progress: bool,
                     device: Device | None = None) -> None:
     """Step 2: time the pending entries in chunks, round-robin with the reference,
@@ -309,7 +309,7 @@ def measure_entries(work: _Plan, runner: Runner, proto: Protocol, ref_model: Mod
 
     pool = None
     processes = min(proto.processes, os.cpu_count() or 1)  # never two timers on one core
-    if processes > 1 and isinstance(runner, LocalRunner) and device is not None:
+    if processes > 1 and isinstance(timer, LocalTimer) and device is not None:
         pool = ProcessPoolExecutor(processes, multiprocessing.get_context("spawn"),
                                    initializer=_start_worker, initargs=(device, work.ref))
 
@@ -317,7 +317,7 @@ def measure_entries(work: _Plan, runner: Runner, proto: Protocol, ref_model: Mod
         if pool is not None:
             return pool.submit(_time_chunk_in_worker, chunk, proto.rounds, proto.warmup)
         done: Future[tuple[float, np.ndarray]] = Future()
-        done.set_result(_time_chunk(runner, chunk, ref_model, proto.rounds, proto.warmup))
+        done.set_result(_time_chunk(timer, chunk, ref_model, proto.rounds, proto.warmup))
         return done
 
     attempts = work.attempts
@@ -374,7 +374,7 @@ def assemble(work: _Plan) -> tuple[pd.DataFrame, float]:
     return frame.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True), base_ms
 
 
-def calibrate_seeds(work: _Plan, frame: pd.DataFrame, runner: Runner, ref_model: Model,
+def calibrate_seeds(work: _Plan, frame: pd.DataFrame, timer: Timer, ref_model: Model,
                     base_ms: float, proto: Protocol, seed_ratios: _SeedRatios
                     ) -> list[dict[str, Any]]:
     """Step 4: one calibration per seed of this run (see calibrate); the table's other
@@ -387,24 +387,24 @@ def calibrate_seeds(work: _Plan, frame: pd.DataFrame, runner: Runner, ref_model:
     for seed, coverage in work.targets.values():
         variants = (random_variants(seed, proto.calibration_variants, rng_seed=1000)
                     if coverage == "grid" else multiplier_specs(seed)[1:])
-        cal = calibrate(table, seed, runner, ref_model, base_ms, proto,
+        cal = calibrate(table, seed, timer, ref_model, base_ms, proto,
                         seed_ratios.ratios(seed.name), variants)
         seeds_meta.append({"name": seed.name, "signature": signature(seed),
                            "coverage": coverage, "spec": seed.to_dict(), **cal,
-                           "clock": runner_clock(runner)})
+                           "clock": timer_clock(timer)})
     return seeds_meta
 
 
 def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
             fresh: bool = False, progress: bool = True, log: Log = print,
-            runner: Runner | None = None, input_sizes: Sequence[int] = (),
+            timer: Timer | None = None, input_sizes: Sequence[int] = (),
             multiplier_sizes: Sequence[int] = (), recalibrate: bool = False) -> ProfileResult:
     """Build or extend DEVICE's table so that it covers every seed (see targets_of for
     the sizes), then calibrate: plan, measure_entries, assemble, calibrate_seeds, then
     the table is written and the journals removed."""
-    runner = runner or make_runner(device)
-    runner.check()  # fail at once: no phone, no host, no perf_test
-    work = plan(device, seeds, runner, root, fresh,
+    timer = timer or make_timer(device)
+    timer.check()  # fail at once: no phone, no host, no perf_test
+    work = plan(device, seeds, timer, root, fresh,
                 targets_of(seeds, input_sizes, multiplier_sizes), recalibrate)
     proto = device.protocol
     result = ProfileResult(device.name)
@@ -414,15 +414,15 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
             f"entries in the table or journal; measuring {len(work.pending)} "
             f"(reference: {work.ref.label()})")
     ref_model = (entry_model(work.ref), input_shape(work.ref))
-    seed_ratios = _SeedRatios(work.folder / "journal_seeds.csv", runner, ref_model,
+    seed_ratios = _SeedRatios(work.folder / "journal_seeds.csv", timer, ref_model,
                               {name: spec for name, (spec, _) in work.targets.items()},
                               proto.calibration_rounds)
-    measure_entries(work, runner, proto, ref_model, seed_ratios, result, progress, device)
+    measure_entries(work, timer, proto, ref_model, seed_ratios, result, progress, device)
     try:
         frame, base_ms = assemble(work)
     except LatencyError:
         raise LatencyError(f"{device.name}: nothing measured") from None
-    seeds_meta = calibrate_seeds(work, frame, runner, ref_model, base_ms, proto, seed_ratios)
+    seeds_meta = calibrate_seeds(work, frame, timer, ref_model, base_ms, proto, seed_ratios)
     result.calibration = [{"seed": m["name"], **{k: v for k, v in m.items()
                                                  if k not in ("name", "signature", "spec")}}
                           for m in seeds_meta]
@@ -431,8 +431,8 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
         "format": FORMAT, "device": device.name, "description": device.description,
         "runner": device.runner, "estimate": False,
         "runtime": old_meta["runtime"] if old_meta and not work.pending  # recalibrated only
-        else {"onnxruntime": runner.runtime_version(), **device.settings},
-        "cpu": runner.cpu_model(), "date": dt.datetime.now(dt.timezone.utc).isoformat(
+        else {"onnxruntime": timer.runtime_version(), **device.settings},
+        "cpu": timer.cpu_model(), "date": dt.datetime.now(dt.timezone.utc).isoformat(
             timespec="seconds"),
         "protocol": dataclasses.asdict(proto),
         "reference": {"key": work.ref._asdict(), "base_ms": base_ms,
@@ -444,7 +444,7 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
                       "last_run_entries": result.measured,
                       "last_run_remeasured": result.remeasured,
                       "last_run_processes": min(proto.processes, os.cpu_count() or 1)
-                      if isinstance(runner, LocalRunner) else 1},
+                      if isinstance(timer, LocalTimer) else 1},
     }
     write_table(device.name, frame, meta, root)
     for path in (work.journal.path, seed_ratios.path, work.state_path):
@@ -454,8 +454,8 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
     return result
 
 
-def runner_clock(runner: Runner) -> str:
-    device = getattr(runner, "device", None)
+def timer_clock(timer: Timer) -> str:
+    device = getattr(timer, "device", None)
     return str(device.settings.get("clock", "wall")) if device is not None else "wall"
 
 
@@ -476,15 +476,15 @@ class _SeedRatios:
     run and appended to a small journal, so the calibration sees the host in all the
     states the entries were measured in, not just the last minute's."""
 
-    def __init__(self, path: Path, runner: Runner, ref_model: Model,
+    def __init__(self, path: Path, timer: Timer, ref_model: Model,
                  seeds: dict[str, NetworkSpec], rounds: int) -> None:
-        self.path, self.runner, self.ref_model = path, runner, ref_model
+        self.path, self.timer, self.ref_model = path, timer, ref_model
         self.seeds, self.rounds = seeds, rounds
 
     def burst(self) -> None:
         for name, seed in self.seeds.items():
             shape = network_input_shape(seed)
-            med = fast_ms(self.runner.time(
+            med = fast_ms(self.timer.time(
                 [self.ref_model, (network_model(seed), shape)], self.rounds, 2))
             self.add(name, float(med[1] / med[0]))
 
@@ -508,7 +508,7 @@ class _SeedRatios:
         return out
 
 
-def calibrate(table: LatencyTable, seed: NetworkSpec, runner: Runner, ref_model: Model,
+def calibrate(table: LatencyTable, seed: NetworkSpec, timer: Timer, ref_model: Model,
               base_ms: float, proto: Any, earlier_ratios: Sequence[float] = (),
               variants: Sequence[NetworkSpec] | None = None) -> dict[str, Any]:
     """The factor (and boundary cost, see fit_calibration) that turn a sum of entries
@@ -533,7 +533,7 @@ def calibrate(table: LatencyTable, seed: NetworkSpec, runner: Runner, ref_model:
         idx = [(b * 8 + j) % len(variants) for j in range(min(8, len(variants)))] \
             if variants else []
         models = [ref_model, seed_model] + [(network_model(variants[i]), shape) for i in idx]
-        med = fast_ms(runner.time(models, proto.calibration_rounds, 2))
+        med = fast_ms(timer.time(models, proto.calibration_rounds, 2))
         ratios.append(float(med[1] / med[0]))
         raw.append(float(med[1]))
         for i, m in zip(idx, med[2:]):
@@ -604,7 +604,7 @@ def seed_e2e_ms(table: LatencyTable, seed: NetworkSpec) -> float:
 
 
 def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
-             runner: Runner | None = None, rng_seed: int = 0, progress: bool = True,
+             timer: Timer | None = None, rng_seed: int = 0, progress: bool = True,
              per_chunk: int = 8, rounds: int = 60) -> tuple[dict[str, Any], pd.DataFrame]:
     """Measure ``n`` random reduced variants end to end, compare with predictions.
 
@@ -619,8 +619,8 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
     """
     from tqdm import tqdm
 
-    runner = runner or make_runner(device)
-    runner.check()
+    timer = timer or make_timer(device)
+    timer.check()
     ref = EntryKey(**table.meta["reference"]["key"])
     base_ms = float(table.meta["reference"]["base_ms"])
     anchor_ms = seed_e2e_ms(table, seed)
@@ -632,7 +632,7 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
     for i in tqdm(range(0, n, per_chunk), disable=not progress, unit="chunk"):
         chunk = variants[i:i + per_chunk]
         models = [ref_model, seed_model] + [(network_model(v), shape) for v in chunk]
-        med = fast_ms(runner.time(models, rounds, warmup=2))
+        med = fast_ms(timer.time(models, rounds, warmup=2))
         for v, m in zip(chunk, med[2:]):
             rows.append({"variant": v.name, "predicted_ms": table.predict_ms(v),
                          "measured_ms": m / med[1] * anchor_ms,
@@ -674,20 +674,20 @@ def save_validation(device: str, summary: dict[str, Any], frame: pd.DataFrame,
 
 
 def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable,
-                runner: Runner | None = None, bursts: int = 5, rounds: int = 20
+                timer: Timer | None = None, bursts: int = 5, rounds: int = 20
                 ) -> dict[str, float]:
     """``spec`` end to end, now: ``raw_ms`` (fast-tail time, median over bursts), and
     ``vs_seed_ms`` (relative to the table's seed of the same structure timed in the same
     round-robin, x that seed's latency at calibration: drift cancels), when there is
     such a seed."""
-    runner = runner or make_runner(device)
-    runner.check()
+    timer = timer or make_timer(device)
+    timer.check()
     shape = network_input_shape(spec)
     seeds = [s for s in table.seeds if signature(s) == signature(spec)]
     models = [(network_model(spec), shape)] + [(network_model(s), shape) for s in seeds[:1]]
     raw, ratios = [], []
     for _ in range(bursts):
-        med = fast_ms(runner.time(models, rounds, warmup=2))
+        med = fast_ms(timer.time(models, rounds, warmup=2))
         raw.append(med[0])
         if seeds:
             ratios.append(med[0] / med[1])
