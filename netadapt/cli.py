@@ -471,7 +471,7 @@ def profile(
                               multiplier_sizes=extra, recalibrate=recalibrate)
     except KeyboardInterrupt:
         typer.secho(f"interrupted: measured entries are saved in "
-                    f"{prof.table_paths(device)[0].parent / 'journal.csv'}; run the same "
+                    f"{prof.table_paths(device)[0].parent / prof.JOURNAL_FILE}; run the same "
                     f"command to continue", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
     typer.echo(f"{device}: {result.rows:,} entries ({result.measured:,} timed this run, "

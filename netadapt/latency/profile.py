@@ -5,9 +5,10 @@ chunks, round-robin, together with one fixed reference block, and each entry is 
 as (its median / the reference's median in the same chunk) x a fixed base, so drift
 between chunks cancels (each time is the mean of the model's fastest 20% of runs:
 see fast_ms). Entries whose fast runs spread more than ``max_spread`` are timed
-again in a later chunk, keeping the quietest attempt. Every chunk is appended to
-journal.csv and fsynced, so an interrupted run loses at most one chunk and the same
-command continues; the finished table replaces table.csv.gz + meta.json at the end.
+again in a later chunk, keeping the quietest attempt. Every chunk is appended to the
+profile's journal (journal.jsonl, see ProfileJournal) and fsynced, so an interrupted
+run loses at most one chunk and the same command continues; the finished table
+replaces table.csv.gz + meta.json at the end.
 With ``processes: N`` a local device times N chunks at once, one per process (each with
 its own reference, so what the processes do to each other's speed cancels as drift
 does); the journal is written by this process alone.
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LatencyError
-from ..files import write_bytes_atomic, write_text_atomic
+from ..files import Journal, write_bytes_atomic, write_text_atomic
 from ..spec import NetworkSpec, spec_from_dict
 from .devices import Device, Protocol
 from .graphs import (
@@ -111,46 +112,116 @@ class ProfileResult:
     calibration: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Journal:
-    """Append-only CSV of raw attempts; survives kill (one fsync per chunk)."""
+JOURNAL_FILE = "journal.jsonl"
+# What netadapt 0.1.0 wrote before its profile journal was one JSON-lines file: an
+# interrupted profile of that version is continued from them (read, never written).
+LEGACY_ATTEMPTS, LEGACY_RATIOS, LEGACY_STATE = "journal.csv", "journal_seeds.csv", "journal.json"
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
 
-    def read(self) -> pd.DataFrame:
-        if not self.path.is_file():
+def _sig6(value: float) -> float:
+    """6 significant digits: the journal's precision (timings are not better than that)."""
+    return float(f"{value:.6g}")
+
+
+class ProfileJournal:
+    """What an interrupted profile continues from, in one append-only JSON-lines file
+    beside the table (files.Journal: fsynced, a torn last line dropped). Its records:
+
+    - ``start``, one per session: the reference entry, whether the session rebuilds the
+      table (``fresh``) and its seeds; the last one is the journal's state;
+    - ``attempt``, one per timing of an entry (one fsync per chunk): the entry's key
+      fields, its fast time and the reference's in the same chunk (``raw_ms``,
+      ``ref_ms``), the spread of its fast runs and their number (``n``);
+    - ``ratio``, one per seed per burst: seed end to end / reference block.
+
+    A profile interrupted by an older netadapt left journal.csv, journal_seeds.csv and
+    journal.json instead: they are read as this journal's first records, and removed
+    with it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.journal = Journal(folder / JOURNAL_FILE)
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every file of the journal, the legacy ones included."""
+        return [self.journal.path] + [self.folder / name for name in
+                                      (LEGACY_ATTEMPTS, LEGACY_RATIOS, LEGACY_STATE)]
+
+    def remove(self) -> None:
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+
+    def _of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.journal.read() if r.get("type") == kind]
+
+    # ----------------------------------------------------------- state
+
+    def start(self, reference: EntryKey, fresh: bool, seeds: Sequence[NetworkSpec]) -> None:
+        """Record a session's start (read the journal first: see files.Journal)."""
+        self.journal.append({"type": "start", "reference": reference._asdict(),
+                             "fresh": fresh, "seeds": [s.to_dict() for s in seeds]})
+
+    def state(self) -> dict[str, Any]:
+        """The last session's start record: ``reference`` and ``fresh`` ({}: none)."""
+        starts = self._of_type("start")
+        if starts:
+            return starts[-1]
+        legacy = self.folder / LEGACY_STATE
+        return json.loads(legacy.read_text()) if legacy.is_file() else {}
+
+    # ----------------------------------------------------------- attempts
+
+    def add_attempts(self, rows: list[dict[str, Any]]) -> None:
+        """Journal a chunk's attempts (each: KEY_COLUMNS, raw_ms, ref_ms, spread, n)."""
+        self.journal.extend([{"type": "attempt", **row} for row in rows])
+
+    def attempts(self) -> pd.DataFrame:
+        """Every attempt so far, in order, as a frame of JOURNAL_COLUMNS."""
+        frames = [self._legacy_attempts(), pd.DataFrame(self._of_type("attempt"),
+                                                        columns=JOURNAL_COLUMNS)]
+        frames = [f for f in frames if len(f)]
+        if not frames:
             return pd.DataFrame(columns=JOURNAL_COLUMNS)
-        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        if lines and not lines[-1].endswith("\n"):
-            lines = lines[:-1]  # a kill mid-write leaves half a line: drop it
-        if not lines or lines[0].strip().split(",") != JOURNAL_COLUMNS:
-            return pd.DataFrame(columns=JOURNAL_COLUMNS)
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def _legacy_attempts(self) -> pd.DataFrame:
+        """journal.csv: a header of JOURNAL_COLUMNS, a row per attempt, perhaps half a
+        last row (a kill mid-write)."""
         import io
 
+        path = self.folder / LEGACY_ATTEMPTS
+        if not path.is_file():
+            return pd.DataFrame(columns=JOURNAL_COLUMNS)
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]
+        if not lines or lines[0].strip().split(",") != JOURNAL_COLUMNS:
+            return pd.DataFrame(columns=JOURNAL_COLUMNS)
         frame = pd.read_csv(io.StringIO("".join(lines)), dtype={"kind": str, "act": str})
         frame = frame.dropna()
         for c in ("se", "expand", "residual"):
             frame[c] = frame[c].astype(str) == "True"
         return frame
 
-    def _drop_partial_line(self) -> None:
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+    # ----------------------------------------------------------- seed ratios
 
-    def append(self, rows: list[list[Any]]) -> None:
-        new = not self.path.is_file()
-        if not new:
-            self._drop_partial_line()
-        with open(self.path, "a", encoding="utf-8") as f:
-            if new:
-                f.write(",".join(JOURNAL_COLUMNS) + "\n")
-            for row in rows:
-                f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v)
-                                 for v in row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    def add_ratio(self, seed: str, ratio: float) -> None:
+        self.journal.append({"type": "ratio", "seed": seed, "ratio": _sig6(ratio)})
+
+    def ratios(self, seed: str) -> list[float]:
+        """Seed ``seed``'s end-to-end / reference ratios so far, in order."""
+        out = []
+        legacy = self.folder / LEGACY_RATIOS
+        if legacy.is_file():  # lines "name,ratio"; a kill may have cut the last one
+            for line in legacy.read_text(encoding="utf-8").splitlines():
+                parts = line.split(",")
+                if len(parts) == 2 and parts[0] == seed:
+                    try:
+                        out.append(float(parts[1]))
+                    except ValueError:
+                        pass
+        return out + [float(r["ratio"]) for r in self._of_type("ratio") if r["seed"] == seed]
 
 
 def _best_attempts(journal: pd.DataFrame, base_ms: float) -> pd.DataFrame:
@@ -169,8 +240,7 @@ class _Plan:
     entry and the entries still to time."""
 
     folder: Path
-    journal: Journal
-    state_path: Path
+    journal: ProfileJournal
     old: pd.DataFrame  # the existing table's rows (empty when fresh)
     old_meta: dict[str, Any]
     ref: EntryKey
@@ -226,12 +296,11 @@ def plan(device: Device, seeds: list[NetworkSpec], timer: Timer, root: Path | No
     csv_path, _ = table_paths(device.name, root)
     folder = csv_path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    journal = Journal(folder / "journal.csv")
+    journal = ProfileJournal(folder)
     old, old_meta = _existing_table(device, timer, root, fresh)
-    state_path = folder / "journal.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    if fresh and not state.get("fresh"):
-        journal.path.unlink(missing_ok=True)
+    state = journal.state()
+    if fresh and not state.get("fresh"):  # not the journal of an interrupted --fresh run
+        journal.remove()
         state = {}
     if "reference" in old_meta:
         ref = EntryKey(**old_meta["reference"]["key"])
@@ -239,8 +308,7 @@ def plan(device: Device, seeds: list[NetworkSpec], timer: Timer, root: Path | No
         ref = EntryKey(**state["reference"])
     else:
         ref = reference_key(seeds[0])
-    write_text_atomic(state_path, json.dumps({"reference": ref._asdict(), "fresh": fresh,
-                                              "seeds": [s.to_dict() for s in seeds]}))
+    journal.start(ref, fresh, seeds)
     covered = {s["spec"]["name"]: (spec_from_dict(s["spec"]), s.get("coverage", "grid"))
                for s in old_meta.get("seeds", [])}
     rank = {"multipliers": 0, "grid": 1}  # a grid covers the multipliers too
@@ -255,14 +323,14 @@ def plan(device: Device, seeds: list[NetworkSpec], timer: Timer, root: Path | No
     proto = device.protocol
     attempts: dict[EntryKey, int] = {}
     finished: set[EntryKey] = set()
-    for row in journal.read().itertuples(index=False):
+    for row in journal.attempts().itertuples(index=False):
         k = key_of(row)
         attempts[k] = attempts.get(k, 0) + 1
         if row.spread <= proto.max_spread or attempts[k] >= proto.attempts:
             finished.add(k)
     pending = sorted(needed - have - finished, key=lambda k: _key_row(k))
     random.Random(0).shuffle(pending)  # spread every layer's entries over the whole run
-    return _Plan(folder, journal, state_path, old, old_meta, ref, new,
+    return _Plan(folder, journal, old, old_meta, ref, new,
                  {name: spec for name, (spec, _) in covered.items()}, needed, have, finished,
                  attempts, pending)
 
@@ -338,13 +406,14 @@ def measure_entries(work: _Plan, timer: Timer, proto: Protocol, ref_model: Model
                 for k, runs in zip(chunk, entry_ms):
                     spread = _spread(runs)
                     attempts[k] = attempts.get(k, 0) + 1
-                    rows.append(_key_row(k) + [float(fast_ms(runs)[0]), ref_ms, spread,
-                                               len(runs)])
+                    rows.append({**k._asdict(), "raw_ms": _sig6(float(fast_ms(runs)[0])),
+                                 "ref_ms": _sig6(ref_ms), "spread": _sig6(spread),
+                                 "n": len(runs)})
                     if spread > proto.max_spread and attempts[k] < proto.attempts:
                         queue.append(k)  # noisy: again later, in another time window
                         result.remeasured += 1
                         bar.total += 1
-                work.journal.append(rows)
+                work.journal.add_attempts(rows)
                 result.measured += len(chunk)
                 bar.update(len(chunk))
                 chunks += 1
@@ -359,7 +428,7 @@ def measure_entries(work: _Plan, timer: Timer, proto: Protocol, ref_model: Model
 def assemble(work: _Plan) -> tuple[pd.DataFrame, float]:
     """Step 3: the table's rows (the old table + the best attempt of every new entry,
     scaled to the reference's base ms) and that base."""
-    journal_rows = work.journal.read()
+    journal_rows = work.journal.attempts()
     if "reference" in work.old_meta:
         base_ms = float(work.old_meta["reference"]["base_ms"])
     elif len(journal_rows):
@@ -375,8 +444,7 @@ def assemble(work: _Plan) -> tuple[pd.DataFrame, float]:
 
 
 def calibrate_seeds(work: _Plan, frame: pd.DataFrame, timer: Timer, ref_model: Model,
-                    base_ms: float, proto: Protocol, seed_ratios: _SeedRatios
-                    ) -> list[dict[str, Any]]:
+                    base_ms: float, proto: Protocol) -> list[dict[str, Any]]:
     """Step 4: one calibration per seed of this run (see calibrate); the table's other
     seeds keep theirs (their entries and the reference's base are unchanged). Returns
     meta.json's ``seeds``."""
@@ -388,7 +456,7 @@ def calibrate_seeds(work: _Plan, frame: pd.DataFrame, timer: Timer, ref_model: M
         variants = (random_variants(seed, proto.calibration_variants, rng_seed=1000)
                     if coverage == "grid" else multiplier_specs(seed)[1:])
         cal = calibrate(table, seed, timer, ref_model, base_ms, proto,
-                        seed_ratios.ratios(seed.name), variants)
+                        work.journal.ratios(seed.name), variants)
         seeds_meta.append({"name": seed.name, "signature": signature(seed),
                            "coverage": coverage, "spec": seed.to_dict(), **cal,
                            "clock": timer_clock(timer)})
@@ -414,7 +482,7 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
             f"entries in the table or journal; measuring {len(work.pending)} "
             f"(reference: {work.ref.label()})")
     ref_model = (entry_model(work.ref), input_shape(work.ref))
-    seed_ratios = _SeedRatios(work.folder / "journal_seeds.csv", timer, ref_model,
+    seed_ratios = _SeedRatios(work.journal, timer, ref_model,
                               {name: spec for name, (spec, _) in work.targets.items()},
                               proto.calibration_rounds)
     measure_entries(work, timer, proto, ref_model, seed_ratios, result, progress, device)
@@ -422,7 +490,7 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
         frame, base_ms = assemble(work)
     except LatencyError:
         raise LatencyError(f"{device.name}: nothing measured") from None
-    seeds_meta = calibrate_seeds(work, frame, timer, ref_model, base_ms, proto, seed_ratios)
+    seeds_meta = calibrate_seeds(work, frame, timer, ref_model, base_ms, proto)
     result.calibration = [{"seed": m["name"], **{k: v for k, v in m.items()
                                                  if k not in ("name", "signature", "spec")}}
                           for m in seeds_meta]
@@ -447,8 +515,7 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
                       if isinstance(timer, LocalTimer) else 1},
     }
     write_table(device.name, frame, meta, root)
-    for path in (work.journal.path, seed_ratios.path, work.state_path):
-        path.unlink(missing_ok=True)
+    work.journal.remove()
     result.rows = len(frame)
     result.seconds = time.perf_counter() - start
     return result
@@ -473,12 +540,12 @@ def write_table(device: str, frame: pd.DataFrame, meta: dict[str, Any],
 
 class _SeedRatios:
     """(seed end to end) / (reference block), measured in bursts through the profile
-    run and appended to a small journal, so the calibration sees the host in all the
-    states the entries were measured in, not just the last minute's."""
+    run and journaled, so the calibration sees the host in all the states the entries
+    were measured in, not just the last minute's."""
 
-    def __init__(self, path: Path, timer: Timer, ref_model: Model,
+    def __init__(self, journal: ProfileJournal, timer: Timer, ref_model: Model,
                  seeds: dict[str, NetworkSpec], rounds: int) -> None:
-        self.path, self.timer, self.ref_model = path, timer, ref_model
+        self.journal, self.timer, self.ref_model = journal, timer, ref_model
         self.seeds, self.rounds = seeds, rounds
 
     def burst(self) -> None:
@@ -486,26 +553,7 @@ class _SeedRatios:
             shape = network_input_shape(seed)
             med = fast_ms(self.timer.time(
                 [self.ref_model, (network_model(seed), shape)], self.rounds, 2))
-            self.add(name, float(med[1] / med[0]))
-
-    def add(self, name: str, ratio: float) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(f"{name},{ratio:.6g}\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def ratios(self, name: str) -> list[float]:
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            parts = line.split(",")
-            if len(parts) == 2 and parts[0] == name:
-                try:
-                    out.append(float(parts[1]))
-                except ValueError:
-                    pass  # a line cut by a kill
-        return out
+            self.journal.add_ratio(name, float(med[1] / med[0]))
 
 
 def calibrate(table: LatencyTable, seed: NetworkSpec, timer: Timer, ref_model: Model,
