@@ -360,7 +360,7 @@ def test_kill_dash_nine_in_every_phase_of_a_segmentation_search_then_resume(
     full = start_search(config, tmp_path / "full", predict_ms=fake_ms, progress=False)
     run = json.loads((tmp_path / "full" / "config.json").read_text())
     assert "SYNTHETIC" in run["data"]["source"] and run["metric"] == "mIoU"
-    assert full.iterations >= 1 and full.final["deploy_steps"] == 3
+    assert full.iterations >= 1 and full.final.deploy_steps == 3
     assert "uniform_pruning" in {b.name for b in full.baselines if b.trained}
     kill_in_every_phase(config, KILL_POINTS, tmp_path / "killed", tmp_path)
     assert_same_result(tmp_path / "killed", tmp_path / "full", full.baselines)
