@@ -169,31 +169,31 @@ def search(
             result = start_search(config, out, executor=executor)
     seed_r, final = result.seed, result.final
     typer.echo(f"\n{'':<16}{'seed':>12}{'result':>12}")
-    typer.echo(f"{'latency (ms)':<16}{seed_r['latency_ms']:>12.2f}{final['latency_ms']:>12.2f}")
-    typer.echo(f"{'params (M)':<16}{seed_r['params'] / 1e6:>12.3f}{final['params'] / 1e6:>12.3f}")
-    typer.echo(f"{'MACs (M)':<16}{seed_r['macs'] / 1e6:>12.2f}{final['macs'] / 1e6:>12.2f}")
+    typer.echo(f"{'latency (ms)':<16}{seed_r.latency_ms:>12.2f}{final.latency_ms:>12.2f}")
+    typer.echo(f"{'params (M)':<16}{seed_r.params / 1e6:>12.3f}{final.params / 1e6:>12.3f}")
+    typer.echo(f"{'MACs (M)':<16}{seed_r.macs / 1e6:>12.2f}{final.macs / 1e6:>12.2f}")
     from .records import RunTimes
     from .rundir import RunDir
 
     run_config = RunDir.open(result.run).config
     metric = "mIoU" if run_config.get("metric") == "mIoU" else "acc"  # segmentation: mIoU
-    px = final.get("holdout_px")
-    typer.echo(f"{f'holdout {metric} @{px}':<16}{seed_r['accuracy']:>12.4f}"
-               f"{final['accuracy']:>12.4f}")
-    typer.echo(f"{f'test {metric}':<16}{final['seed_test_accuracy']:>12.4f}"
-               f"{final['test_accuracy']:>12.4f}")
-    typer.echo(f"{'  at input px':<16}{str(final.get('seed_test_px')):>12}"
-               f"{str(final.get('test_px')):>12}  (the result's: its exported ONNX file, run "
-               f"by onnxruntime, after {final.get('deploy_steps', 0)} steps at that size)")
+    px = final.holdout_px
+    typer.echo(f"{f'holdout {metric} @{px}':<16}{seed_r.accuracy:>12.4f}"
+               f"{final.accuracy:>12.4f}")
+    typer.echo(f"{f'test {metric}':<16}{final.seed_test_accuracy:>12.4f}"
+               f"{final.test_accuracy:>12.4f}")
+    typer.echo(f"{'  at input px':<16}{str(final.seed_test_px):>12}"
+               f"{str(final.test_px):>12}  (the result's: its exported ONNX file, run "
+               f"by onnxruntime, after {final.deploy_steps} steps at that size)")
     # which device and table predicted the latencies: a phone ESTIMATE must say so
     typer.echo(f"latency: {run_config.get('latency_table', '?')}")
-    typer.echo(f"{result.iterations} iterations; budgets met: {final['budgets_met']}; "
+    typer.echo(f"{result.iterations} iterations; budgets met: {final.budgets_met}; "
                f"{result.seconds / 60:.1f} min")
     typer.echo(RunTimes.of(RunDir.open(result.run).records()).summary())
     typer.echo(f"result: {result.run / 'best.yaml'} (+ best.pt); history: "
                f"{result.run / 'history.csv'}; plot: {result.run / 'accuracy_vs_latency.png'}")
     typer.echo(f"next: netadapt export {result.run / 'best.yaml'}")
-    if any(r.get("type") == "baseline" for r in result.baselines):
+    if result.baselines:
         _print_comparison(result.run, measure=True)
 
 
@@ -471,7 +471,7 @@ def profile(
                               multiplier_sizes=extra, recalibrate=recalibrate)
     except KeyboardInterrupt:
         typer.secho(f"interrupted: measured entries are saved in "
-                    f"{prof.table_paths(device)[0].parent / 'journal.csv'}; run the same "
+                    f"{prof.table_paths(device)[0].parent / prof.JOURNAL_FILE}; run the same "
                     f"command to continue", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
     typer.echo(f"{device}: {result.rows:,} entries ({result.measured:,} timed this run, "

@@ -32,7 +32,16 @@ from .executors import Executor, WorkerError
 from .jobs import DataSource, ProposalJob, ProposalResult, Training, recalibrated
 from .model import build_model, check_state_dict, read_state_dict
 from .prune import inherit_weights
-from .records import IterationRecord, ProposalRecord, timed
+from .records import (
+    BaselineRecord,
+    FinalRecord,
+    IterationRecord,
+    ProposalRecord,
+    Record,
+    SeedRecord,
+    of_type,
+    timed,
+)
 from .resources import default_spec
 from .rundir import RunDir, iteration_name, proposal_name
 from .search import (
@@ -145,11 +154,11 @@ class SearchResult:
     """What a finished search reports: its seed, final and baseline records."""
 
     run: Path
-    seed: dict[str, Any]
-    final: dict[str, Any]
+    seed: SeedRecord
+    final: FinalRecord
     iterations: int
     seconds: float = 0.0
-    baselines: list[dict[str, Any]] = field(default_factory=list)
+    baselines: list[BaselineRecord] = field(default_factory=list)
     loop_seconds: float = 0.0  # wall time of this session's proposal loop
 
 
@@ -178,15 +187,17 @@ def _deploy_phase(name: str) -> str:
     return "deploy-" + name.replace("/", "-")
 
 
-def _phases_of(record: dict[str, Any]) -> list[str]:
-    """The checkpointed phases whose result ``record`` is (none for most records)."""
-    if record["type"] == "seed":
+# the records of the phases this module performs itself (checkpointed while they run)
+PhaseRecord = SeedRecord | FinalRecord | BaselineRecord
+
+
+def _phases_of(record: PhaseRecord) -> list[str]:
+    """The checkpointed phases whose result ``record`` is."""
+    if isinstance(record, SeedRecord):
         return ["seed"]
-    if record["type"] == "final":
+    if isinstance(record, FinalRecord):
         return ["long_term", _deploy_phase("best")]
-    if record["type"] == "baseline":
-        return [f"baseline-{record['name']}", _deploy_phase(f"baselines/{record['name']}")]
-    return []
+    return [f"baseline-{record.name}", _deploy_phase(f"baselines/{record.name}")]
 
 
 def correct_name(weights: str) -> str:
@@ -276,15 +287,17 @@ class Searcher:
     def run_all(self) -> SearchResult:
         started = time.time()
         records = self.run.records()
-        for record in records:  # left by a kill between a record and the clean-up
+        seeds, finals = of_type(records, SeedRecord), of_type(records, FinalRecord)
+        # checkpoints left by a kill between a record and the clean-up
+        done: list[PhaseRecord] = [*seeds, *finals, *of_type(records, BaselineRecord)]
+        for record in done:
             for phase in _phases_of(record):
                 self._checkpoint(phase).remove()
-        seed_record = next((r for r in records if r["type"] == "seed"), None)
-        if seed_record is None:
-            seed_record = self._prepare_seed()
-        start = Start(self.seed_spec, seed_record["accuracy"],
-                      {k: seed_record[k] for k in ("latency_ms", "params", "macs")})
-        final = next((r for r in records if r["type"] == "final"), None)
+        seed_record = seeds[0] if seeds else self._prepare_seed()
+        start = Start(self.seed_spec, seed_record.accuracy,
+                      {"latency_ms": seed_record.latency_ms, "params": seed_record.params,
+                       "macs": seed_record.macs})
+        final = finals[0] if finals else None
         history = self.run.events(self.seed_spec)
         iterations = [e for e in history if isinstance(e, Iteration)]
         if final is None:
@@ -296,7 +309,7 @@ class Searcher:
         return SearchResult(self.run.path, seed_record, final, len(iterations),
                             time.time() - started, baselines, self.loop_seconds)
 
-    def _prepare_seed(self) -> dict[str, Any]:
+    def _prepare_seed(self) -> SeedRecord:
         from .scoring import score_model
         from .seedcache import cached_seed
         from .train import fit_layers, train_seed
@@ -339,11 +352,12 @@ class Searcher:
                              _iteration_seed(cfg.seed, 0), self.torch_device),
                 self.data.holdout, self.data.num_classes, batch_size=256,
                 device=self.torch_device)
-        record = {"type": "seed", "accuracy": accuracy, "trained_steps": 0 if cfg.weights
-                  else cfg.seed_steps, "notes": notes, "accuracy_protocol": "BN re-estimated",
-                  "metric": self.metric, **extra,
-                  "holdout_px": self.data.resolution,
-                  **resources_of(self.seed_spec, self.predict_ms)}
+        record = SeedRecord(accuracy=accuracy,
+                            trained_steps=0 if cfg.weights else cfg.seed_steps, notes=notes,
+                            accuracy_protocol="BN re-estimated", metric=self.metric,
+                            pixel_accuracy=extra.get("pixel_accuracy"),
+                            holdout_px=self.data.resolution,
+                            **resources_of(self.seed_spec, self.predict_ms))
         self._record(record)
         return record
 
@@ -424,7 +438,7 @@ class Searcher:
                 job = self._results.pop((event.iteration, event.group))
                 self._journal(ProposalRecord.of(
                     event, holdout_px=self.data.resolution, seconds=round(job.seconds, 3),
-                    worker=job.worker, attempts=job.attempts).to_dict())
+                    worker=job.worker, attempts=job.attempts))
                 bar.update()
                 bar.set_postfix_str(f"iter {event.iteration} {event.group} "
                                     f"acc {event.accuracy:.3f}")
@@ -462,7 +476,7 @@ class Searcher:
                               read_state_dict(self.run.path / chosen_weights))
         self.run.copy(chosen_weights, f"{iteration_name(p.iteration)}.pt")
         self._journal(IterationRecord.of(event, holdout_px=self.data.resolution,
-                                         margin=margin, margin_se=margin_se).to_dict())
+                                         margin=margin, margin_se=margin_se))
         # The proposals' weights go; their per-image correctness stays (a few KB each),
         # so selection noise can be studied afterwards (scripts/measure_defaults.py).
         folder = self.run.path / Path(proposal_name(p.iteration, p.group)).parent
@@ -472,7 +486,7 @@ class Searcher:
         self.run.write_csv()
         self._plot(at_most_every_s=PLOT_EVERY_S)
 
-    def _long_term(self, start: Start, iterations: list[Iteration]) -> dict[str, Any]:
+    def _long_term(self, start: Start, iterations: list[Iteration]) -> FinalRecord:
         from .scoring import score_model
         from .train import finetune
 
@@ -497,15 +511,16 @@ class Searcher:
         with self.clock.phase("evaluate"):
             seed_test = score_model(seed_model, self.data.test, self.data.num_classes, 256,
                                     self.torch_device)[0]
-        record = {
-            "type": "final", "iteration": len(iterations), **resources,
+        record = FinalRecord(
+            iteration=len(iterations), latency_ms=resources["latency_ms"],
+            params=resources["params"], macs=resources["macs"],
             # the training this network got from the seed: what every baseline gets too
-            "steps": len(iterations) * cfg.short_term_steps + cfg.long_term_steps,
+            steps=len(iterations) * cfg.short_term_steps + cfg.long_term_steps,
             **finished,
-            "seed_test_accuracy": seed_test,
-            "seed_test_px": self.data.resolution,
-            "budgets_met": not unmet(resources, self.budgets),
-        }
+            seed_test_accuracy=seed_test,
+            seed_test_px=self.data.resolution,
+            budgets_met=not unmet(resources, self.budgets),
+        )
         self._record(record)
         return record
 
@@ -559,8 +574,9 @@ class Searcher:
             test, correct, extra = score_onnx(onnx_path, deployed.test, data.num_classes,
                                               threads=threads)
         self.run.save_state(f"{name}.test_correct.pt", {"correct": correct})
+        # the fields the final and baseline records share
         return {"accuracy": holdout, "holdout_px": data.resolution, "deploy_steps": steps,
-                "test_accuracy": test, **{f"test_{k}": v for k, v in extra.items()},
+                "test_accuracy": test, "test_pixel_accuracy": extra.get("pixel_accuracy"),
                 "test_px": "x".join(str(v) for v in spec.input_size)}
 
     def metadata(self, spec: NetworkSpec) -> dict[str, str]:
@@ -571,7 +587,7 @@ class Searcher:
         return deployment_metadata(spec, d["mean"], d["std"], d["classes"],
                                    self.predict_ms(spec), self.config.device, self.table_sha256)
 
-    def run_baselines(self) -> list[dict[str, Any]]:
+    def run_baselines(self) -> list[BaselineRecord]:
         """Width multiplier, uniform pruning and input resolution at the same budgets,
         from the same seed weights, each trained exactly as many steps as the search's
         winner got from the seed (its iterations' short-term steps + the long-term
@@ -581,10 +597,8 @@ class Searcher:
         from .train import finetune
 
         cfg = self.config
-        records = self.run.records()
-        final = next(r for r in records if r["type"] == "final")
-        steps = int(final["steps"])
-        done = {r["name"]: r for r in records if r["type"] == "baseline"}
+        steps = _final_of(self.run).steps
+        done = {r.name for r in self.run.baseline_records()}
         seed_state = read_state_dict(self.run.path / "seed.pt")
         for name, make in BASELINES.items():
             if name in done:
@@ -592,12 +606,12 @@ class Searcher:
             try:
                 found = make(self.seed_spec, self.budgets, self.predict_ms, seed_state)
             except BaselineUnavailable as exc:
-                self._record({"type": "baseline", "name": name, "note": str(exc)})
+                self._record(BaselineRecord(name=name, note=str(exc)))
                 continue
             if found is None:
-                record: dict[str, Any] = {
-                    "type": "baseline", "name": name,
-                    "note": "no setting meets the budgets (or the latency table lacks it)"}
+                record = BaselineRecord(
+                    name=name,
+                    note="no setting meets the budgets (or the latency table lacks it)")
             else:
                 model = build_model(found.spec)
                 if found.state is not None:  # the method's own weights (Torch-Pruning)
@@ -619,23 +633,25 @@ class Searcher:
                              device=self.torch_device,
                              progress=self._bar(f"baseline {name}", steps),
                              checkpoint=self._checkpoint(f"baseline-{name}"))
-                record = {"type": "baseline", "name": name, "knob": found.knob,
-                          **found.resources, "steps": steps,
-                          **self._finish(model, found.spec, f"baselines/{name}", data)}
+                r = found.resources
+                record = BaselineRecord(
+                    name=name, knob=found.knob, latency_ms=r["latency_ms"],
+                    params=r["params"], macs=r["macs"], steps=steps,
+                    **self._finish(model, found.spec, f"baselines/{name}", data))
             self._record(record)
         self.run.write_csv()
         self._plot()
-        return [r for r in self.run.records() if r["type"] == "baseline"]
+        return self.run.baseline_records()
 
-    def _record(self, record: dict[str, Any]) -> None:
+    def _record(self, record: PhaseRecord) -> None:
         """Journal the result of a phase, then drop the phase's checkpoints."""
         self._journal(record)
         for phase in _phases_of(record):
             self._checkpoint(phase).remove()
 
-    def _journal(self, record: dict[str, Any]) -> None:
+    def _journal(self, record: Record) -> None:
         """Append a record with the wall time since the previous one, by phase."""
-        self.run.append(timed(record, self.clock.lap()))
+        self.run.append(timed(record.to_dict(), self.clock.lap()))
 
     def _checkpoint(self, phase: str) -> Checkpoint:
         """The progress file of a long training phase (removed once its record is in the
@@ -670,12 +686,19 @@ class Searcher:
                      self.budgets)
 
 
-def baselines_for_run(path: Path, **kwargs: Any) -> list[dict[str, Any]]:
+def _final_of(run: RunDir) -> FinalRecord:
+    """A finished run's result record; refuses a run whose search has not finished."""
+    final = run.final_record()
+    if final is None:
+        raise NetadaptError(f"{run.path}: the search has not finished; run "
+                            f"`netadapt search --resume {run.path}` first")
+    return final
+
+
+def baselines_for_run(path: Path, **kwargs: Any) -> list[BaselineRecord]:
     """Train the baselines of a finished search run (its seed, data, budgets, steps)."""
     run = RunDir.open(path)
-    if not any(r["type"] == "final" for r in run.records()):
-        raise NetadaptError(f"{path}: the search has not finished; run "
-                            f"`netadapt search --resume {path}` first")
+    _final_of(run)
     config = SearchConfig.from_json(run.config["search"])
     seed_spec = spec_from_dict(run.config["seed_spec"])
     return Searcher(config, run, seed_spec, **kwargs).run_baselines()
@@ -687,24 +710,19 @@ def comparison(path: Path) -> pd.DataFrame:
     and that margin's standard error (``margin``, ``margin_se``)."""
     from .train import paired_margin
 
-    records = RunDir.open(path).records()
-    final = next((r for r in records if r["type"] == "final"), None)
-    if final is None:
-        raise NetadaptError(f"{path}: the search has not finished; run "
-                            f"`netadapt search --resume {path}` first")
-    seed = next(r for r in records if r["type"] == "seed")
-    rows = [{"network": "seed", "setting": "", "spec": "seed.yaml", **seed,
-             "steps": 0, "holdout_px": final.get("holdout_px"),
-             "test_accuracy": final["seed_test_accuracy"], "test_px": final.get("seed_test_px")},
-            {"network": "netadapt", "setting": f"{final['iteration']} iterations",
-             "spec": "best.yaml", **final}]
+    run = RunDir.open(path)
+    final, records = _final_of(run), run.records()
+    seed = of_type(records, SeedRecord)[0]
+    rows = [{"network": "seed", "setting": "", "spec": "seed.yaml", **seed.to_dict(),
+             "steps": 0, "holdout_px": final.holdout_px,
+             "test_accuracy": final.seed_test_accuracy, "test_px": final.seed_test_px},
+            {"network": "netadapt", "setting": f"{final.iteration} iterations",
+             "spec": "best.yaml", **final.to_dict()}]
     ours = _test_correct(path / "best.test_correct.pt")
-    for r in records:
-        if r["type"] != "baseline":
-            continue
-        row = {"network": r["name"], "setting": r.get("knob", r.get("note", "")),
-               "spec": f"baselines/{r['name']}.yaml" if "knob" in r else "", **r}
-        theirs = _test_correct(path / f"baselines/{r['name']}.test_correct.pt")
+    for r in of_type(records, BaselineRecord):
+        row = {"network": r.name, "setting": r.knob or r.note or "",
+               "spec": f"baselines/{r.name}.yaml" if r.trained else "", **r.to_dict()}
+        theirs = _test_correct(path / f"baselines/{r.name}.test_correct.pt")
         if ours is not None and theirs is not None and ours.shape == theirs.shape:
             row["margin"], row["margin_se"] = paired_margin(ours, theirs)
         rows.append(row)
@@ -722,12 +740,12 @@ def training_note(path: Path) -> str:
     """How many training steps from the seed the comparison's networks got, in words."""
     run = RunDir.open(path)
     config = SearchConfig.from_json(run.config["search"])
-    final = next(r for r in run.records() if r["type"] == "final")
-    return (f"netadapt: {final['iteration']} iterations x {config.short_term_steps} + "
-            f"{config.long_term_steps} long-term = {final['steps']} steps from the seed; "
-            f"every baseline: {final['steps']} steps from the seed"
-            + (f"; then each {final['deploy_steps']} steps at its input size"
-               if final.get("deploy_steps") else ""))
+    final = _final_of(run)
+    return (f"netadapt: {final.iteration} iterations x {config.short_term_steps} + "
+            f"{config.long_term_steps} long-term = {final.steps} steps from the seed; "
+            f"every baseline: {final.steps} steps from the seed"
+            + (f"; then each {final.deploy_steps} steps at its input size"
+               if final.deploy_steps else ""))
 
 
 def _run_of(spec_path: Path) -> Path | None:

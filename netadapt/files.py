@@ -55,14 +55,19 @@ class JournalError(Exception):
 class Journal:
     """An append-only JSON-lines file that survives kill -9: each record is one line,
     flushed and fsynced before ``append`` returns; a torn last line (a kill mid-write)
-    is dropped when the journal is read, and cut off so that appends stay whole."""
+    is dropped when the journal is read, and cut off so that appends stay whole (so read
+    a journal a kill may have torn before appending to it)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def append(self, record: dict[str, Any]) -> None:
+        self.extend([record])
+
+    def extend(self, records: list[dict[str, Any]]) -> None:
+        """Append several records with one fsync (a kill keeps a prefix of them)."""
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write("".join(json.dumps(record) + "\n" for record in records))
             f.flush()
             os.fsync(f.fileno())
 

@@ -1,9 +1,11 @@
-"""The search's journal records, typed: one place that says what a proposal and an
-iteration line of history.jsonl hold, how they are written and read back.
+"""The search's journal records, typed: one place that says what each line of
+history.jsonl holds (the seed, every proposal, every iteration's choice, the final
+result, every baseline), how it is written and read back.
 
 Every record is a JSON object with a ``type``; ``to_dict`` / ``from_dict`` convert, and
 unknown keys written by other versions are ignored on reading. The seed, final and
-baseline records (open-ended notes and per-phase facts) stay plain dicts.
+baseline records leave out the keys they do not have (None), as the journal always has:
+their lines, and history.csv's columns, are what the dict-built records wrote.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .search import Iteration, Proposal
 from .spec import NetworkSpec
@@ -21,24 +23,39 @@ from .spec import NetworkSpec
 TIME_FIELDS = {"wall": "wall_s", "train": "train_s", "evaluate": "eval_s"}
 
 
+R = TypeVar("R", bound="Record")
+
+
 @dataclass(frozen=True)
-class _Record:
+class Record:
+    """A journal record: its ``type`` and the wall time (by phase) since the previous one."""
+
     TYPE: ClassVar[str]
+    # True: fields at None are left out of the dict (the key is absent on disk)
+    SPARSE: ClassVar[bool] = False
     wall_s: float | None = field(default=None, kw_only=True)
     train_s: float | None = field(default=None, kw_only=True)
     eval_s: float | None = field(default=None, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.TYPE, **dataclasses.asdict(self)}
+        data = dataclasses.asdict(self)
+        if self.SPARSE:
+            data = {k: v for k, v in data.items() if v is not None}
+        return {"type": self.TYPE, **data}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Any:
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def of_type(records: Iterable[dict[str, Any]], cls: type[R]) -> list[R]:
+    """The records of ``cls``'s type among journal dicts, typed, in order."""
+    return [cls.from_dict(r) for r in records if r.get("type") == cls.TYPE]
+
+
 @dataclass(frozen=True)
-class ProposalRecord(_Record):
+class ProposalRecord(Record):
     """A finished proposal: which group went to which width, its resources and its
     holdout accuracy; where (worker) and how long (seconds, attempts) it ran."""
 
@@ -71,7 +88,7 @@ class ProposalRecord(_Record):
 
 
 @dataclass(frozen=True)
-class IterationRecord(_Record):
+class IterationRecord(Record):
     """The proposal an iteration chose, and how clearly it won (margin over the
     runner-up, paired on the holdout images, with its standard error)."""
 
@@ -104,6 +121,78 @@ class IterationRecord(_Record):
     def event(self, chosen: Proposal) -> Iteration:
         return Iteration(self.iteration, self.target, chosen, self.score, self.reduction,
                          self.scheduled, self.runner_up)
+
+
+# Field order is key order on disk, and so history.csv's column order: keep it.
+
+@dataclass(frozen=True, kw_only=True)
+class SeedRecord(Record):
+    """The seed network: its holdout accuracy, scored as its children are (BN
+    re-estimated: ``accuracy_protocol``), its resources, and how it came to be."""
+
+    TYPE: ClassVar[str] = "seed"
+    SPARSE: ClassVar[bool] = True
+    accuracy: float
+    trained_steps: int  # 0: loaded from --weights
+    notes: list[str]  # what was done to it (reused from the cache, classifier re-fitted)
+    accuracy_protocol: str
+    metric: str  # what accuracy is: top-1, or mIoU for segmentation
+    pixel_accuracy: float | None = None  # segmentation: holdout per-pixel accuracy
+    holdout_px: int
+    latency_ms: float
+    params: float
+    macs: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalRecord(Record):
+    """The search's result after the long-term fine-tune (and the training at its
+    deployed input size): resources, holdout accuracy, the test accuracy of its
+    exported ONNX file, and the seed's test accuracy beside it."""
+
+    TYPE: ClassVar[str] = "final"
+    SPARSE: ClassVar[bool] = True
+    iteration: int  # the iterations it took
+    latency_ms: float
+    params: float
+    macs: float
+    steps: int  # training from the seed: iterations x short-term + long-term steps
+    accuracy: float  # holdout, at the search's resolution
+    holdout_px: int | None = None
+    deploy_steps: int = 0  # training at the deployed input size, after the long-term
+    test_accuracy: float  # the exported file, at its input size
+    test_pixel_accuracy: float | None = None  # segmentation
+    test_px: str | None = None  # e.g. "224x224"
+    seed_test_accuracy: float
+    seed_test_px: int | None = None
+    budgets_met: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaselineRecord(Record):
+    """A baseline (width multiplier, uniform pruning, resolution, Torch-Pruning) at the
+    search's budgets: trained and scored as the result is (``knob`` says which setting),
+    or, with a ``note`` and nothing else, why it was not."""
+
+    TYPE: ClassVar[str] = "baseline"
+    SPARSE: ClassVar[bool] = True
+    name: str
+    note: str | None = None  # why it was not trained
+    knob: str | None = None  # the setting that meets the budgets, e.g. "x0.62"
+    latency_ms: float | None = None
+    params: float | None = None
+    macs: float | None = None
+    steps: int | None = None  # the search's result got as many from the seed
+    accuracy: float | None = None
+    holdout_px: int | None = None
+    deploy_steps: int | None = None
+    test_accuracy: float | None = None
+    test_pixel_accuracy: float | None = None
+    test_px: str | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.knob is not None
 
 
 def timed(record: dict[str, Any], lap: dict[str, float]) -> dict[str, Any]:

@@ -65,13 +65,13 @@ def measure_here_ms(specs: Sequence[object], bursts: int = 5, rounds: int = 20) 
 
     from .latency import load_device
     from .latency.graphs import entry_keys, input_shape, network_model
-    from .latency.runners import make_runner
+    from .latency.timers import make_timer
 
-    runner = make_runner(load_device("local"))
-    runner.check()
+    timer = make_timer(load_device("local"))
+    timer.check()
     models = [(network_model(s), input_shape(entry_keys(s)[0][1]))  # type: ignore[arg-type]
               for s in specs]
-    medians = [np.median(runner.time(models, rounds, warmup=2), axis=1) for _ in range(bursts)]
+    medians = [np.median(timer.time(models, rounds, warmup=2), axis=1) for _ in range(bursts)]
     return [float(v) for v in np.median(np.stack(medians), axis=0)]
 
 

@@ -33,7 +33,15 @@ import pandas as pd
 from . import __version__
 from .errors import NetadaptError
 from .files import Journal, JournalError, write_bytes_atomic
-from .records import IterationRecord, ProposalRecord
+from .records import (
+    BaselineRecord,
+    FinalRecord,
+    IterationRecord,
+    ProposalRecord,
+    Record,
+    SeedRecord,
+    of_type,
+)
 from .search import Event, Proposal
 from .spec import NetworkSpec, dumps_spec, load_spec
 
@@ -111,7 +119,7 @@ class RunDir:
 
     # ------------------------------------------------------------------ journal
 
-    def append(self, record: dict[str, Any] | ProposalRecord | IterationRecord) -> None:
+    def append(self, record: dict[str, Any] | Record) -> None:
         """Append one record to the journal (flushed and fsynced before returning)."""
         data = record if isinstance(record, dict) else record.to_dict()
         with _writing(self._journal.path, self.path):
@@ -125,6 +133,18 @@ class RunDir:
         except JournalError as exc:
             raise RunError(f"{exc} (edited by hand?); restore it or start a new "
                            f"run") from None
+
+    def seed_record(self) -> SeedRecord | None:
+        """The seed's record; None before the seed is ready."""
+        return next(iter(of_type(self.records(), SeedRecord)), None)
+
+    def final_record(self) -> FinalRecord | None:
+        """The result's record; None until the search has finished."""
+        return next(iter(of_type(self.records(), FinalRecord)), None)
+
+    def baseline_records(self) -> list[BaselineRecord]:
+        """The finished baselines, in the order they were recorded."""
+        return of_type(self.records(), BaselineRecord)
 
     @property
     def _journal(self) -> Journal:

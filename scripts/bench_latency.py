@@ -29,8 +29,8 @@ from netadapt.latency.graphs import (
     network_input_shape,
     network_model,
 )
-from netadapt.latency.runners import make_runner
 from netadapt.latency.table import _composed, at_size, required_keys, tables_dir
+from netadapt.latency.timers import make_timer
 from netadapt.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def composition_error(device: str, points: int = 40) -> dict[str, float]:
     """Time off-slice points of composed blocks exactly and compare with the composition
     from the two slices, all four entries in one round-robin chunk."""
     dev = load_device(device)
-    runner = make_runner(dev)
+    timer = make_timer(dev)
     rng = random.Random(1)
     errors, shares = [], []
     for _name, path in SEEDS.items():
@@ -74,7 +74,7 @@ def composition_error(device: str, points: int = 40) -> dict[str, float]:
             models = [(entry_model(k), input_shape(k)) for k in quad]
             if net_ms is None:
                 models.append((network_model(seed), network_input_shape(seed)))
-            med = np.median(runner.time(models, 30, 2), axis=1)
+            med = np.median(timer.time(models, 30, 2), axis=1)
             if net_ms is None:
                 net_ms = float(med[-1])
             composed = med[1] + med[2] - med[3]
@@ -118,7 +118,7 @@ def granularity(device: str, variants: int = 6) -> dict[str, dict[str, float]]:
     """Sum of single ops / end to end and sum of blocks / end to end, all timed in one
     round-robin, for each seed and a few reduced variants: the bias of each granularity
     and how constant it is (what one calibration factor can remove)."""
-    runner = make_runner(load_device(device))
+    timer = make_timer(load_device(device))
     out = {}
     for name, path in SEEDS.items():
         seed = load_spec(path)
@@ -128,7 +128,7 @@ def granularity(device: str, variants: int = 6) -> dict[str, dict[str, float]]:
             shape = network_input_shape(spec)
             blocks = [(entry_model(k), input_shape(k)) for _, k in entry_keys(spec)]
             ops = op_models(net)
-            ms = prof.fast_ms(runner.time([(net, shape), *blocks, *ops], 20, 2))
+            ms = prof.fast_ms(timer.time([(net, shape), *blocks, *ops], 20, 2))
             blocks_ratio.append(ms[1:1 + len(blocks)].sum() / ms[0])
             ops_ratio.append(ms[1 + len(blocks):].sum() / ms[0])
         out[name] = {"ops_over_e2e_mean": float(np.mean(ops_ratio)),
@@ -162,7 +162,7 @@ def exporter_check(device: str) -> float:
         torch.manual_seed(0)
         export_onnx(build_model(seed), seed, path)
         shape = (1, 3, 224, 224)
-        ms = make_runner(load_device(device)).time(
+        ms = make_timer(load_device(device)).time(
             [(path.read_bytes(), shape), (network_model(seed), shape)] * 1, 60, 3)
     med = np.median(ms, axis=1)
     return float(med[0] / med[1])

@@ -142,6 +142,7 @@ def test_export_to_an_unwritable_output_gives_one_line(tiny_spec, tmp_path, targ
 def engine(monkeypatch):
     """start_search / resume_search replaced by recorders that return a finished run."""
     from netadapt import driver
+    from netadapt.records import FinalRecord, SeedRecord
     from netadapt.rundir import RunDir
 
     calls: dict = {}
@@ -151,9 +152,10 @@ def engine(monkeypatch):
             RunDir.create(path, {"latency_table": "fake"})
         resources = {"latency_ms": 10.0, "params": 1e6, "macs": 1e8}
         return driver.SearchResult(
-            path, {**resources, "accuracy": 0.9},
-            {**resources, "accuracy": 0.8, "seed_test_accuracy": 0.9, "test_accuracy": 0.8,
-             "budgets_met": True}, iterations=2)
+            path, SeedRecord(accuracy=0.9, trained_steps=0, notes=[], accuracy_protocol="",
+                             metric="top-1", holdout_px=32, **resources),
+            FinalRecord(iteration=2, steps=3, accuracy=0.8, seed_test_accuracy=0.9,
+                        test_accuracy=0.8, budgets_met=True, **resources), iterations=2)
 
     def start_search(config, out, **kwargs):
         calls["start"] = (config, out)

@@ -19,6 +19,7 @@ import yaml
 
 from netadapt.driver import SearchConfig, baselines_for_run, resume_search, start_search
 from netadapt.model import build_model, load_weights
+from netadapt.records import BaselineRecord
 from netadapt.spec import load_spec
 
 from .conftest import CONFIGS, TINY, fake_ms
@@ -62,7 +63,7 @@ def test_a_search_leaves_a_complete_run_directory(setup):
     tmp_path, config = setup
     run = tmp_path / "full"
     result = resume_search(run, predict_ms=fake_ms, progress=False)  # finished: no work
-    assert result.final["budgets_met"] and result.iterations >= 1
+    assert result.final.budgets_met and result.iterations >= 1
     best = load_spec(run / "best.yaml")
     assert fake_ms(best) <= float(config.budgets[0][:-2])
     load_weights(build_model(best), run / "best.pt")  # weights fit the spec, strictly
@@ -76,13 +77,13 @@ def test_a_search_leaves_a_complete_run_directory(setup):
     assert left and all(p.name.endswith(".correct.pt") for p in left)  # ... not their scores
     config_json = json.loads((run / "config.json").read_text())
     assert config_json["search"]["budgets"] == list(config.budgets)
-    assert 0 <= result.final["test_accuracy"] <= 1
+    assert 0 <= result.final.test_accuracy <= 1
     # every iteration records its margin over the runner-up with the paired SE
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     chosen = [r for r in rows if r["type"] == "iteration"]
     assert all(r["runner_up"] and r["margin"] >= 0 and r["margin_se"] >= 0 for r in chosen)
     assert "margin_se" in history[0] and "reduction" in history[0]
-    assert result.final["steps"] == result.iterations * config.short_term_steps \
+    assert result.final.steps == result.iterations * config.short_term_steps \
         + config.long_term_steps
 
 
@@ -216,15 +217,15 @@ def kill_in_every_phase(config: SearchConfig, points: dict[str, tuple[str, set[s
     assert not list((run / "checkpoints").glob("*.pt"))  # every phase cleaned up
 
 
-def assert_same_result(run: Path, full: Path, baselines: list[dict]) -> None:
+def assert_same_result(run: Path, full: Path, baselines: list[BaselineRecord]) -> None:
     """``run`` (killed and resumed) ended with the uninterrupted ``full``'s bits: the
     result, the seed, every trained baseline; and trained no proposal twice."""
     assert (run / "best.yaml").read_text() == (full / "best.yaml").read_text()
     assert same_weights(run / "best.pt", full / "best.pt")
     assert same_weights(run / "seed.pt", full / "seed.pt")
-    for baseline in (r for r in baselines if "knob" in r):
-        assert same_weights(run / f"baselines/{baseline['name']}.pt",
-                            full / f"baselines/{baseline['name']}.pt")
+    for baseline in (r for r in baselines if r.trained):
+        assert same_weights(run / f"baselines/{baseline.name}.pt",
+                            full / f"baselines/{baseline.name}.pt")
     proposals = [(r["iteration"], r["group"]) for r in journal(run) if r["type"] == "proposal"]
     assert len(proposals) == len(set(proposals))  # none trained (and recorded) twice
     assert len(proposals) == sum(r["type"] == "proposal" for r in journal(full))
@@ -248,16 +249,16 @@ def test_baselines_meet_the_budget_and_sit_beside_the_search(setup, with_baselin
     run = tmp_path / "full"
     records = with_baselines
     budget = float(config.budgets[0][:-2])
-    trained = [r for r in records if "knob" in r]
-    assert {r["name"] for r in records} == {"width_multiplier", "uniform_pruning", "resolution",
+    trained = [r for r in records if r.trained]
+    assert {r.name for r in records} == {"width_multiplier", "uniform_pruning", "resolution",
                                             "torch_pruning"}
-    assert len(trained) >= 2 and all(r["latency_ms"] <= budget for r in trained)
+    assert len(trained) >= 2 and all(r.latency_ms <= budget for r in trained)
     final = next(r for r in map(json.loads, (run / "history.jsonl").read_text().splitlines())
                  if r["type"] == "final")
-    assert all(r["steps"] == final["steps"] for r in trained)  # the winner's training
+    assert all(r.steps == final["steps"] for r in trained)  # the winner's training
     for r in trained:  # each is a normal spec + weights that export accepts
-        load_weights(build_model(load_spec(run / f"baselines/{r['name']}.yaml")),
-                     run / f"baselines/{r['name']}.pt")
+        load_weights(build_model(load_spec(run / f"baselines/{r.name}.yaml")),
+                     run / f"baselines/{r.name}.pt")
     table = comparison(run)
     assert list(table["network"][:2]) == ["seed", "netadapt"] and len(table) == 6
     assert baselines_for_run(run, predict_ms=fake_ms, progress=False) == records  # no rework
@@ -310,14 +311,14 @@ def test_a_trained_seed_is_cached_and_reused_by_the_next_run(setup, tmp_path):
     fast = dataclasses.replace(config, budgets=("99%",))  # no iteration: only the seed
     first = start_search(fast, tmp_path / "a", predict_ms=fake_ms, progress=False)
     again = start_search(fast, tmp_path / "b", predict_ms=fake_ms, progress=False)
-    assert "reused the cached seed" in again.seed["notes"][0]
-    assert str(cache_dir()) in again.seed["notes"][0]
+    assert "reused the cached seed" in again.seed.notes[0]
+    assert str(cache_dir()) in again.seed.notes[0]
     a, b = (torch.load(tmp_path / r / "seed.pt") for r in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert first.seed["accuracy"] == again.seed["accuracy"]
+    assert first.seed.accuracy == again.seed.accuracy
     other = start_search(dataclasses.replace(fast, seed_steps=5), tmp_path / "c",
                          predict_ms=fake_ms, progress=False)  # another recipe, another key
-    assert "trained the seed" in other.seed["notes"][0]
+    assert "trained the seed" in other.seed.notes[0]
 
 
 def test_weights_for_another_class_count_get_their_classifier_fitted(setup, tmp_path):
@@ -327,7 +328,7 @@ def test_weights_for_another_class_count_get_their_classifier_fitted(setup, tmp_
     torch.save(seven.state_dict(), tmp_path / "seven.pt")
     fast = dataclasses.replace(config, budgets=("99%",), weights=str(tmp_path / "seven.pt"))
     result = start_search(fast, tmp_path / "run", predict_ms=fake_ms, progress=False)
-    assert "fitted them" in result.seed["notes"][0]
+    assert "fitted them" in result.seed.notes[0]
     seed = torch.load(tmp_path / "run" / "seed.pt")
     fresh = build_model(dataclasses.replace(spec, num_classes=3)).state_dict()
     assert not torch.equal(seed["classifier.3.weight"], fresh["classifier.3.weight"])

@@ -24,8 +24,9 @@ from netadapt.latency import profile as prof
 from netadapt.latency.estimate import estimate
 from netadapt.latency.graphs import entry_model, input_shape, network_model
 from netadapt.latency.measure import time_round_robin
-from netadapt.latency.runners import LocalRunner, parse_perf_test
+from netadapt.latency.profile import ProfileJournal
 from netadapt.latency.table import input_elements_m, required_keys, table_paths
+from netadapt.latency.timers import LocalTimer, parse_perf_test
 from netadapt.spec import load_spec, save_spec
 
 from .conftest import CONFIGS
@@ -196,7 +197,8 @@ def test_profile_builds_a_table_that_covers_the_seed(built, tiny_spec):
     expected = seed["factor"] * (seed["table_sum_ms"]
                                  - seed["boundary_ms_per_m"] * input_elements_m(tiny_spec))
     assert built.predict_ms(tiny_spec) == pytest.approx(expected, rel=1e-3)
-    assert not (table_paths("fast")[0].parent / "journal.csv").exists()
+    folder = table_paths("fast")[0].parent
+    assert not [p for p in ProfileJournal(folder).paths if p.exists()]  # done: removed
 
 
 def test_calibration_fits_what_entries_timed_alone_pay_per_input_element():
@@ -233,10 +235,12 @@ def test_two_timing_processes_build_the_same_table(built, root, tiny_spec):
     assert np.corrcoef(one, two)[0, 1] > 0.9
 
 
-def test_interrupted_profile_continues_where_it_stopped(root, tiny_spec):
+def interrupt_profile(root: Path, spec) -> list[dict]:
+    """Profile the fast device for ``spec`` until the third chunk of entries, which is
+    interrupted; the journal's records."""
     device = load_device("fast")
 
-    class Interrupting(LocalRunner):
+    class Interrupting(LocalTimer):
         calls = 0
 
         def time(self, models, rounds, warmup):
@@ -247,19 +251,70 @@ def test_interrupted_profile_continues_where_it_stopped(root, tiny_spec):
             return super().time(models, rounds, warmup)
 
     with pytest.raises(KeyboardInterrupt):
-        prof.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None,
-                     runner=Interrupting(device))
-    journal = table_paths("fast")[0].parent / "journal.csv"
-    saved = len(journal.read_text().splitlines()) - 1
-    assert saved == 2 * device.protocol.chunk
-    quiet = sum(float(line.split(",")[-2]) <= device.protocol.max_spread
-                for line in journal.read_text().splitlines()[1:])
-    with open(journal, "a") as f:
-        f.write("block,16,48")  # a kill in the middle of a line
-    result = prof.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None)
+        prof.profile(device, [spec], root=root, progress=False, log=lambda _: None,
+                     timer=Interrupting(device))
+    journal = table_paths("fast")[0].parent / prof.JOURNAL_FILE
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert len([r for r in records if r["type"] == "attempt"]) == 2 * device.protocol.chunk
+    return records
+
+
+def quiet_attempts(records: list[dict]) -> int:
+    """Attempts that need no repeat."""
+    spread = load_device("fast").protocol.max_spread
+    return sum(r["spread"] <= spread for r in records if r["type"] == "attempt")
+
+
+def test_interrupted_profile_continues_where_it_stopped(root, tiny_spec):
+    records = interrupt_profile(root, tiny_spec)
+    with open(table_paths("fast")[0].parent / prof.JOURNAL_FILE, "a") as f:
+        f.write('{"type": "attempt", "kind": "bl')  # a kill in the middle of a line
+    result = prof.profile(load_device("fast"), [tiny_spec], root=root, progress=False,
+                          log=lambda _: None)
     total = len(required_keys(tiny_spec))
-    assert result.measured - result.remeasured == total - quiet  # noisy ones get retried
+    # noisy ones get retried
+    assert result.measured - result.remeasured == total - quiet_attempts(records)
     assert load_table("fast").covers(tiny_spec)
+
+
+def test_a_profile_interrupted_by_netadapt_0_1_0_continues_from_its_csv_journal(
+        root, tiny_spec, monkeypatch):
+    """Before the profile journal was JSON lines, an interrupted profile left
+    journal.csv (attempts), journal_seeds.csv (seed ratios) and journal.json (the
+    reference): all three are read, and removed once the table is written."""
+    records = interrupt_profile(root, tiny_spec)
+    folder = table_paths("fast")[0].parent
+    (folder / prof.JOURNAL_FILE).unlink()
+    attempts = [r for r in records if r["type"] == "attempt"]
+    (folder / "journal.csv").write_text(  # as 0.1.0 wrote it, torn by a kill
+        ",".join(prof.JOURNAL_COLUMNS) + "\n" + "".join(
+            ",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c])
+                     for c in prof.JOURNAL_COLUMNS) + "\n" for r in attempts) + "block,16,48")
+    ratios = [r["ratio"] for r in records if r["type"] == "ratio"]
+    assert ratios
+    (folder / "journal_seeds.csv").write_text("".join(f"tiny,{v:.6g}\n" for v in ratios))
+    # another reference than this run would pick: the one the legacy attempts name wins
+    other = next(k for _, k in entry_keys(tiny_spec)
+                 if k.kind == "block" and k != prof.reference_key(tiny_spec))
+    (folder / "journal.json").write_text(json.dumps(
+        {"reference": other._asdict(), "fresh": False, "seeds": [tiny_spec.to_dict()]}))
+    earlier: list = []
+    calibrate = prof.calibrate
+
+    def spy(table, seed, timer, ref_model, base_ms, proto, earlier_ratios=(), variants=None):
+        earlier.append(list(earlier_ratios))
+        return calibrate(table, seed, timer, ref_model, base_ms, proto, earlier_ratios,
+                         variants)
+
+    monkeypatch.setattr(prof, "calibrate", spy)
+    result = prof.profile(load_device("fast"), [tiny_spec], root=root, progress=False,
+                          log=lambda _: None)
+    total = len(required_keys(tiny_spec))
+    assert result.measured - result.remeasured == total - quiet_attempts(records)
+    table = load_table("fast")
+    assert table.covers(tiny_spec) and table.meta["reference"]["key"] == other._asdict()
+    assert earlier[0][:len(ratios)] == pytest.approx(ratios, rel=1e-5)
+    assert not [p for p in ProfileJournal(folder).paths if p.exists()]
 
 
 def test_profile_extends_a_table_with_another_seed(built, tiny_spec, tiny_dict):

@@ -26,7 +26,7 @@ from netadapt.errors import LatencyError
 from netadapt.latency import entry_keys, load_device, load_table
 from netadapt.latency import profile as prof
 from netadapt.latency.graphs import entry_model, input_shape, network_model
-from netadapt.latency.runners import AdbRunner, SshRunner
+from netadapt.latency.timers import AdbTimer, SshTimer
 from netadapt.spec import load_spec, save_spec
 
 from .conftest import CONFIGS
@@ -177,9 +177,9 @@ def search_cli(tmp_path: Path, spec, device: str, budget: str):
 
 @needs_sshd
 def test_the_board_needs_no_netadapt_only_onnxruntime_and_numpy(root, sshd, board):
-    runner = SshRunner(load_device(ssh_device(root, sshd, board)))
-    runner.check()
-    done = subprocess.run(runner.ssh_argv(f"{board} -c 'import netadapt'"), capture_output=True)
+    timer = SshTimer(load_device(ssh_device(root, sshd, board)))
+    timer.check()
+    done = subprocess.run(timer.ssh_argv(f"{board} -c 'import netadapt'"), capture_output=True)
     assert done.returncode != 0  # measure.py ran there standalone
 
 
@@ -188,9 +188,9 @@ def test_a_whole_profile_is_a_few_ssh_logins_not_one_per_chunk(root, sshd, board
     log = sshd.dir / "sshd.log"
     before = log.read_text().count("Accepted publickey")
     device = load_device(ssh_device(root, sshd, board))
-    runner = SshRunner(device)
+    timer = SshTimer(device)
     result = prof.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None,
-                          runner=runner)
+                          timer=timer)
     logins = log.read_text().count("Accepted publickey") - before
     chunks = result.measured // device.protocol.chunk
     assert chunks >= 3 and logins <= 3  # check, the worker, the CPU's name
@@ -199,22 +199,22 @@ def test_a_whole_profile_is_a_few_ssh_logins_not_one_per_chunk(root, sshd, board
 @needs_sshd
 def test_a_model_the_board_cannot_run_is_one_line_and_the_worker_keeps_serving(
         root, sshd, board, tiny_spec):
-    runner = SshRunner(load_device(ssh_device(root, sshd, board)))
+    timer = SshTimer(load_device(ssh_device(root, sshd, board)))
     good = (network_model(tiny_spec), (1, 3, *tiny_spec.input_size))
     with pytest.raises(LatencyError, match="measure.py on .* failed .*"):
-        runner.time([good, (b"not an onnx model", (1, 3, 8, 8))], rounds=1, warmup=0)
-    assert runner.time([good], rounds=2, warmup=0).shape == (1, 2)
+        timer.time([good, (b"not an onnx model", (1, 3, 8, 8))], rounds=1, warmup=0)
+    assert timer.time([good], rounds=2, warmup=0).shape == (1, 2)
 
 
 @needs_sshd
 def test_a_session_lost_between_chunks_is_opened_again(root, sshd, board, tiny_spec):
-    runner = SshRunner(load_device(ssh_device(root, sshd, board)))
+    timer = SshTimer(load_device(ssh_device(root, sshd, board)))
     good = (network_model(tiny_spec), (1, 3, *tiny_spec.input_size))
-    runner.time([good], rounds=1, warmup=0)
-    assert runner._worker is not None
-    runner._worker.kill()  # the connection drops while nothing is being timed
-    runner._worker.wait()
-    assert runner.time([good], rounds=1, warmup=0).shape == (1, 1)
+    timer.time([good], rounds=1, warmup=0)
+    assert timer._worker is not None
+    timer._worker.kill()  # the connection drops while nothing is being timed
+    timer._worker.wait()
+    assert timer.time([good], rounds=1, warmup=0).shape == (1, 1)
 
 
 @needs_sshd
@@ -224,11 +224,11 @@ def test_a_worker_that_dies_mid_chunk_stops_with_one_line(root, sshd, board, tin
     python.write_text(f'#!/bin/sh\nif [ "$1" = -u ]; then echo "Killed: out of memory" >&2; '
                       f'exit 137; fi\nexec {board} "$@"\n')
     python.chmod(0o755)
-    runner = SshRunner(load_device(ssh_device(root, sshd, python)))
+    timer = SshTimer(load_device(ssh_device(root, sshd, python)))
     good = (network_model(tiny_spec), (1, 3, *tiny_spec.input_size))
     with pytest.raises(LatencyError, match=r"worker on .* stopped \(exit 137: Killed: out of "
                                            r"memory\).*run the same command to continue"):
-        runner.time([good], rounds=1, warmup=0)
+        timer.time([good], rounds=1, warmup=0)
 
 
 # ---------------------------------------------------------------------- ssh, failures
@@ -359,15 +359,15 @@ def test_adb_runner_times_models_round_robin_on_a_fake_phone(fake_adb, tmp_path,
     fake_adb.setenv("FAKE_PHONE_ROOT", "1")
     perf_test = tmp_path / "onnxruntime_perf_test"
     perf_test.write_text(FAKE_PERF_TEST.format(python=sys.executable))
-    runner = AdbRunner(load_device("pixel"))
+    timer = AdbTimer(load_device("pixel"))
     shape = (1, 3, *tiny_spec.input_size)
     models = [(network_model(tiny_spec), shape), (entry_model(entry_keys(tiny_spec)[0][1]),
                                                   input_shape(entry_keys(tiny_spec)[0][1]))]
-    ms = runner.time(models, rounds=2, warmup=1)
+    ms = timer.time(models, rounds=2, warmup=1)
     assert ms.shape == (2, 2) and (ms > 0).all() and np.isfinite(ms).all()
-    assert runner.runtime_version() == "1.99.0"
-    assert "fake-ro.product.model" in runner.cpu_model()
+    assert timer.runtime_version() == "1.99.0"
+    assert "fake-ro.product.model" in timer.cpu_model()
     pushed = tmp_path / "phone" / "onnxruntime_perf_test"  # the copy on the phone
     pushed.write_text("#!/bin/sh\necho 'Session creation failed'\n")  # a broken build
     with pytest.raises(LatencyError, match="printed no latency; run it by hand.*adb shell"):
-        runner.time(models, rounds=1, warmup=0)
+        timer.time(models, rounds=1, warmup=0)

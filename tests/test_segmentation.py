@@ -266,10 +266,10 @@ def test_tiny_lraspp_search_runs_end_to_end_and_scores_miou(tiny_seg, tmp_path):
     result = start_search(config, tmp_path / "run", predict_ms=fake_ms, progress=False)
     run = json.loads((tmp_path / "run" / "config.json").read_text())
     assert run["metric"] == "mIoU" and run["data"]["task"] == "segmentation"
-    assert result.final["budgets_met"] and result.iterations >= 1
-    assert result.final["test_px"] == "24x24" and 0 <= result.final["test_accuracy"] <= 1
-    assert 0 <= result.final["test_pixel_accuracy"] <= 1
-    assert result.seed["metric"] == "mIoU"
+    assert result.final.budgets_met and result.iterations >= 1
+    assert result.final.test_px == "24x24" and 0 <= result.final.test_accuracy <= 1
+    assert 0 <= result.final.test_pixel_accuracy <= 1
+    assert result.seed.metric == "mIoU"
     table = comparison(tmp_path / "run")
     assert {"width_multiplier", "uniform_pruning"} <= set(table["network"])
     assert table["margin"].notna().any()  # paired on per-image pixel accuracy
@@ -277,8 +277,8 @@ def test_tiny_lraspp_search_runs_end_to_end_and_scores_miou(tiny_seg, tmp_path):
     assert head.inter <= 32  # the head's group was a candidate like any other
     # the reported test mIoU is the exported file's: a user's check, from its metadata
     miou, accuracy = score_onnx_script(tmp_path / "run" / "best.onnx", data)
-    assert miou == pytest.approx(result.final["test_accuracy"], abs=1e-4)
-    assert accuracy == pytest.approx(result.final["test_pixel_accuracy"], abs=1e-4)
+    assert miou == pytest.approx(result.final.test_accuracy, abs=1e-4)
+    assert accuracy == pytest.approx(result.final.test_pixel_accuracy, abs=1e-4)
 
 
 def test_segmentation_verdict_compares_miou_and_names_the_margins_unit():
@@ -360,7 +360,7 @@ def test_kill_dash_nine_in_every_phase_of_a_segmentation_search_then_resume(
     full = start_search(config, tmp_path / "full", predict_ms=fake_ms, progress=False)
     run = json.loads((tmp_path / "full" / "config.json").read_text())
     assert "SYNTHETIC" in run["data"]["source"] and run["metric"] == "mIoU"
-    assert full.iterations >= 1 and full.final["deploy_steps"] == 3
-    assert "uniform_pruning" in {b["name"] for b in full.baselines if "knob" in b}
+    assert full.iterations >= 1 and full.final.deploy_steps == 3
+    assert "uniform_pruning" in {b.name for b in full.baselines if b.trained}
     kill_in_every_phase(config, KILL_POINTS, tmp_path / "killed", tmp_path)
     assert_same_result(tmp_path / "killed", tmp_path / "full", full.baselines)

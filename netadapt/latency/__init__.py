@@ -1,4 +1,4 @@
-"""Latency lookup tables: device profiles, onnxruntime runners, the table, prediction.
+"""Latency lookup tables: device profiles, onnxruntime timers, the table, prediction.
 
 The search's interface::
 
@@ -8,7 +8,7 @@ The search's interface::
     table.covers(spec), table.device, table.is_estimate
 
 Modules: graphs (ONNX graphs of entries and networks), measure (round-robin timing,
-also run on ssh boards), board_worker (the ssh board's timing session), runners (local
+also run on ssh boards), board_worker (the ssh board's timing session), timers (local
 / adb / ssh), devices (profiles), table (files, lookup), profile (building, calibration,
 validation), estimate (a modelled table for a device we cannot reach: the phone).
 """

@@ -5,9 +5,10 @@ chunks, round-robin, together with one fixed reference block, and each entry is 
 as (its median / the reference's median in the same chunk) x a fixed base, so drift
 between chunks cancels (each time is the mean of the model's fastest 20% of runs:
 see fast_ms). Entries whose fast runs spread more than ``max_spread`` are timed
-again in a later chunk, keeping the quietest attempt. Every chunk is appended to
-journal.csv and fsynced, so an interrupted run loses at most one chunk and the same
-command continues; the finished table replaces table.csv.gz + meta.json at the end.
+again in a later chunk, keeping the quietest attempt. Every chunk is appended to the
+profile's journal (journal.jsonl, see ProfileJournal) and fsynced, so an interrupted
+run loses at most one chunk and the same command continues; the finished table
+replaces table.csv.gz + meta.json at the end.
 With ``processes: N`` a local device times N chunks at once, one per process (each with
 its own reference, so what the processes do to each other's speed cancels as drift
 does); the journal is written by this process alone.
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LatencyError
-from ..files import write_bytes_atomic, write_text_atomic
+from ..files import Journal, write_bytes_atomic, write_text_atomic
 from ..spec import NetworkSpec, spec_from_dict
 from .devices import Device, Protocol
 from .graphs import (
@@ -43,7 +44,6 @@ from .graphs import (
     network_input_shape,
     network_model,
 )
-from .runners import LocalRunner, Model, Runner, make_runner
 from .table import (
     COLUMNS,
     FORMAT,
@@ -63,6 +63,7 @@ from .table import (
     table_bytes,
     table_paths,
 )
+from .timers import LocalTimer, Model, Timer, make_timer
 
 JOURNAL_COLUMNS = KEY_COLUMNS + ["raw_ms", "ref_ms", "spread", "n"]
 REF_EVERY = 12  # a copy of the reference before every 12 entries of a chunk
@@ -111,46 +112,116 @@ class ProfileResult:
     calibration: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Journal:
-    """Append-only CSV of raw attempts; survives kill (one fsync per chunk)."""
+JOURNAL_FILE = "journal.jsonl"
+# What netadapt 0.1.0 wrote before its profile journal was one JSON-lines file: an
+# interrupted profile of that version is continued from them (read, never written).
+LEGACY_ATTEMPTS, LEGACY_RATIOS, LEGACY_STATE = "journal.csv", "journal_seeds.csv", "journal.json"
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
 
-    def read(self) -> pd.DataFrame:
-        if not self.path.is_file():
+def _sig6(value: float) -> float:
+    """6 significant digits: the journal's precision (timings are not better than that)."""
+    return float(f"{value:.6g}")
+
+
+class ProfileJournal:
+    """What an interrupted profile continues from, in one append-only JSON-lines file
+    beside the table (files.Journal: fsynced, a torn last line dropped). Its records:
+
+    - ``start``, one per session: the reference entry, whether the session rebuilds the
+      table (``fresh``) and its seeds; the last one is the journal's state;
+    - ``attempt``, one per timing of an entry (one fsync per chunk): the entry's key
+      fields, its fast time and the reference's in the same chunk (``raw_ms``,
+      ``ref_ms``), the spread of its fast runs and their number (``n``);
+    - ``ratio``, one per seed per burst: seed end to end / reference block.
+
+    A profile interrupted by an older netadapt left journal.csv, journal_seeds.csv and
+    journal.json instead: they are read as this journal's first records, and removed
+    with it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.journal = Journal(folder / JOURNAL_FILE)
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every file of the journal, the legacy ones included."""
+        return [self.journal.path] + [self.folder / name for name in
+                                      (LEGACY_ATTEMPTS, LEGACY_RATIOS, LEGACY_STATE)]
+
+    def remove(self) -> None:
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+
+    def _of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.journal.read() if r.get("type") == kind]
+
+    # ----------------------------------------------------------- state
+
+    def start(self, reference: EntryKey, fresh: bool, seeds: Sequence[NetworkSpec]) -> None:
+        """Record a session's start (read the journal first: see files.Journal)."""
+        self.journal.append({"type": "start", "reference": reference._asdict(),
+                             "fresh": fresh, "seeds": [s.to_dict() for s in seeds]})
+
+    def state(self) -> dict[str, Any]:
+        """The last session's start record: ``reference`` and ``fresh`` ({}: none)."""
+        starts = self._of_type("start")
+        if starts:
+            return starts[-1]
+        legacy = self.folder / LEGACY_STATE
+        return json.loads(legacy.read_text()) if legacy.is_file() else {}
+
+    # ----------------------------------------------------------- attempts
+
+    def add_attempts(self, rows: list[dict[str, Any]]) -> None:
+        """Journal a chunk's attempts (each: KEY_COLUMNS, raw_ms, ref_ms, spread, n)."""
+        self.journal.extend([{"type": "attempt", **row} for row in rows])
+
+    def attempts(self) -> pd.DataFrame:
+        """Every attempt so far, in order, as a frame of JOURNAL_COLUMNS."""
+        frames = [self._legacy_attempts(), pd.DataFrame(self._of_type("attempt"),
+                                                        columns=JOURNAL_COLUMNS)]
+        frames = [f for f in frames if len(f)]
+        if not frames:
             return pd.DataFrame(columns=JOURNAL_COLUMNS)
-        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        if lines and not lines[-1].endswith("\n"):
-            lines = lines[:-1]  # a kill mid-write leaves half a line: drop it
-        if not lines or lines[0].strip().split(",") != JOURNAL_COLUMNS:
-            return pd.DataFrame(columns=JOURNAL_COLUMNS)
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def _legacy_attempts(self) -> pd.DataFrame:
+        """journal.csv: a header of JOURNAL_COLUMNS, a row per attempt, perhaps half a
+        last row (a kill mid-write)."""
         import io
 
+        path = self.folder / LEGACY_ATTEMPTS
+        if not path.is_file():
+            return pd.DataFrame(columns=JOURNAL_COLUMNS)
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]
+        if not lines or lines[0].strip().split(",") != JOURNAL_COLUMNS:
+            return pd.DataFrame(columns=JOURNAL_COLUMNS)
         frame = pd.read_csv(io.StringIO("".join(lines)), dtype={"kind": str, "act": str})
         frame = frame.dropna()
         for c in ("se", "expand", "residual"):
             frame[c] = frame[c].astype(str) == "True"
         return frame
 
-    def _drop_partial_line(self) -> None:
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+    # ----------------------------------------------------------- seed ratios
 
-    def append(self, rows: list[list[Any]]) -> None:
-        new = not self.path.is_file()
-        if not new:
-            self._drop_partial_line()
-        with open(self.path, "a", encoding="utf-8") as f:
-            if new:
-                f.write(",".join(JOURNAL_COLUMNS) + "\n")
-            for row in rows:
-                f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v)
-                                 for v in row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    def add_ratio(self, seed: str, ratio: float) -> None:
+        self.journal.append({"type": "ratio", "seed": seed, "ratio": _sig6(ratio)})
+
+    def ratios(self, seed: str) -> list[float]:
+        """Seed ``seed``'s end-to-end / reference ratios so far, in order."""
+        out = []
+        legacy = self.folder / LEGACY_RATIOS
+        if legacy.is_file():  # lines "name,ratio"; a kill may have cut the last one
+            for line in legacy.read_text(encoding="utf-8").splitlines():
+                parts = line.split(",")
+                if len(parts) == 2 and parts[0] == seed:
+                    try:
+                        out.append(float(parts[1]))
+                    except ValueError:
+                        pass
+        return out + [float(r["ratio"]) for r in self._of_type("ratio") if r["seed"] == seed]
 
 
 def _best_attempts(journal: pd.DataFrame, base_ms: float) -> pd.DataFrame:
@@ -169,8 +240,7 @@ class _Plan:
     entry and the entries still to time."""
 
     folder: Path
-    journal: Journal
-    state_path: Path
+    journal: ProfileJournal
     old: pd.DataFrame  # the existing table's rows (empty when fresh)
     old_meta: dict[str, Any]
     ref: EntryKey
@@ -183,7 +253,7 @@ class _Plan:
     pending: list[EntryKey]
 
 
-def _existing_table(device: Device, runner: Runner, root: Path | None, fresh: bool
+def _existing_table(device: Device, timer: Timer, root: Path | None, fresh: bool
                     ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The table to extend (empty when fresh, absent or an estimate); refuses one
     measured with another onnxruntime version."""
@@ -193,7 +263,7 @@ def _existing_table(device: Device, runner: Runner, root: Path | None, fresh: bo
     old, old_meta = read_table_files(device.name, root)
     if old_meta.get("estimate"):
         return empty  # a measured table replaces an estimate
-    version = runner.runtime_version()
+    version = timer.runtime_version()
     if old_meta["runtime"]["onnxruntime"] != version:
         raise LatencyError(
             f"latency table {device.name!r} was measured with onnxruntime "
@@ -216,7 +286,7 @@ def targets_of(seeds: Sequence[NetworkSpec], input_sizes: Sequence[int] = (),
     return targets
 
 
-def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | None = None,
+def plan(device: Device, seeds: list[NetworkSpec], timer: Timer, root: Path | None = None,
          fresh: bool = False, targets: list[tuple[NetworkSpec, str]] | None = None,
          recalibrate: bool = False) -> _Plan:
     """Step 1: what the finished table must hold, and what is left to time (the table
@@ -226,12 +296,11 @@ def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | 
     csv_path, _ = table_paths(device.name, root)
     folder = csv_path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    journal = Journal(folder / "journal.csv")
-    old, old_meta = _existing_table(device, runner, root, fresh)
-    state_path = folder / "journal.json"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    if fresh and not state.get("fresh"):
-        journal.path.unlink(missing_ok=True)
+    journal = ProfileJournal(folder)
+    old, old_meta = _existing_table(device, timer, root, fresh)
+    state = journal.state()
+    if fresh and not state.get("fresh"):  # not the journal of an interrupted --fresh run
+        journal.remove()
         state = {}
     if "reference" in old_meta:
         ref = EntryKey(**old_meta["reference"]["key"])
@@ -239,8 +308,7 @@ def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | 
         ref = EntryKey(**state["reference"])
     else:
         ref = reference_key(seeds[0])
-    write_text_atomic(state_path, json.dumps({"reference": ref._asdict(), "fresh": fresh,
-                                              "seeds": [s.to_dict() for s in seeds]}))
+    journal.start(ref, fresh, seeds)
     covered = {s["spec"]["name"]: (spec_from_dict(s["spec"]), s.get("coverage", "grid"))
                for s in old_meta.get("seeds", [])}
     rank = {"multipliers": 0, "grid": 1}  # a grid covers the multipliers too
@@ -255,19 +323,19 @@ def plan(device: Device, seeds: list[NetworkSpec], runner: Runner, root: Path | 
     proto = device.protocol
     attempts: dict[EntryKey, int] = {}
     finished: set[EntryKey] = set()
-    for row in journal.read().itertuples(index=False):
+    for row in journal.attempts().itertuples(index=False):
         k = key_of(row)
         attempts[k] = attempts.get(k, 0) + 1
         if row.spread <= proto.max_spread or attempts[k] >= proto.attempts:
             finished.add(k)
     pending = sorted(needed - have - finished, key=lambda k: _key_row(k))
     random.Random(0).shuffle(pending)  # spread every layer's entries over the whole run
-    return _Plan(folder, journal, state_path, old, old_meta, ref, new,
+    return _Plan(folder, journal, old, old_meta, ref, new,
                  {name: spec for name, (spec, _) in covered.items()}, needed, have, finished,
                  attempts, pending)
 
 
-def _time_chunk(runner: Runner, chunk: list[EntryKey], ref_model: Model, rounds: int,
+def _time_chunk(timer: Timer, chunk: list[EntryKey], ref_model: Model, rounds: int,
                 warmup: int) -> tuple[float, np.ndarray]:
     """Time one chunk round-robin with the reference at several places in it: (the
     reference's fast time, each entry's runs)."""
@@ -278,16 +346,16 @@ def _time_chunk(runner: Runner, chunk: list[EntryKey], ref_model: Model, rounds:
             ref_rows.append(len(models))
             models.append(ref_model)
         models.append((entry_model(k), input_shape(k)))
-    ms = runner.time(models, rounds, warmup)
+    ms = timer.time(models, rounds, warmup)
     return float(fast_ms(ms[ref_rows].reshape(1, -1))[0]), np.delete(ms, ref_rows, axis=0)
 
 
-_worker: tuple[Runner, Model] | None = None  # a timing process's runner and reference
+_worker: tuple[Timer, Model] | None = None  # a timing process's timer and reference
 
 
 def _start_worker(device: Device, ref: EntryKey) -> None:
     global _worker
-    _worker = (LocalRunner(device), (entry_model(ref), input_shape(ref)))
+    _worker = (LocalTimer(device), (entry_model(ref), input_shape(ref)))
 
 
 def _time_chunk_in_worker(chunk: list[EntryKey], rounds: int,
@@ -296,7 +364,7 @@ def _time_chunk_in_worker(chunk: list[EntryKey], rounds: int,
     return _time_chunk(_worker[0], chunk, _worker[1], rounds, warmup)
 
 
-def measure_entries(work: _Plan, runner: Runner, proto: Protocol, ref_model: Model,
+def measure_entries(work: _Plan, timer: Timer, proto: Protocol, ref_model: Model,
                     seed_ratios: _SeedRatios, result: ProfileResult, progress: bool,
                     device: Device | None = None) -> None:
     """Step 2: time the pending entries in chunks, round-robin with the reference,
@@ -309,7 +377,7 @@ def measure_entries(work: _Plan, runner: Runner, proto: Protocol, ref_model: Mod
 
     pool = None
     processes = min(proto.processes, os.cpu_count() or 1)  # never two timers on one core
-    if processes > 1 and isinstance(runner, LocalRunner) and device is not None:
+    if processes > 1 and isinstance(timer, LocalTimer) and device is not None:
         pool = ProcessPoolExecutor(processes, multiprocessing.get_context("spawn"),
                                    initializer=_start_worker, initargs=(device, work.ref))
 
@@ -317,7 +385,7 @@ def measure_entries(work: _Plan, runner: Runner, proto: Protocol, ref_model: Mod
         if pool is not None:
             return pool.submit(_time_chunk_in_worker, chunk, proto.rounds, proto.warmup)
         done: Future[tuple[float, np.ndarray]] = Future()
-        done.set_result(_time_chunk(runner, chunk, ref_model, proto.rounds, proto.warmup))
+        done.set_result(_time_chunk(timer, chunk, ref_model, proto.rounds, proto.warmup))
         return done
 
     attempts = work.attempts
@@ -338,13 +406,14 @@ def measure_entries(work: _Plan, runner: Runner, proto: Protocol, ref_model: Mod
                 for k, runs in zip(chunk, entry_ms):
                     spread = _spread(runs)
                     attempts[k] = attempts.get(k, 0) + 1
-                    rows.append(_key_row(k) + [float(fast_ms(runs)[0]), ref_ms, spread,
-                                               len(runs)])
+                    rows.append({**k._asdict(), "raw_ms": _sig6(float(fast_ms(runs)[0])),
+                                 "ref_ms": _sig6(ref_ms), "spread": _sig6(spread),
+                                 "n": len(runs)})
                     if spread > proto.max_spread and attempts[k] < proto.attempts:
                         queue.append(k)  # noisy: again later, in another time window
                         result.remeasured += 1
                         bar.total += 1
-                work.journal.append(rows)
+                work.journal.add_attempts(rows)
                 result.measured += len(chunk)
                 bar.update(len(chunk))
                 chunks += 1
@@ -359,7 +428,7 @@ def measure_entries(work: _Plan, runner: Runner, proto: Protocol, ref_model: Mod
 def assemble(work: _Plan) -> tuple[pd.DataFrame, float]:
     """Step 3: the table's rows (the old table + the best attempt of every new entry,
     scaled to the reference's base ms) and that base."""
-    journal_rows = work.journal.read()
+    journal_rows = work.journal.attempts()
     if "reference" in work.old_meta:
         base_ms = float(work.old_meta["reference"]["base_ms"])
     elif len(journal_rows):
@@ -374,9 +443,8 @@ def assemble(work: _Plan) -> tuple[pd.DataFrame, float]:
     return frame.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True), base_ms
 
 
-def calibrate_seeds(work: _Plan, frame: pd.DataFrame, runner: Runner, ref_model: Model,
-                    base_ms: float, proto: Protocol, seed_ratios: _SeedRatios
-                    ) -> list[dict[str, Any]]:
+def calibrate_seeds(work: _Plan, frame: pd.DataFrame, timer: Timer, ref_model: Model,
+                    base_ms: float, proto: Protocol) -> list[dict[str, Any]]:
     """Step 4: one calibration per seed of this run (see calibrate); the table's other
     seeds keep theirs (their entries and the reference's base are unchanged). Returns
     meta.json's ``seeds``."""
@@ -387,24 +455,24 @@ def calibrate_seeds(work: _Plan, frame: pd.DataFrame, runner: Runner, ref_model:
     for seed, coverage in work.targets.values():
         variants = (random_variants(seed, proto.calibration_variants, rng_seed=1000)
                     if coverage == "grid" else multiplier_specs(seed)[1:])
-        cal = calibrate(table, seed, runner, ref_model, base_ms, proto,
-                        seed_ratios.ratios(seed.name), variants)
+        cal = calibrate(table, seed, timer, ref_model, base_ms, proto,
+                        work.journal.ratios(seed.name), variants)
         seeds_meta.append({"name": seed.name, "signature": signature(seed),
                            "coverage": coverage, "spec": seed.to_dict(), **cal,
-                           "clock": runner_clock(runner)})
+                           "clock": timer_clock(timer)})
     return seeds_meta
 
 
 def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
             fresh: bool = False, progress: bool = True, log: Log = print,
-            runner: Runner | None = None, input_sizes: Sequence[int] = (),
+            timer: Timer | None = None, input_sizes: Sequence[int] = (),
             multiplier_sizes: Sequence[int] = (), recalibrate: bool = False) -> ProfileResult:
     """Build or extend DEVICE's table so that it covers every seed (see targets_of for
     the sizes), then calibrate: plan, measure_entries, assemble, calibrate_seeds, then
     the table is written and the journals removed."""
-    runner = runner or make_runner(device)
-    runner.check()  # fail at once: no phone, no host, no perf_test
-    work = plan(device, seeds, runner, root, fresh,
+    timer = timer or make_timer(device)
+    timer.check()  # fail at once: no phone, no host, no perf_test
+    work = plan(device, seeds, timer, root, fresh,
                 targets_of(seeds, input_sizes, multiplier_sizes), recalibrate)
     proto = device.protocol
     result = ProfileResult(device.name)
@@ -414,15 +482,15 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
             f"entries in the table or journal; measuring {len(work.pending)} "
             f"(reference: {work.ref.label()})")
     ref_model = (entry_model(work.ref), input_shape(work.ref))
-    seed_ratios = _SeedRatios(work.folder / "journal_seeds.csv", runner, ref_model,
+    seed_ratios = _SeedRatios(work.journal, timer, ref_model,
                               {name: spec for name, (spec, _) in work.targets.items()},
                               proto.calibration_rounds)
-    measure_entries(work, runner, proto, ref_model, seed_ratios, result, progress, device)
+    measure_entries(work, timer, proto, ref_model, seed_ratios, result, progress, device)
     try:
         frame, base_ms = assemble(work)
     except LatencyError:
         raise LatencyError(f"{device.name}: nothing measured") from None
-    seeds_meta = calibrate_seeds(work, frame, runner, ref_model, base_ms, proto, seed_ratios)
+    seeds_meta = calibrate_seeds(work, frame, timer, ref_model, base_ms, proto)
     result.calibration = [{"seed": m["name"], **{k: v for k, v in m.items()
                                                  if k not in ("name", "signature", "spec")}}
                           for m in seeds_meta]
@@ -431,8 +499,8 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
         "format": FORMAT, "device": device.name, "description": device.description,
         "runner": device.runner, "estimate": False,
         "runtime": old_meta["runtime"] if old_meta and not work.pending  # recalibrated only
-        else {"onnxruntime": runner.runtime_version(), **device.settings},
-        "cpu": runner.cpu_model(), "date": dt.datetime.now(dt.timezone.utc).isoformat(
+        else {"onnxruntime": timer.runtime_version(), **device.settings},
+        "cpu": timer.cpu_model(), "date": dt.datetime.now(dt.timezone.utc).isoformat(
             timespec="seconds"),
         "protocol": dataclasses.asdict(proto),
         "reference": {"key": work.ref._asdict(), "base_ms": base_ms,
@@ -444,18 +512,17 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
                       "last_run_entries": result.measured,
                       "last_run_remeasured": result.remeasured,
                       "last_run_processes": min(proto.processes, os.cpu_count() or 1)
-                      if isinstance(runner, LocalRunner) else 1},
+                      if isinstance(timer, LocalTimer) else 1},
     }
     write_table(device.name, frame, meta, root)
-    for path in (work.journal.path, seed_ratios.path, work.state_path):
-        path.unlink(missing_ok=True)
+    work.journal.remove()
     result.rows = len(frame)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def runner_clock(runner: Runner) -> str:
-    device = getattr(runner, "device", None)
+def timer_clock(timer: Timer) -> str:
+    device = getattr(timer, "device", None)
     return str(device.settings.get("clock", "wall")) if device is not None else "wall"
 
 
@@ -473,42 +540,23 @@ def write_table(device: str, frame: pd.DataFrame, meta: dict[str, Any],
 
 class _SeedRatios:
     """(seed end to end) / (reference block), measured in bursts through the profile
-    run and appended to a small journal, so the calibration sees the host in all the
-    states the entries were measured in, not just the last minute's."""
+    run and journaled, so the calibration sees the host in all the states the entries
+    were measured in, not just the last minute's."""
 
-    def __init__(self, path: Path, runner: Runner, ref_model: Model,
+    def __init__(self, journal: ProfileJournal, timer: Timer, ref_model: Model,
                  seeds: dict[str, NetworkSpec], rounds: int) -> None:
-        self.path, self.runner, self.ref_model = path, runner, ref_model
+        self.journal, self.timer, self.ref_model = journal, timer, ref_model
         self.seeds, self.rounds = seeds, rounds
 
     def burst(self) -> None:
         for name, seed in self.seeds.items():
             shape = network_input_shape(seed)
-            med = fast_ms(self.runner.time(
+            med = fast_ms(self.timer.time(
                 [self.ref_model, (network_model(seed), shape)], self.rounds, 2))
-            self.add(name, float(med[1] / med[0]))
-
-    def add(self, name: str, ratio: float) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(f"{name},{ratio:.6g}\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def ratios(self, name: str) -> list[float]:
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            parts = line.split(",")
-            if len(parts) == 2 and parts[0] == name:
-                try:
-                    out.append(float(parts[1]))
-                except ValueError:
-                    pass  # a line cut by a kill
-        return out
+            self.journal.add_ratio(name, float(med[1] / med[0]))
 
 
-def calibrate(table: LatencyTable, seed: NetworkSpec, runner: Runner, ref_model: Model,
+def calibrate(table: LatencyTable, seed: NetworkSpec, timer: Timer, ref_model: Model,
               base_ms: float, proto: Any, earlier_ratios: Sequence[float] = (),
               variants: Sequence[NetworkSpec] | None = None) -> dict[str, Any]:
     """The factor (and boundary cost, see fit_calibration) that turn a sum of entries
@@ -533,7 +581,7 @@ def calibrate(table: LatencyTable, seed: NetworkSpec, runner: Runner, ref_model:
         idx = [(b * 8 + j) % len(variants) for j in range(min(8, len(variants)))] \
             if variants else []
         models = [ref_model, seed_model] + [(network_model(variants[i]), shape) for i in idx]
-        med = fast_ms(runner.time(models, proto.calibration_rounds, 2))
+        med = fast_ms(timer.time(models, proto.calibration_rounds, 2))
         ratios.append(float(med[1] / med[0]))
         raw.append(float(med[1]))
         for i, m in zip(idx, med[2:]):
@@ -604,7 +652,7 @@ def seed_e2e_ms(table: LatencyTable, seed: NetworkSpec) -> float:
 
 
 def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
-             runner: Runner | None = None, rng_seed: int = 0, progress: bool = True,
+             timer: Timer | None = None, rng_seed: int = 0, progress: bool = True,
              per_chunk: int = 8, rounds: int = 60) -> tuple[dict[str, Any], pd.DataFrame]:
     """Measure ``n`` random reduced variants end to end, compare with predictions.
 
@@ -619,8 +667,8 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
     """
     from tqdm import tqdm
 
-    runner = runner or make_runner(device)
-    runner.check()
+    timer = timer or make_timer(device)
+    timer.check()
     ref = EntryKey(**table.meta["reference"]["key"])
     base_ms = float(table.meta["reference"]["base_ms"])
     anchor_ms = seed_e2e_ms(table, seed)
@@ -632,7 +680,7 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
     for i in tqdm(range(0, n, per_chunk), disable=not progress, unit="chunk"):
         chunk = variants[i:i + per_chunk]
         models = [ref_model, seed_model] + [(network_model(v), shape) for v in chunk]
-        med = fast_ms(runner.time(models, rounds, warmup=2))
+        med = fast_ms(timer.time(models, rounds, warmup=2))
         for v, m in zip(chunk, med[2:]):
             rows.append({"variant": v.name, "predicted_ms": table.predict_ms(v),
                          "measured_ms": m / med[1] * anchor_ms,
@@ -674,20 +722,20 @@ def save_validation(device: str, summary: dict[str, Any], frame: pd.DataFrame,
 
 
 def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable,
-                runner: Runner | None = None, bursts: int = 5, rounds: int = 20
+                timer: Timer | None = None, bursts: int = 5, rounds: int = 20
                 ) -> dict[str, float]:
     """``spec`` end to end, now: ``raw_ms`` (fast-tail time, median over bursts), and
     ``vs_seed_ms`` (relative to the table's seed of the same structure timed in the same
     round-robin, x that seed's latency at calibration: drift cancels), when there is
     such a seed."""
-    runner = runner or make_runner(device)
-    runner.check()
+    timer = timer or make_timer(device)
+    timer.check()
     shape = network_input_shape(spec)
     seeds = [s for s in table.seeds if signature(s) == signature(spec)]
     models = [(network_model(spec), shape)] + [(network_model(s), shape) for s in seeds[:1]]
     raw, ratios = [], []
     for _ in range(bursts):
-        med = fast_ms(runner.time(models, rounds, warmup=2))
+        med = fast_ms(timer.time(models, rounds, warmup=2))
         raw.append(med[0])
         if seeds:
             ratios.append(med[0] / med[1])

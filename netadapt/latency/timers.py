@@ -1,9 +1,10 @@
-"""Runners: time a list of ONNX models round-robin on a device's CPU.
+"""Timers: time a list of ONNX models round-robin on a device's CPU, one timer per kind
+of device profile (its ``runner:`` key).
 
 ``local`` calls onnxruntime in this process; ``adb`` pushes the models and
 onnxruntime_perf_test to an Android phone and runs them pinned to a big core; ``ssh``
 runs netadapt's timing script (measure.py) on a Linux board with the board's
-onnxruntime, in one ssh session per profiling run. Every runner returns milliseconds shaped
+onnxruntime, in one ssh session per profiling run. Every timer returns milliseconds shaped
 (models, rounds), round r timing each model once, so a reference model in the list
 sees the same drift as the entries next to it.
 """
@@ -31,7 +32,9 @@ from .devices import Device
 Model = tuple[bytes, tuple[int, ...]]  # serialized ONNX, input shape
 
 
-class Runner(TypingProtocol):
+class Timer(TypingProtocol):
+    """Times models on one device: ``time`` returns ms shaped (models, rounds)."""
+
     def check(self) -> None: ...
     def time(self, models: list[Model], rounds: int, warmup: int) -> np.ndarray: ...
     def runtime_version(self) -> str: ...
@@ -48,7 +51,7 @@ def local_cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-class LocalRunner:
+class LocalTimer:
     def __init__(self, device: Device) -> None:
         self.device = device
 
@@ -81,7 +84,7 @@ def _run(cmd: list[str], what: str, timeout: float = 600) -> str:
     return done.stdout
 
 
-class AdbRunner:
+class AdbTimer:
     """An Android phone over adb, timing with onnxruntime_perf_test on one big core.
 
     Each chunk is pushed as a directory of models; one shell loop on the phone runs
@@ -184,7 +187,7 @@ class AdbRunner:
         return f"{model} ({soc}), cpu mask {self.cpu_mask or 'all'}"
 
 
-def parse_perf_test(out: str, n: int, rounds: int, mark: str = AdbRunner.MARK) -> np.ndarray:
+def parse_perf_test(out: str, n: int, rounds: int, mark: str = AdbTimer.MARK) -> np.ndarray:
     """Milliseconds (n, rounds) from the marked output of the perf_test loop.
 
     perf_test with ``-r K`` reports latencies over its K runs; the minimum (the warm run)
@@ -218,7 +221,7 @@ def parse_perf_test(out: str, n: int, rounds: int, mark: str = AdbRunner.MARK) -
     return ms
 
 
-class SshRunner:
+class SshTimer:
     """A Linux board over ssh, timing with measure.py and the board's onnxruntime.
 
     The board needs python3 with onnxruntime and numpy, and sshd; nothing of netadapt.
@@ -420,9 +423,10 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
             worker.kill()
 
 
-def make_runner(device: Device) -> Runner:
+def make_timer(device: Device) -> Timer:
+    """The timer for ``device``'s profile (``runner: local | adb | ssh``)."""
     if device.runner == "adb":
-        return AdbRunner(device)
+        return AdbTimer(device)
     if device.runner == "ssh":
-        return SshRunner(device)
-    return LocalRunner(device)
+        return SshTimer(device)
+    return LocalTimer(device)
