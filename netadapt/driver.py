@@ -386,9 +386,9 @@ class Searcher:
 
     def _evaluate_many(self, iteration: int, children: Sequence[tuple[NetworkSpec, str]]
                        ) -> Iterator[tuple[str, float]]:
-        """Hand the iteration's proposals to the executor as jobs; save each result's
-        weights and per-image correctness as it arrives, then report its accuracy.
-        Every proposal of an iteration sees the same training and BN batches."""
+        """Hand the iteration's proposals to the executor as jobs and report each one's
+        accuracy as it arrives (``_loop`` saves and journals it). Every proposal of an
+        iteration sees the same training and BN batches."""
         cfg = self.config
         parent, parent_state = self._parent(iteration)
         training = Training(cfg.short_term_steps, cfg.lr, cfg.batch_size, self.torch_device,
@@ -401,9 +401,6 @@ class Searcher:
                 # the job's training and scoring, its share of the wall time (N at once)
                 self.clock.credit("train", result.train_seconds / self.executor.slots)
                 self.clock.credit("evaluate", result.eval_seconds / self.executor.slots)
-                name = proposal_name(iteration, result.group)
-                self.run.save_state(correct_name(name), {"correct": result.correct})
-                self.run.save_state(name, result.state)
                 self._results[(iteration, result.group)] = result
                 yield result.group, result.accuracy
         except WorkerError as exc:
@@ -431,11 +428,18 @@ class Searcher:
                                   "{unit} [{elapsed}<{remaining}]")
         bar = tqdm(desc="proposals", unit="proposal", disable=not self.progress, leave=False,
                    position=1)
+        # the best holdout accuracy saved so far in each iteration (see _save_proposal)
+        best_saved: dict[int, float] = {}
+        for event in history:
+            if isinstance(event, Proposal):
+                best_saved[event.iteration] = max(event.accuracy,
+                                                  best_saved.get(event.iteration, -math.inf))
         loop_started = time.perf_counter()
         for event in netadapt(start, self.budgets, self.predict_ms, self._evaluate_many,
                               self.schedule, self.config.criterion, history):
             if isinstance(event, Proposal):
                 job = self._results.pop((event.iteration, event.group))
+                self._save_proposal(event, job, best_saved)
                 self._journal(ProposalRecord.of(
                     event, holdout_px=self.data.resolution, seconds=round(job.seconds, 3),
                     worker=job.worker, attempts=job.attempts))
@@ -456,6 +460,22 @@ class Searcher:
         bar.close()
         overall.close()
         return chosen
+
+    def _save_proposal(self, event: Proposal, job: ProposalResult,
+                       best_saved: dict[int, float]) -> None:
+        """Save a finished proposal before it is journaled: its per-image correctness
+        always (the winner's margin over the runner-up, selection-noise studies), its
+        weights only if it can still win. Under the accuracy criterion that is a
+        proposal at least as accurate as every earlier one of its iteration (ties
+        included: the ranking breaks them); the slope criterion weighs resources too, so
+        there every proposal is kept. Each save is an fsynced file of the whole network
+        (17 MB for Large): loop overhead, and most proposals never win."""
+        name = proposal_name(event.iteration, event.group)
+        self.run.save_state(correct_name(name), {"correct": job.correct})
+        best = best_saved.get(event.iteration, -math.inf)
+        if self.config.criterion != "accuracy" or event.accuracy >= best:
+            self.run.save_state(name, job.state)
+            best_saved[event.iteration] = max(best, event.accuracy)
 
     def _promote(self, event: Iteration) -> None:
         """Make the chosen proposal the iteration's network, then record it with its

@@ -138,7 +138,7 @@ def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> Pro
         torch.set_num_threads(settings.threads)
     device = _WORKER_DEVICE if settings.device == "cuda" and _WORKER_DEVICE else settings.device
     data = job.data.load()
-    model = build_model(job.child)
+    model = build_model(job.child, init=False)  # the inherited weights replace it all
     model.load_state_dict(inherit_weights(job.parent, parent_state, job.child))
     trained = time.perf_counter()
     finetune(model, data, steps=settings.steps, lr=settings.lr,

@@ -20,6 +20,7 @@ import yaml
 from netadapt.driver import SearchConfig, baselines_for_run, resume_search, start_search
 from netadapt.model import build_model, load_weights
 from netadapt.records import BaselineRecord
+from netadapt.rundir import proposal_name
 from netadapt.spec import load_spec
 
 from .conftest import CONFIGS, TINY, fake_ms
@@ -123,6 +124,33 @@ def test_an_interrupted_search_resumes_to_the_same_result(setup):
     full = torch.load(tmp_path / "full" / "best.pt")
     cut = torch.load(tmp_path / "cut" / "best.pt")
     assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_only_proposals_that_can_still_win_keep_their_weights(setup, tmp_path):
+    """Each proposal's weights (an fsynced file of the whole network) are saved only
+    while it is at least as accurate as every earlier proposal of its iteration."""
+    from netadapt.executors import Executor
+    from netadapt.jobs import run_proposal
+
+    root, config = setup
+    first = sum(r["type"] == "proposal" and r["iteration"] == 1 for r in journal(root / "full"))
+    accuracies = iter([0.5, 0.3, 0.5][:first - 1])  # then Ctrl-C, within iteration 1
+
+    def scored(job, parent_state):
+        accuracy = next(accuracies, None)
+        if accuracy is None:
+            raise KeyboardInterrupt
+        return dataclasses.replace(run_proposal(job, parent_state), accuracy=accuracy)
+
+    with pytest.raises(KeyboardInterrupt):
+        start_search(config, tmp_path / "cut", predict_ms=fake_ms, progress=False,
+                     executor=Executor(scored))
+    done = [r for r in journal(tmp_path / "cut") if r["type"] == "proposal"]
+    assert [r["accuracy"] for r in done] == [0.5, 0.3, 0.5][:first - 1]
+    for r in done:
+        weights = tmp_path / "cut" / proposal_name(1, r["group"])
+        assert weights.with_suffix(".correct.pt").is_file()  # every score is kept
+        assert weights.is_file() == (r["accuracy"] == 0.5), r  # the 0.3 one cannot win
 
 
 @pytest.fixture(scope="module")
