@@ -135,3 +135,22 @@ def test_width_multiplier_reproduces_the_075_configs():
         shipped = load_spec(CONFIGS / f"mobilenetv3_{name}_075.yaml")
         assert base.scaled(0.75).blocks == shipped.blocks
         assert base.scaled(0.75).head == shipped.head  # head kept (paper convention)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_large", "mobilenetv3_small",
+                                  "lraspp_mobilenetv3_large"])
+def test_a_group_width_copy_equals_the_fully_checked_spec(name):
+    """with_group_width skips re-validation and re-derivation (the search's hot path):
+    its copies must equal a spec built and checked from scratch, chained too."""
+    spec = load_spec(CONFIGS / f"{name}.yaml")
+    for group in spec.groups:
+        for width in sorted({8, max(8, group.width // 2 // 8 * 8), group.width - 8} - {0}):
+            fast = spec.with_group_width(group.name, width)
+            full = spec_from_dict(fast.to_dict())  # constructed: validated, groups derived
+            assert fast == full and hash(fast) == hash(full)
+            assert fast.groups == full.groups and fast.layers == full.layers, group.name
+            again = fast.with_group_width(spec.groups[-1].name, 8)  # a copy of a copy
+            assert again.groups == spec_from_dict(again.to_dict()).groups
+    assert spec.layers == spec_from_dict(spec.to_dict()).layers  # the parent untouched
+    with pytest.raises(SpecError, match="multiple of 8"):
+        spec.with_group_width(spec.groups[0].name, 12)
