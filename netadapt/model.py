@@ -20,6 +20,8 @@ from .errors import WeightsError
 from .files import write_bytes_atomic
 from .spec import ClassifierHead, Layer, LRASPPHead, NetworkSpec
 
+Device = torch.device | str | None  # where a module's tensors are created
+
 # torchvision's MobileNetV3 BatchNorm settings. Momentum 0.01 makes running statistics
 # lag during short fine-tunes; the training code raises it there, not here.
 BN_EPS = 0.001
@@ -34,12 +36,13 @@ class ConvBNAct(nn.Sequential):
     """conv (no bias) -> BN -> optional activation; indices 0, 1, 2 as in torchvision."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1,
-                 groups: int = 1, dilation: int = 1, act: str | None = None) -> None:
+                 groups: int = 1, dilation: int = 1, act: str | None = None,
+                 device: Device = None) -> None:
         padding = (kernel - 1) // 2 * dilation
         layers: list[nn.Module] = [
             nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation=dilation,
-                      groups=groups, bias=False),
-            nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM),
+                      groups=groups, bias=False, device=device),
+            nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM, device=device),
         ]
         if act is not None:
             layers.append(_activation(act))
@@ -49,11 +52,11 @@ class ConvBNAct(nn.Sequential):
 class SqueezeExcite(nn.Module):
     """pool -> 1x1 (bias) -> ReLU -> 1x1 (bias) -> h-sigmoid -> scale the input."""
 
-    def __init__(self, channels: int, squeeze: int) -> None:
+    def __init__(self, channels: int, squeeze: int, device: Device = None) -> None:
         super().__init__()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, squeeze, 1)
-        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1, device=device)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1, device=device)
         self.relu = nn.ReLU()
         self.hsigmoid = nn.Hardsigmoid()
 
@@ -65,16 +68,16 @@ class SqueezeExcite(nn.Module):
 class InvertedResidual(nn.Module):
     """MobileNetV2/V3 bottleneck block built from one row of ``spec.layers``."""
 
-    def __init__(self, row: Layer) -> None:
+    def __init__(self, row: Layer, device: Device = None) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         if row.expand:
-            layers.append(ConvBNAct(row.c_in, row.exp, 1, act=row.act))
-        layers.append(ConvBNAct(row.exp, row.exp, row.kernel, row.stride,
-                                groups=row.exp, dilation=row.dilation, act=row.act))
+            layers.append(ConvBNAct(row.c_in, row.exp, 1, act=row.act, device=device))
+        layers.append(ConvBNAct(row.exp, row.exp, row.kernel, row.stride, groups=row.exp,
+                                dilation=row.dilation, act=row.act, device=device))
         if row.se:
-            layers.append(SqueezeExcite(row.exp, row.squeeze))
-        layers.append(ConvBNAct(row.exp, row.out, 1))  # linear bottleneck: no act
+            layers.append(SqueezeExcite(row.exp, row.squeeze, device=device))
+        layers.append(ConvBNAct(row.exp, row.out, 1, device=device))  # linear: no act
         self.block = nn.Sequential(*layers)
         self.residual = row.residual
 
@@ -83,31 +86,32 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
-def _features(spec: NetworkSpec) -> nn.Sequential:
+def _features(spec: NetworkSpec, device: Device = None) -> nn.Sequential:
     """Stem, blocks and last conv (torchvision's ``features`` / ``backbone``)."""
     layers: list[nn.Module] = []
     for row in spec.layers:
         if row.kind == "block":
-            layers.append(InvertedResidual(row))
+            layers.append(InvertedResidual(row, device))
         elif row.kind in ("stem", "last_conv"):
-            layers.append(ConvBNAct(row.c_in, row.out, row.kernel, row.stride, act=row.act))
+            layers.append(ConvBNAct(row.c_in, row.out, row.kernel, row.stride, act=row.act,
+                                    device=device))
     return nn.Sequential(*layers)
 
 
 class MobileNetV3(nn.Module):
     """Classification network: features -> pool -> Linear -> act -> dropout -> Linear."""
 
-    def __init__(self, spec: NetworkSpec, init: bool = True) -> None:
+    def __init__(self, spec: NetworkSpec, init: bool = True, device: Device = None) -> None:
         super().__init__()
         assert isinstance(spec.head, ClassifierHead)
         head = spec.layers[-1]
-        self.features = _features(spec)
+        self.features = _features(spec, device)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
-            nn.Linear(head.c_in, head.exp),
+            nn.Linear(head.c_in, head.exp, device=device),
             _activation(head.act),
             nn.Dropout(p=spec.head.dropout),
-            nn.Linear(head.exp, head.out),
+            nn.Linear(head.exp, head.out, device=device),
         )
         if init:
             _init_weights(self)
@@ -121,20 +125,20 @@ class LRASPPHeadModule(nn.Module):
     """Lite R-ASPP decoder (torchvision's LRASPPHead: global-pool gate)."""
 
     def __init__(self, low_channels: int, high_channels: int, num_classes: int,
-                 inter: int) -> None:
+                 inter: int, device: Device = None) -> None:
         super().__init__()
         self.cbr = nn.Sequential(
-            nn.Conv2d(high_channels, inter, 1, bias=False),
-            nn.BatchNorm2d(inter),
+            nn.Conv2d(high_channels, inter, 1, bias=False, device=device),
+            nn.BatchNorm2d(inter, device=device),
             nn.ReLU(),
         )
         self.scale = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(high_channels, inter, 1, bias=False),
+            nn.Conv2d(high_channels, inter, 1, bias=False, device=device),
             nn.Sigmoid(),
         )
-        self.low_classifier = nn.Conv2d(low_channels, num_classes, 1)
-        self.high_classifier = nn.Conv2d(inter, num_classes, 1)
+        self.low_classifier = nn.Conv2d(low_channels, num_classes, 1, device=device)
+        self.high_classifier = nn.Conv2d(inter, num_classes, 1, device=device)
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         x = self.cbr(high) * self.scale(high)
@@ -145,13 +149,13 @@ class LRASPPHeadModule(nn.Module):
 class LRASPP(nn.Module):
     """Segmentation network: MobileNetV3 backbone + Lite R-ASPP, logits at input size."""
 
-    def __init__(self, spec: NetworkSpec, init: bool = True) -> None:
+    def __init__(self, spec: NetworkSpec, init: bool = True, device: Device = None) -> None:
         super().__init__()
         assert isinstance(spec.head, LRASPPHead)
-        self.backbone = _features(spec)
+        self.backbone = _features(spec, device)
         self.low_index = spec.head.low_block + 1  # backbone[0] is the stem
         head = spec.layers[-1]
-        self.classifier = LRASPPHeadModule(head.low, head.c_in, head.out, head.exp)
+        self.classifier = LRASPPHeadModule(head.low, head.c_in, head.out, head.exp, device)
         if init:
             _init_weights(self)
 
@@ -169,11 +173,14 @@ class LRASPP(nn.Module):
 def build_model(spec: NetworkSpec, init: bool = True) -> nn.Module:
     """The PyTorch network for a spec, randomly initialised as torchvision does.
 
-    ``init=False`` skips that initialisation (PyTorch's per-layer defaults remain) for a
-    caller that loads a whole state_dict next: on Large it is half of the 36 ms a build
-    takes, paid by every proposal of a search (loop overhead)."""
+    ``init=False`` leaves its tensors uninitialised (allocated, not written) for a caller
+    that loads a whole state_dict next: built on the meta device, then given memory.
+    Random initialisation is most of the 36 ms a build of Large takes, and every proposal
+    of a search pays it (loop overhead)."""
     network = LRASPP if isinstance(spec.head, LRASPPHead) else MobileNetV3
-    return network(spec, init=init)
+    if init:
+        return network(spec)
+    return network(spec, init=False, device="meta").to_empty(device="cpu")
 
 
 def _init_weights(model: nn.Module) -> None:

@@ -108,3 +108,21 @@ def test_blocks_follow_the_spec(tiny_spec):
     assert len(first.block) == 2 and first.residual  # no expansion conv
     assert second.block[2].fc1.out_channels == tiny_spec.blocks[1].squeeze
     assert third.residual and not second.residual
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small", "lraspp_mobilenetv3_large"])
+def test_a_network_built_without_initialisation_takes_weights_like_any_other(name):
+    """build_model(init=False) (every proposal's child: its weights are loaded next)
+    is the same network once loaded: same keys and shapes, on the CPU, same outputs."""
+    spec = load_spec(CONFIGS / f"{name}.yaml")
+    reference = build_model(spec).eval()
+    bare = build_model(spec, init=False)
+    assert {k: v.shape for k, v in bare.state_dict().items()} == \
+        {k: v.shape for k, v in reference.state_dict().items()}
+    bare.load_state_dict(reference.state_dict())  # strict
+    bare.eval()
+    assert all(t.device.type == "cpu" for t in bare.state_dict().values())
+    assert all(p.requires_grad for p in bare.parameters())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(bare(x), reference(x))
