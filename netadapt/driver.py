@@ -280,6 +280,8 @@ class Searcher:
         self.schedule = Schedule.named(config.schedule, config.step)
         self._parent_cache: tuple[int, NetworkSpec, dict[str, torch.Tensor]] | None = None
         self._results: dict[tuple[int, str], ProposalResult] = {}  # this session's jobs
+        # (iteration, group, weights) of the proposal whose weights were saved last
+        self._last_saved: tuple[int, str, dict[str, torch.Tensor]] | None = None
         self.loop_seconds = 0.0
 
     # ------------------------------------------------------------------ phases
@@ -435,6 +437,8 @@ class Searcher:
                 best_saved[event.iteration] = max(event.accuracy,
                                                   best_saved.get(event.iteration, -math.inf))
         loop_started = time.perf_counter()
+        # the plot's first redraw a minute into the loop (each costs ~0.5 s: overhead)
+        self._plotted_at = time.monotonic()
         for event in netadapt(start, self.budgets, self.predict_ms, self._evaluate_many,
                               self.schedule, self.config.criterion, history):
             if isinstance(event, Proposal):
@@ -476,6 +480,7 @@ class Searcher:
         if self.config.criterion != "accuracy" or event.accuracy >= best:
             self.run.save_state(name, job.state)
             best_saved[event.iteration] = max(best, event.accuracy)
+            self._last_saved = (event.iteration, event.group, job.state)  # see _promote
 
     def _promote(self, event: Iteration) -> None:
         """Make the chosen proposal the iteration's network, then record it with its
@@ -491,9 +496,13 @@ class Searcher:
             margin, margin_se = paired_margin(chosen, second)
         self.run.write_spec(f"{iteration_name(p.iteration)}.yaml", p.spec)
         chosen_weights = proposal_name(p.iteration, p.group)
-        # the next iteration's parent, handed over here rather than found on disk later
-        self._parent_cache = (p.iteration + 1, p.spec,
-                              read_state_dict(self.run.path / chosen_weights))
+        # the next iteration's parent, handed over here rather than found on disk later;
+        # usually still in memory (the last proposal saved), else read back (a resumed
+        # run, a tie, the slope criterion)
+        last, self._last_saved = self._last_saved, None
+        state = last[2] if last is not None and last[:2] == (p.iteration, p.group) \
+            else read_state_dict(self.run.path / chosen_weights)
+        self._parent_cache = (p.iteration + 1, p.spec, state)
         self.run.copy(chosen_weights, f"{iteration_name(p.iteration)}.pt")
         self._journal(IterationRecord.of(event, holdout_px=self.data.resolution,
                                          margin=margin, margin_se=margin_se))

@@ -43,6 +43,17 @@ def _kill_if_asked(path: Path) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def link_atomic(source: Path, path: Path) -> None:
+    """Make ``path`` a hard link to ``source`` (same file system), replacing any file
+    there atomically: a copy that writes no bytes. OSError where links are unsupported."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    os.link(source, tmp)
+    os.replace(tmp, path)
+    if os.environ.get(KILL_ENV):
+        _kill_if_asked(path)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """:func:`write_bytes_atomic` for UTF-8 text."""
     write_bytes_atomic(path, text.encode("utf-8"))
