@@ -59,7 +59,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[16],
                         help="deploy phase batch sizes")
     parser.add_argument("--test", type=int, default=2000,
-                        help="test images at the deployed size (every k-th of the 10,000)")
+                        help="how many test images to score at the deployed size "
+                        "(evenly spaced over the 10,000)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
