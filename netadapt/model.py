@@ -101,7 +101,7 @@ def _features(spec: NetworkSpec, device: Device = None) -> nn.Sequential:
 class MobileNetV3(nn.Module):
     """Classification network: features -> pool -> Linear -> act -> dropout -> Linear."""
 
-    def __init__(self, spec: NetworkSpec, init: bool = True, device: Device = None) -> None:
+    def __init__(self, spec: NetworkSpec, device: Device = None) -> None:
         super().__init__()
         assert isinstance(spec.head, ClassifierHead)
         head = spec.layers[-1]
@@ -113,8 +113,6 @@ class MobileNetV3(nn.Module):
             nn.Dropout(p=spec.head.dropout),
             nn.Linear(head.exp, head.out, device=device),
         )
-        if init:
-            _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)
@@ -149,15 +147,13 @@ class LRASPPHeadModule(nn.Module):
 class LRASPP(nn.Module):
     """Segmentation network: MobileNetV3 backbone + Lite R-ASPP, logits at input size."""
 
-    def __init__(self, spec: NetworkSpec, init: bool = True, device: Device = None) -> None:
+    def __init__(self, spec: NetworkSpec, device: Device = None) -> None:
         super().__init__()
         assert isinstance(spec.head, LRASPPHead)
         self.backbone = _features(spec, device)
         self.low_index = spec.head.low_block + 1  # backbone[0] is the stem
         head = spec.layers[-1]
         self.classifier = LRASPPHeadModule(head.low, head.c_in, head.out, head.exp, device)
-        if init:
-            _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
@@ -178,9 +174,11 @@ def build_model(spec: NetworkSpec, init: bool = True) -> nn.Module:
     Random initialisation is most of the 36 ms a build of Large takes, and every proposal
     of a search pays it (loop overhead)."""
     network = LRASPP if isinstance(spec.head, LRASPPHead) else MobileNetV3
-    if init:
-        return network(spec)
-    return network(spec, init=False, device="meta").to_empty(device="cpu")
+    if not init:
+        return network(spec, device="meta").to_empty(device="cpu")
+    model = network(spec)
+    _init_weights(model)
+    return model
 
 
 def _init_weights(model: nn.Module) -> None:
