@@ -463,8 +463,9 @@ def profile(
                 f"{seed.name} on {table.label()}: {validate} variants, median |error| "
                 f"{summary['median_abs_error']:.1%}, max {summary['max_abs_error']:.1%}, "
                 f"within 5% {summary['within_5pct']:.0%}, within 10% "
-                f"{summary['within_10pct']:.0%}, Spearman {summary['spearman']:.3f} "
-                f"(saved {saved})")
+                f"{summary['within_10pct']:.0%}, Spearman {summary['spearman']:.3f}; "
+                f"deep variants: median {summary.get('deep_median_abs_error', 0):.1%}, max "
+                f"{summary.get('deep_max_abs_error', 0):.1%} (saved {saved})")
         return
     try:
         result = prof.profile(dev, seeds, fresh=fresh, input_sizes=sizes,
@@ -479,8 +480,10 @@ def profile(
                f"{result.seconds / 60:.1f} min")
     for cal in result.calibration:
         boundary = cal.get("boundary_ms_per_m", 0.0)
+        per_entry = cal.get("per_entry_ms", 0.0)
         typer.echo(f"  calibration {cal['seed']}: factor {cal['factor']:.3f}"
                    + (f", boundary {boundary:.3f} ms per M input elements" if boundary else "")
+                   + (f", {per_entry * 1000:.1f} us per entry" if per_entry else "")
                    + f" (seed end to end {cal['seed_e2e_ms']:.2f} ms, table sum "
                    f"{cal['table_sum_ms']:.2f} ms; {cal['calibration_variants']} variants, "
                    f"median fit error {cal['fit_median_abs_error']:.1%})")

@@ -195,26 +195,43 @@ def test_profile_builds_a_table_that_covers_the_seed(built, tiny_spec):
     assert meta["cpu"] and meta["date"]
     seed = meta["seeds"][0]
     expected = seed["factor"] * (seed["table_sum_ms"]
-                                 - seed["boundary_ms_per_m"] * input_elements_m(tiny_spec))
+                                 - seed["boundary_ms_per_m"] * input_elements_m(tiny_spec)
+                                 - seed["per_entry_ms"] * len(entry_keys(tiny_spec)))
     assert built.predict_ms(tiny_spec) == pytest.approx(expected, rel=1e-3)
     folder = table_paths("fast")[0].parent
     assert not [p for p in ProfileJournal(folder).paths if p.exists()]  # done: removed
 
 
-def test_calibration_fits_what_entries_timed_alone_pay_per_input_element():
-    """end to end = factor x (table sum - boundary x input elements): recovered from
-    enough networks; with few, or a fit that would make inputs cheaper alone than in the
-    network, the factor alone."""
+def test_calibration_fits_what_entries_timed_alone_pay_per_input_element_and_per_entry():
+    """end to end = factor x (table sum - boundary x input elements - per_entry x
+    entries): recovered from enough networks; with few, the factor alone; a cost that
+    would make an entry cheaper alone than in the network is dropped from the fit."""
     rng = np.random.default_rng(0)
     x = rng.uniform(3, 9, 25)
     e = x * rng.uniform(0.2, 0.4, 25)  # correlated with the sum, as real variants are
-    y = 0.9 * (x - 0.8 * e)
+    n = np.full(25, 18.0)  # one seed structure: every variant has the seed's entries
     w = np.ones(25)
-    assert prof.fit_calibration(x, e, y, w) == pytest.approx((0.9, 0.8), rel=1e-9)
-    factor, boundary = prof.fit_calibration(x[:4], e[:4], y[:4], w[:4])
-    assert boundary == 0 and factor == pytest.approx(float(np.sum(x[:4] / y[:4]) / np.sum(
-        (x[:4] / y[:4]) ** 2)))
-    assert prof.fit_calibration(x, e, 0.9 * (x + 0.5 * e), w)[1] == 0
+    y = 0.9 * (x - 0.8 * e - 0.05 * n)
+    assert prof.fit_calibration(x, e, n, y, w) == pytest.approx((0.9, 0.8, 0.05), rel=1e-9)
+    y2 = 0.9 * (x - 0.8 * e)
+    assert prof.fit_calibration(x, e, n, y2, w) == pytest.approx((0.9, 0.8, 0.0), abs=1e-9)
+    factor, boundary, per_entry = prof.fit_calibration(x[:4], e[:4], n[:4], y[:4], w[:4])
+    assert boundary == per_entry == 0 and factor == pytest.approx(float(
+        np.sum(x[:4] / y[:4]) / np.sum((x[:4] / y[:4]) ** 2)))
+    assert prof.fit_calibration(x, e, n, 0.9 * (x + 0.5 * e), w)[1] == 0
+    assert prof.fit_calibration(x, e, n, 0.9 * (x - 0.8 * e + 0.05 * n), w)[2] == 0
+
+
+def test_calibration_variants_reach_the_thin_networks_low_budgets_produce(tiny_spec):
+    """Half the calibration networks as the search makes them early, half deep: a
+    factor fitted to mild cuts alone mispriced thin networks by 15-40% (README)."""
+    variants = prof.calibration_variants(tiny_spec, 24)
+    assert len(variants) == len({v.name for v in variants}) == 24
+
+    def share(v):
+        return sum(g.width for g in v.groups) / sum(g.width for g in tiny_spec.groups)
+    mild, deep = [share(v) for v in variants[:12]], [share(v) for v in variants[12:]]
+    assert min(mild) > 0.25 and np.mean(deep) < np.mean(mild)
 
 
 def test_two_timing_processes_build_the_same_table(built, root, tiny_spec):

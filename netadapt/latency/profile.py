@@ -453,7 +453,7 @@ def calibrate_seeds(work: _Plan, frame: pd.DataFrame, timer: Timer, ref_model: M
     seeds_meta = [m for m in work.old_meta.get("seeds", [])
                   if m["spec"]["name"] not in work.targets]
     for seed, coverage in work.targets.values():
-        variants = (random_variants(seed, proto.calibration_variants, rng_seed=1000)
+        variants = (calibration_variants(seed, proto.calibration_variants)
                     if coverage == "grid" else multiplier_specs(seed)[1:])
         cal = calibrate(table, seed, timer, ref_model, base_ms, proto,
                         work.journal.ratios(seed.name), variants)
@@ -559,21 +559,21 @@ class _SeedRatios:
 def calibrate(table: LatencyTable, seed: NetworkSpec, timer: Timer, ref_model: Model,
               base_ms: float, proto: Any, earlier_ratios: Sequence[float] = (),
               variants: Sequence[NetworkSpec] | None = None) -> dict[str, Any]:
-    """The factor (and boundary cost, see fit_calibration) that turn a sum of entries
-    into end-to-end milliseconds.
+    """The factor (and boundary and per-entry costs, see fit_calibration) that turn a
+    sum of entries into end-to-end milliseconds.
 
     The seed's level: median of (seed end to end / reference block) over bursts spread
     through the profile run and at its end, x the reference's base ms. The factor is
     then fitted (least squares on relative error) to the seed and to
-    ``calibration_variants`` random reduced variants, each timed end to end in the
-    same round-robin as the seed: a factor from the seed alone is biased for the
-    smaller networks the search actually scores. ``variants`` replace the random ones
+    ``calibration_variants`` reduced variants (calibration_variants()), each timed end
+    to end in the same round-robin as the seed: a factor from the seed alone is biased
+    for the smaller networks the search actually scores. ``variants`` replace those
     (a seed covered at its width multipliers only is fitted to those).
     """
     shape = network_input_shape(seed)
     seed_model = (network_model(seed), shape)
     if variants is None:
-        variants = random_variants(seed, proto.calibration_variants, rng_seed=1000)
+        variants = calibration_variants(seed, proto.calibration_variants)
     ratios = list(earlier_ratios)
     relative: dict[int, list[float]] = {}
     raw = []
@@ -590,11 +590,12 @@ def calibrate(table: LatencyTable, seed: NetworkSpec, timer: Timer, ref_model: M
     networks = [seed] + [variants[i] for i in sorted(relative)]
     x = np.array([sum(table.entry_ms(k) or np.nan for _, k in entry_keys(s)) for s in networks])
     e = np.array([input_elements_m(s) for s in networks])
+    n = np.array([len(entry_keys(s)) for s in networks], dtype=float)
     y = np.array([seed_ms] + [float(np.median(relative[i])) * seed_ms for i in sorted(relative)])
     w = np.array([max(1.0, len(relative) / 4)] + [1.0] * len(relative))
-    factor, boundary = fit_calibration(x, e, y, w)
-    fit = np.abs(factor * (x - boundary * e) / y - 1)
-    return {"factor": factor, "boundary_ms_per_m": boundary,
+    factor, boundary, per_entry = fit_calibration(x, e, n, y, w)
+    fit = np.abs(factor * (x - boundary * e - per_entry * n) / y - 1)
+    return {"factor": factor, "boundary_ms_per_m": boundary, "per_entry_ms": per_entry,
             "factor_seed_only": seed_ms / x[0], "seed_e2e_ms": seed_ms,
             "table_sum_ms": float(x[0]), "calibration_variants": len(relative),
             "fit_median_abs_error": float(np.median(fit[1:])) if len(fit) > 1 else 0.0,
@@ -606,36 +607,68 @@ def calibrate(table: LatencyTable, seed: NetworkSpec, timer: Timer, ref_model: M
 MIN_BOUNDARY_FIT = 12
 
 
-def fit_calibration(x: np.ndarray, e: np.ndarray, y: np.ndarray,
-                    w: np.ndarray) -> tuple[float, float]:
-    """(factor, boundary): end to end ~ factor x (table sum - boundary x input elements),
-    least squares on relative error, weighted. ``boundary`` >= 0 is what an entry timed
-    alone pays per million elements of its input beyond its share in the network (the
-    input converted into onnxruntime's blocked layout and back, which the whole network
-    does once); with too few networks, or a negative fit, it is 0 and the factor alone
-    is fitted."""
+def fit_calibration(x: np.ndarray, e: np.ndarray, n: np.ndarray, y: np.ndarray,
+                    w: np.ndarray) -> tuple[float, float, float]:
+    """(factor, boundary, per_entry): end to end ~ factor x (table sum - boundary x input
+    elements - per_entry x entries), least squares on relative error, weighted.
+
+    ``boundary`` >= 0 is what an entry timed alone pays per million elements of its
+    input beyond its share in the network (the input converted into onnxruntime's
+    blocked layout and back, which the whole network does once); ``per_entry`` >= 0 the
+    fixed cost of running an entry alone (session call, input and output copies), which
+    does not shrink with the widths: a factor alone prices it into thin networks, which
+    at 64 px made a network at 40% of the seed's widths look 15-40% slower than it runs
+    (README "Latency tables"). With too few networks only the factor is fitted; of the
+    fits whose costs come out >= 0 the one with the smallest error is kept.
+    """
     sw = np.sqrt(w)
-    if len(y) >= MIN_BOUNDARY_FIT:
-        (a, b), *_ = np.linalg.lstsq(np.c_[x / y, e / y] * sw[:, None], sw, rcond=None)
-        if a > 0 and b <= 0:
-            return float(a), float(-b / a)
-    q = x / y
-    return float(np.sum(w * q) / np.sum(w * q * q)), 0.0
+    columns = {"boundary": e, "per_entry": n}
+    subsets = ([["boundary", "per_entry"], ["boundary"], ["per_entry"], []]
+               if len(y) >= MIN_BOUNDARY_FIT else [[]])
+    best: tuple[float, tuple[float, float, float]] | None = None
+    for names in subsets:
+        design = np.c_[(x, *(columns[k] for k in names))] / y[:, None]
+        coef, *_ = np.linalg.lstsq(design * sw[:, None], sw, rcond=None)
+        if coef[0] <= 0 or any(c > 0 for c in coef[1:]):
+            continue  # an entry cheaper alone than in the network: not physical
+        costs = dict(zip(names, -coef[1:] / coef[0]))
+        error = float(np.sum(w * (design @ coef - 1) ** 2))
+        if best is None or error < best[0] - 1e-12:
+            best = (error, (float(coef[0]), float(costs.get("boundary", 0.0)),
+                            float(costs.get("per_entry", 0.0))))
+    if best is None:
+        raise LatencyError("latency calibration failed: a non-positive factor (table sums "
+                           "<= 0?); rebuild the table with --fresh")
+    return best[1]
+
+
+def calibration_variants(seed: NetworkSpec, n: int) -> list[NetworkSpec]:
+    """The networks a calibration is fitted to: half as the search makes them early
+    (random_variants), half deep (every group likely cut, down to 8 channels), as low
+    budgets and the baselines reach. Fitted to the first half alone, a table
+    mispredicted a width multiplier x0.41 by 15-40% at 64 px (README "Latency tables")."""
+    deep = n // 2
+    return random_variants(seed, n - deep, rng_seed=1000) + [
+        dataclasses.replace(v, name=f"{seed.name}_d{i}")
+        for i, v in enumerate(random_variants(seed, deep, rng_seed=1001, deep=True))]
 
 
 # ---------------------------------------------------------------------- validation
-def random_variants(seed: NetworkSpec, n: int, rng_seed: int = 0) -> list[NetworkSpec]:
+def random_variants(seed: NetworkSpec, n: int, rng_seed: int = 0,
+                    deep: bool = False) -> list[NetworkSpec]:
     """Reduced variants as the search makes them: each group independently, with
     probability 1/2, cut to a random multiple of 8 between a quarter of its width and
-    its width. Distinct from the seed and from each other."""
+    its width. ``deep``: with probability 4/5, to any multiple of 8 up to its width
+    (what low budgets and uniform baselines reach). Distinct from the seed and from
+    each other."""
     rng = random.Random(rng_seed)
     variants: list[NetworkSpec] = []
     seen = {seed}
     while len(variants) < n:
         spec = seed
         for g in seed.groups:
-            if rng.random() < 0.5:
-                low = max(8, (g.width // 4 + 7) // 8 * 8)
+            if rng.random() < (0.8 if deep else 0.5):
+                low = 8 if deep else max(8, (g.width // 4 + 7) // 8 * 8)
                 spec = spec.with_group_width(g.name, rng.randrange(low, g.width + 1, 8))
         if spec not in seen:
             seen.add(spec)
@@ -654,7 +687,9 @@ def seed_e2e_ms(table: LatencyTable, seed: NetworkSpec) -> float:
 def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
              timer: Timer | None = None, rng_seed: int = 0, progress: bool = True,
              per_chunk: int = 8, rounds: int = 60) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Measure ``n`` random reduced variants end to end, compare with predictions.
+    """Measure ``n`` random reduced variants end to end, compare with predictions: half
+    as the search makes them (random_variants), half deep (``deep`` in the frame), as
+    low budgets and the baselines reach.
 
     Each chunk times the reference block, the seed and ``per_chunk`` variants
     round-robin. ``measured_ms`` = median(variant) / median(seed) in the same chunk x
@@ -672,7 +707,9 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
     ref = EntryKey(**table.meta["reference"]["key"])
     base_ms = float(table.meta["reference"]["base_ms"])
     anchor_ms = seed_e2e_ms(table, seed)
-    variants = random_variants(seed, n, rng_seed)
+    variants = random_variants(seed, n - n // 2, rng_seed) + [
+        dataclasses.replace(v, name=f"{v.name}_deep")
+        for v in random_variants(seed, n // 2, rng_seed + 1, deep=True)]
     rows = []
     ref_model = (entry_model(ref), input_shape(ref))
     shape = network_input_shape(seed)
@@ -685,7 +722,7 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
             rows.append({"variant": v.name, "predicted_ms": table.predict_ms(v),
                          "measured_ms": m / med[1] * anchor_ms,
                          "vs_ref_block_ms": m / med[0] * base_ms, "raw_ms": m,
-                         "seed_raw_ms": med[1]})
+                         "seed_raw_ms": med[1], "deep": v.name.endswith("_deep")})
     frame = pd.DataFrame(rows)
     frame["error"] = frame["predicted_ms"] / frame["measured_ms"] - 1
     return summarize(frame, table, seed, n), frame
@@ -703,6 +740,11 @@ def summarize(frame: pd.DataFrame, table: LatencyTable, seed: NetworkSpec, n: in
         "median_abs_error": float(err.median()), "max_abs_error": float(err.max()),
         "within_5pct": float((err <= 0.05).mean()), "within_10pct": float((err <= 0.10).mean()),
         "spearman": float(rank), "mean_error": float(frame["error"].mean()),
+        **{f"{part}_{k}": v for part, rows in (("search_like", ~frame["deep"]),
+                                                ("deep", frame["deep"])) if rows.any()
+           for k, v in (("median_abs_error", float(err[rows].median())),
+                        ("max_abs_error", float(err[rows].max())),
+                        ("within_5pct", float((err[rows] <= 0.05).mean())))},
         "median_abs_error_vs_ref_block": float(ref_err.median()),
         "median_abs_error_raw": float(raw_err.median()),
         "measured_range_ms": [float(frame["measured_ms"].min()),

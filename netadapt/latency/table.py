@@ -18,10 +18,12 @@ The number of classes is not searched: a head is measured for the seed's classes
 its last Gemm alone for 10, 100 and 1000 classes (CLASSES), so any other count is a
 swap of that Gemm.
 
-A prediction is factor x (sum of entries - boundary x their input elements), both per
-seed structure (profile.calibrate and fit_calibration: fitted to the seed and reduced
-variants timed end to end; boundary is what an entry timed alone pays for its input's
-layout conversion, which the whole network does once).
+A prediction is factor x (sum of entries - boundary x their input elements - per_entry x
+their number), all three per seed structure (profile.calibrate and fit_calibration:
+fitted to the seed and reduced variants timed end to end; boundary is what an entry
+timed alone pays for its input's layout conversion, which the whole network does once;
+per_entry is the fixed cost of running an entry alone, which does not shrink with its
+widths and so would make thin networks look slower than they are).
 """
 
 from __future__ import annotations
@@ -247,6 +249,7 @@ class LatencyTable:
         self._anchors: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
         self._calibration: dict[str, float] = {}
         self._boundary: dict[str, float] = {}  # ms per M input elements (fit_calibration)
+        self._per_entry: dict[str, float] = {}  # ms per entry (fit_calibration)
         self._seeds: list[NetworkSpec] = []
         self._seed_classes: list[int] = []
         self._multiplier_seeds: set[str] = set()  # covered at multipliers only
@@ -259,18 +262,20 @@ class LatencyTable:
                 self._seed_classes.append(seed.num_classes)
             self._calibration[signature(seed)] = float(seed_meta.get("factor", 1.0))
             self._boundary[signature(seed)] = float(seed_meta.get("boundary_ms_per_m", 0.0))
+            self._per_entry[signature(seed)] = float(seed_meta.get("per_entry_ms", 0.0))
             for _, key in entry_keys(seed):
                 if _composed(key):
                     self._anchors.setdefault(_shape_class(key), []).append(
                         (key.c_in, key.out))
         # a structure no seed has (another seed's widths): the median seed's calibration
-        calibrations = sorted((f, self._boundary[s]) for s, f in self._calibration.items())
-        self._default_factor, self._default_boundary = \
-            calibrations[len(calibrations) // 2] if calibrations else (1.0, 0.0)
+        calibrations = sorted((f, self._boundary[s], self._per_entry[s])
+                              for s, f in self._calibration.items())
+        self._default_calibration = \
+            calibrations[len(calibrations) // 2] if calibrations else (1.0, 0.0, 0.0)
         self._resolved: dict[EntryKey, float | None] = {}
         self._specs: dict[NetworkSpec, float] = {}
         self._layers: dict[Layer, tuple[float, float]] = {}  # (ms, M input elements)
-        self._factors: dict[tuple[Any, ...], tuple[float, float]] = {}
+        self._factors: dict[tuple[Any, ...], tuple[float, float, float]] = {}
 
     # ------------------------------------------------------------------ lookup
     @property
@@ -323,13 +328,18 @@ class LatencyTable:
         (k0, m0), (k1, m1) = known[i - 1], known[i]
         return max(m0 + (m1 - m0) * (key.out - k0) / (k1 - k0), 0.0)
 
-    def factor(self, spec: NetworkSpec) -> float:
-        return self._calibration.get(signature(spec), self._default_factor)
+    def calibration(self, spec: NetworkSpec) -> tuple[float, float, float]:
+        """(factor, boundary, per_entry) of the spec's seed structure: prediction =
+        factor x (entries - boundary x M input elements - per_entry x entry count).
+        boundary and per_entry are what an entry timed alone pays beyond its share in
+        the network (profile.fit_calibration; 0 for tables calibrated before them)."""
+        sig = signature(spec)
+        if sig not in self._calibration:
+            return self._default_calibration
+        return self._calibration[sig], self._boundary[sig], self._per_entry[sig]
 
-    def boundary(self, spec: NetworkSpec) -> float:
-        """ms per million input elements an entry timed alone pays beyond its share in
-        the network (profile.fit_calibration; 0 for tables calibrated before)."""
-        return self._boundary.get(signature(spec), self._default_boundary)
+    def factor(self, spec: NetworkSpec) -> float:
+        return self.calibration(spec)[0]
 
     def _entry_list(self, spec: NetworkSpec) -> list[tuple[str, float]]:
         values = []
@@ -346,10 +356,12 @@ class LatencyTable:
         if cached is not None:
             return cached
         if not isinstance(spec.head, ClassifierHead):  # few specs: no per-layer cache
-            return self._remember(spec, sum(ms for _, ms in self._entry_list(spec)),
-                                  input_elements_m(spec))
+            entries = self._entry_list(spec)
+            return self._remember(spec, sum(ms for _, ms in entries),
+                                  input_elements_m(spec), len(entries))
         layers = self._layers
         total = elements = 0.0
+        count = 0
         # walk() and not spec.layers: rows cached on the thousands of specs the search
         # scores kept the garbage collector busy (7,800 predictions/s, 18,000 without)
         for layer in spec.__dict__.get("layers") or walk(spec):  # a lookup per layer
@@ -363,23 +375,26 @@ class LatencyTable:
                 row = layers[layer] = (ms, entry_input_m(key))
             total += row[0]
             elements += row[1]
-        return self._remember(spec, total, elements)
+            count += 1
+        return self._remember(spec, total, elements, count)
 
-    def _remember(self, spec: NetworkSpec, entries_ms: float, elements_m: float) -> float:
+    def _remember(self, spec: NetworkSpec, entries_ms: float, elements_m: float,
+                  entries: int) -> float:
         structure = _structure(spec)
         calibration = self._factors.get(structure)
         if calibration is None:
-            calibration = self._factors[structure] = (self.factor(spec), self.boundary(spec))
+            calibration = self._factors[structure] = self.calibration(spec)
         if len(self._specs) > 200_000:
             self._specs.clear()
-        factor, boundary = calibration
-        total = self._specs[spec] = factor * (entries_ms - boundary * elements_m)
+        factor, boundary, per_entry = calibration
+        total = self._specs[spec] = factor * (entries_ms - boundary * elements_m
+                                              - per_entry * entries)
         return total
 
     def breakdown_ms(self, spec: NetworkSpec) -> list[tuple[str, float]]:
         """(layer name, calibrated ms) per entry; the values sum to ``predict_ms``."""
-        f, b = self.factor(spec), self.boundary(spec)
-        return [(name, f * (ms - b * entry_input_m(key)))
+        f, b, per_entry = self.calibration(spec)
+        return [(name, f * (ms - b * entry_input_m(key) - per_entry))
                 for (name, ms), (_, key) in zip(self._entry_list(spec), entry_keys(spec))]
 
     def covers(self, spec: NetworkSpec) -> bool:
