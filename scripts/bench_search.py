@@ -87,8 +87,31 @@ def summarise(everything: pd.DataFrame) -> pd.DataFrame:
                        per_seed=" ".join(f"{m:+.4f}+-{1.96 * se:.4f}" for m, se in
                                          zip(group["margin"], group["margin_se"])
                                          if not pd.isna(m)))
+        if "measured_vs_seed" in group:
+            row["measured_vs_seed"] = round(float(group["measured_vs_seed"].mean()), 3)
+            row["pred_vs_seed"] = round(float(group["pred_vs_seed"].mean()), 3)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def time_networks(run: Path, table: pd.DataFrame) -> None:
+    """Add measured_ms (end to end here, the run's networks and its seed in one
+    round-robin), measured_vs_seed and pred_vs_seed to a run's comparison table: is the
+    comparison at matched latency on this machine, not only in the table?"""
+    from netadapt.report import measure_here_ms
+    from netadapt.spec import load_spec
+
+    present = table["spec"].astype(bool)
+    measured = measure_here_ms([load_spec(run / p) for p in table.loc[present, "spec"]],
+                               bursts=9, rounds=30)
+    table.loc[present, "measured_ms"] = measured
+    seed = table["network"] == "seed"
+    table["measured_vs_seed"] = table["measured_ms"] / float(table.loc[seed, "measured_ms"].iloc[0])
+    table["pred_vs_seed"] = table["latency_ms"] / float(table.loc[seed, "latency_ms"].iloc[0])
+    print(f"{run}: measured here / predicted, relative to the seed: " + ", ".join(
+        f"{n} {m:.3f}/{p:.3f}" for n, m, p in
+        zip(table["network"], table["measured_vs_seed"], table["pred_vs_seed"]) if m == m),
+        flush=True)
 
 
 def main() -> None:
@@ -99,11 +122,17 @@ def main() -> None:
                         help="proposals on N local worker processes (netadapt search "
                         "--workers; the same results as one, on the CPU)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-search"))
+    parser.add_argument("--measure", action="store_true",
+                        help="at the end, time every run's networks end to end on this "
+                        "machine, each run's in one round-robin with its seed (a quiet "
+                        "machine; meaningful when the runs' device is this machine): "
+                        "columns measured_ms and measured_vs_seed beside pred_vs_seed")
     parser.add_argument("overrides", nargs="*", help="SearchConfig fields as name=value")
     args = parser.parse_args()
     overrides = parse_overrides(args.overrides)
     args.out.mkdir(parents=True, exist_ok=True)
-    tables = []
+    tables: list[pd.DataFrame] = []
+    tables_to_time: list[tuple[Path, pd.DataFrame]] = []
     for seed in args.seeds:
         for budget in args.budgets:
             run = args.out / f"seed{seed}" / budget.replace("%", "pct")
@@ -117,12 +146,16 @@ def main() -> None:
                                           **{"seed": seed, **overrides})  # type: ignore[arg-type]
                     result = start_search(config, run, executor=executor)
             table = comparison(run)
+            if args.measure:
+                tables_to_time.append((run, table))
             table.insert(0, "budget", budget)
             table.insert(0, "seed", seed)
             tables.append(table)
             print(f"seed {seed}, {budget}: {result.iterations} iterations, "
                   f"{(time.time() - started) / 60:.1f} min (this call); {verdict(table)}",
                   flush=True)
+    for run, table in tables_to_time:  # after every run: training does not disturb it
+        time_networks(run, table)
     everything = pd.concat(tables, ignore_index=True)
     print("\n" + comparison_text(everything.drop(columns="spec")))
     summary = summarise(everything)
