@@ -26,6 +26,8 @@ import json
 import shutil
 from pathlib import Path
 
+from bench_search import time_networks  # this folder: the same timing and columns
+
 from netadapt.baseline import BASELINES, BaselineUnavailable
 from netadapt.driver import SearchConfig, Searcher, comparison
 from netadapt.errors import NetadaptError
@@ -125,10 +127,7 @@ def train(run: Path) -> None:
 def time_all(run: Path) -> None:
     target = run.with_name(run.name + "-measured")
     table = comparison(target)
-    present = table["spec"].astype(bool)
-    timed = measure_here_ms([load_spec(target / p) for p in table.loc[present, "spec"]],
-                            bursts=9, rounds=30)
-    table.loc[present, "measured_vs_seed"] = [t / timed[0] for t in timed]
+    time_networks(target, table)
     print(f"{target}:\n{comparison_text(table.drop(columns='spec'))}\n{verdict(table)}",
           flush=True)
 

@@ -642,15 +642,20 @@ def fit_calibration(x: np.ndarray, e: np.ndarray, n: np.ndarray, y: np.ndarray,
     return best[1]
 
 
+def mixed_variants(seed: NetworkSpec, n: int, rng_seed: int) -> list[NetworkSpec]:
+    """The networks a calibration is fitted to and a validation times: half as the
+    search makes them early (random_variants), half deep (every group likely cut, down
+    to 8 channels; named ``..._deep``), as low budgets and the baselines reach. Fitted
+    to the first half alone, a table mispredicted a width multiplier x0.41 by 15-40% at
+    64 px (README "Latency tables")."""
+    return random_variants(seed, n - n // 2, rng_seed) + [
+        dataclasses.replace(v, name=f"{v.name}_deep")
+        for v in random_variants(seed, n // 2, rng_seed + 1, deep=True)]
+
+
 def calibration_variants(seed: NetworkSpec, n: int) -> list[NetworkSpec]:
-    """The networks a calibration is fitted to: half as the search makes them early
-    (random_variants), half deep (every group likely cut, down to 8 channels), as low
-    budgets and the baselines reach. Fitted to the first half alone, a table
-    mispredicted a width multiplier x0.41 by 15-40% at 64 px (README "Latency tables")."""
-    deep = n // 2
-    return random_variants(seed, n - deep, rng_seed=1000) + [
-        dataclasses.replace(v, name=f"{seed.name}_d{i}")
-        for i, v in enumerate(random_variants(seed, deep, rng_seed=1001, deep=True))]
+    """The calibration's variants (rng seed 1000: validate with others)."""
+    return mixed_variants(seed, n, 1000)
 
 
 # ---------------------------------------------------------------------- validation
@@ -707,9 +712,7 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
     ref = EntryKey(**table.meta["reference"]["key"])
     base_ms = float(table.meta["reference"]["base_ms"])
     anchor_ms = seed_e2e_ms(table, seed)
-    variants = random_variants(seed, n - n // 2, rng_seed) + [
-        dataclasses.replace(v, name=f"{v.name}_deep")
-        for v in random_variants(seed, n // 2, rng_seed + 1, deep=True)]
+    variants = mixed_variants(seed, n, rng_seed)
     rows = []
     ref_model = (entry_model(ref), input_shape(ref))
     shape = network_input_shape(seed)

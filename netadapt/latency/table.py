@@ -338,9 +338,6 @@ class LatencyTable:
             return self._default_calibration
         return self._calibration[sig], self._boundary[sig], self._per_entry[sig]
 
-    def factor(self, spec: NetworkSpec) -> float:
-        return self.calibration(spec)[0]
-
     def _entry_list(self, spec: NetworkSpec) -> list[tuple[str, float]]:
         values = []
         for name, key in entry_keys(spec):
