@@ -94,16 +94,17 @@ def summarise(everything: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def time_networks(run: Path, table: pd.DataFrame) -> None:
+def time_networks(run: Path, table: pd.DataFrame, bursts: int = 9) -> None:
     """Add measured_ms (end to end here, the run's networks and its seed in one
-    round-robin), measured_vs_seed and pred_vs_seed to a run's comparison table: is the
-    comparison at matched latency on this machine, not only in the table?"""
+    round-robin, the median of ``bursts`` bursts), measured_vs_seed and pred_vs_seed to a
+    run's comparison table: is the comparison at matched latency on this machine, not
+    only in the table?"""
     from netadapt.report import measure_here_ms
     from netadapt.spec import load_spec
 
     present = table["spec"].astype(bool)
     measured = measure_here_ms([load_spec(run / p) for p in table.loc[present, "spec"]],
-                               bursts=9, rounds=30)
+                               bursts=bursts, rounds=30)
     table.loc[present, "measured_ms"] = measured
     seed = table["network"] == "seed"
     table["measured_vs_seed"] = table["measured_ms"] / float(table.loc[seed, "measured_ms"].iloc[0])

@@ -14,9 +14,16 @@ each baseline's largest setting whose latency, timed the same way relative to th
 is at most the result's (the timings kept in RUN-measured/measured_ms.json); ``train``
 trains every baseline at that setting with the same seed weights, steps, data and
 evaluation as in the run (netadapt's baseline phase, with the timings as predictor);
-``time`` times every network of RUN-measured again, all in one round-robin, and prints
-the comparison. Timing needs a quiet machine (another process training on the other
-core moved these ratios by up to 5%); training does not.
+``time`` times every network of RUN-measured again, all in one round-robin, prints the
+comparison and keeps it in RUN-measured/timed.csv; ``summary`` reads those of all the
+runs given and prints, per budget and network, the mean test accuracy and netadapt's
+margins over the seeds, raw and adjusted: a matched baseline can still time a few
+percent faster than the result, so each baseline's accuracy is also read off its own
+accuracy-latency line (per seed, through its runs at every budget, as timed) at the
+result's measured latency. Timing needs a quiet machine (another process training on
+the other core moved these ratios by up to 5%); training does not.
+
+    python scripts/match_measured.py summary runs/bench-64L/seed*/*pct
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import json
 import shutil
 from pathlib import Path
 
-from bench_search import time_networks  # this folder: the same timing and columns
+import numpy as np
+import pandas as pd
+from bench_search import interval, summarise, time_networks  # this folder: the same columns
 
 from netadapt.baseline import BASELINES, BaselineUnavailable
 from netadapt.driver import SearchConfig, Searcher, comparison
@@ -38,6 +47,7 @@ from netadapt.report import comparison_text, measure_here_ms, verdict
 from netadapt.rundir import RunDir
 from netadapt.spec import NetworkSpec, load_spec, spec_from_dict
 
+TIMED = "timed.csv"
 SKIP = {"baselines", "checkpoints", "history.jsonl", "history.csv", "config.json",
         "measured_ms.json"}
 TIMINGS = "measured_ms.json"
@@ -127,16 +137,63 @@ def train(run: Path) -> None:
 def time_all(run: Path) -> None:
     target = run.with_name(run.name + "-measured")
     table = comparison(target)
-    time_networks(target, table)
+    time_networks(target, table, bursts=45)  # sub-ms networks: 9 bursts moved ratios ~3%
+    write_text_atomic(target / TIMED, table.to_csv(index=False))
     print(f"{target}:\n{comparison_text(table.drop(columns='spec'))}\n{verdict(table)}",
           flush=True)
 
 
+def on_line(points: pd.DataFrame, at: float) -> float:
+    """The test accuracy on the piecewise-linear line through ``points`` (measured_vs_seed,
+    test_accuracy) at ``at``, the end segments extended."""
+    points = points.sort_values("measured_vs_seed")
+    x, y = points["measured_vs_seed"].to_numpy(), points["test_accuracy"].to_numpy()
+    i = int(np.clip(np.searchsorted(x, at) - 1, 0, len(x) - 2))
+    return float(y[i] + (y[i + 1] - y[i]) * (at - x[i]) / (x[i + 1] - x[i]))
+
+
+def summary(runs: list[Path]) -> None:
+    tables = []
+    for run in runs:
+        target = run.with_name(run.name + "-measured")
+        if not (target / TIMED).exists():
+            raise SystemExit(f"error: {target / TIMED} is missing; run `time` first")
+        table = pd.read_csv(target / TIMED)
+        table.insert(0, "budget", run.name.replace("pct", "%"))
+        table.insert(0, "seed", json.loads((run / "config.json").read_text())["search"]["seed"])
+        tables.append(table)
+    everything = pd.concat(tables, ignore_index=True)
+    raw = summarise(everything)
+    print(raw.astype(object).where(raw.notna(), "").to_string(index=False))
+    print("\nnetadapt's margin (points) at its measured latency: each baseline's accuracy "
+          "read off its line through its runs of the same seed")
+    ours = everything[everything["network"] == "netadapt"].set_index(["seed", "budget"])
+    timed = everything.dropna(subset=["measured_vs_seed", "test_accuracy"])
+    for name, theirs in timed.groupby("network", sort=False):
+        if name in ("seed", "netadapt") or theirs.groupby("seed")["budget"].nunique().min() < 2:
+            continue  # no line through one point (resolution reaches 70% only)
+        for budget, group in theirs.groupby("budget", sort=False):
+            adjusted, time_more = [], []
+            for seed, row in group.set_index("seed").iterrows():
+                mine = ours.loc[(seed, budget)]
+                line = theirs[theirs["seed"] == seed].dropna(subset=["measured_vs_seed"])
+                adjusted.append(100 * (mine["test_accuracy"] -
+                                       on_line(line, mine["measured_vs_seed"])))
+                time_more.append(100 * (mine["measured_vs_seed"] / row["measured_vs_seed"] - 1))
+            mean, half = interval(pd.Series(adjusted))
+            print(f"{budget:>4} {name:17s} netadapt's time vs it "
+                  f"{' / '.join(f'{t:+.1f}%' for t in time_more)}; adjusted margin "
+                  f"{' / '.join(f'{a:+.2f}' for a in adjusted)}: {mean:+.2f} +- {half:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["plan", "train", "time"])
+    parser.add_argument("phase", choices=["plan", "train", "time", "summary"])
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
+    if args.phase == "summary":
+        summary(args.runs)
+        return
     for run in args.runs:
         {"plan": plan, "train": train, "time": time_all}[args.phase](run)
 
