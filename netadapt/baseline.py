@@ -9,8 +9,10 @@
 - Torch-Pruning (optional, ``pip install torch-pruning``): its magnitude pruner with
   global L2 group importance and ``round_to=8``, stepped until it meets every budget.
 
-Each gives a plain spec; the caller inherits the seed's largest-L2 filters and
-fine-tunes it as long as the search's winner, so the comparison is fair.
+Each gives a plain spec; :func:`run_baselines` inherits the seed's largest-L2 filters
+and fine-tunes it as long as the search's winner, on the same batches, then finishes it as
+the winner was finished (deployed-size training, export, the ONNX file's test accuracy),
+so the comparison is fair.
 """
 
 from __future__ import annotations
@@ -18,11 +20,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import NetadaptError
+from .records import BaselineRecord
 from .search import Budget, resources_of, unmet
 from .spec import WIDTH_STEP, NetworkSpec
+
+if TYPE_CHECKING:
+    from .context import SearchContext
+    from .observer import Observer
 
 Predict = Callable[[NetworkSpec], float]
 
@@ -158,3 +166,80 @@ def torch_pruning(seed: NetworkSpec, budgets: Sequence[Budget], predict_ms: Pred
 BASELINES = {"width_multiplier": width_multiplier, "uniform_pruning": uniform_pruning,
              "resolution": resolution, "torch_pruning": torch_pruning}
 
+
+
+def run_baselines(ctx: SearchContext) -> list[BaselineRecord]:
+    """Every baseline at the run's budgets, from the same seed weights, each trained
+    exactly as many steps as the search's winner got from the seed (its iterations'
+    short-term steps + the long-term steps), on the same batches, then finished as the
+    winner was. Finished baselines (journal records) are not trained again."""
+    from .model import read_state_dict
+
+    done = {r.name for r in ctx.run.baseline_records()}
+    seed_state = read_state_dict(ctx.run.path / "seed.pt")
+    for name, make in BASELINES.items():
+        if name in done:
+            continue
+        try:
+            found = make(ctx.seed_spec, ctx.budgets, ctx.predict_ms, seed_state)
+        except BaselineUnavailable as exc:
+            ctx.finish_phase(BaselineRecord(name=name, note=str(exc)))
+            continue
+        if found is None:
+            ctx.finish_phase(BaselineRecord(
+                name=name, note="no setting meets the budgets (or the latency table lacks it)"))
+        else:
+            ctx.finish_phase(_train_baseline(ctx, found, seed_state))
+    ctx.run.write_csv()
+    ctx.journal_changed()
+    return ctx.run.baseline_records()
+
+
+def _train_baseline(ctx: SearchContext, found: BaselineSpec, seed_state: dict[str, Any]
+                    ) -> BaselineRecord:
+    """Train and finish one baseline network; its record."""
+    from .context import LONG_TERM_SEED
+    from .finish import finish_network
+    from .model import build_model
+    from .prune import inherit_weights
+    from .train import finetune
+
+    cfg, seed, data = ctx.config, ctx.seed_spec, ctx.data
+    steps = ctx.run.require_final().steps
+    model = build_model(found.spec)
+    same_size = found.spec.input_size == seed.input_size
+    if found.state is not None:  # the method's own weights (Torch-Pruning)
+        model.load_state_dict(found.state)
+    else:
+        model.load_state_dict(inherit_weights(seed, seed_state, found.spec) if same_size
+                              else seed_state)
+    if not same_size:  # trained at the same fraction of the seed's resolution as deployed
+        data = data.at(max(8, round(data.resolution * found.spec.input_size[0]
+                                    / seed.input_size[0])))
+    with ctx.clock.phase("train"):
+        finetune(model, data, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                 seed=ctx.seed_for(LONG_TERM_SEED), device=ctx.torch_device,
+                 progress=ctx.progress(f"baseline {found.name}", steps),
+                 checkpoint=ctx.checkpoint(f"baseline-{found.name}"))
+    r = found.resources
+    return BaselineRecord(name=found.name, knob=found.knob, latency_ms=r["latency_ms"],
+                          params=r["params"], macs=r["macs"], steps=steps,
+                          **finish_network(ctx, model, found.spec, f"baselines/{found.name}",
+                                           data))
+
+
+def baselines_for_run(path: Path, *, predict_ms: Predict | None = None,
+                      observer: Observer | None = None) -> list[BaselineRecord]:
+    """Train the baselines of a finished search run (its seed, data, budgets, steps).
+    ``predict_ms`` places them by another latency predictor than the run's table (e.g.
+    latency measured on the device)."""
+    from .config import SearchConfig
+    from .context import open_context
+    from .rundir import RunDir
+    from .spec import spec_from_dict
+
+    run = RunDir.open(path)
+    run.require_final()
+    config = SearchConfig.from_json(run.config["search"])
+    seed_spec = spec_from_dict(run.config["seed_spec"])
+    return run_baselines(open_context(config, run, seed_spec, predict_ms, observer))

@@ -21,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: texts hold [default: ...] and netadapt[ray]
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,129 +57,140 @@ def _resumable(run_dir: Path) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # Finishes on 2 CPU cores in minutes: low training resolution, short fine-tunes.
-    "quick": {},
-    # The papers' scale, for a GPU and ImageNet-size data (an ImageFolder via --data).
-    "paper": {"short_term_steps": 10000, "long_term_steps": 100000, "seed_steps": 0,
-              "resolution": 224, "batch_size": 128, "lr": 0.02, "holdout": 10000,
-              "schedule": "constant", "step": 0.01, "criterion": "slope"},
-}
+# the options of `netadapt search`
+_BudgetOpt = Annotated[list[str] | None, typer.Option(
+    "--budget", "-b", help="Repeatable: 20ms | 60% (of the seed's latency) | "
+    "params=2M | macs=100M | params=50%")]
+_SpecOpt = Annotated[Path | None, typer.Option(
+    help="Seed spec: a YAML file or a shipped name (mobilenetv3_small) "
+    "[default: mobilenetv3_large]")]
+_WeightsOpt = Annotated[str | None, typer.Option(
+    help="Seed weights: netadapt or torchvision state_dict (.pt); without, the seed "
+    "is trained first for --seed-steps")]
+_TableDeviceOpt = Annotated[str | None, typer.Option(
+    help="Latency table's device (netadapt devices) [default: pixel]")]
+_DataOpt = Annotated[str | None, typer.Option(
+    help="IDX directory or ImageFolder tree; for a segmentation spec a directory of "
+    "images/ + masks/ (same-named index PNGs, 255 = ignore) [default: Fashion-MNIST in "
+    "/usr/share/datasets/fashion-mnist; segmentation: SYNTHETIC canvases made from "
+    "it]")]
+_CriterionOpt = Annotated[str | None, typer.Option(
+    help="accuracy (NetAdapt) | slope (MobileNetV3: dAcc/|dLatency|)")]
+_ScheduleOpt = Annotated[str | None, typer.Option(
+    help="constant (MobileNetV3) | decay (NetAdapt: x0.96 per iteration)")]
+_StepOpt = Annotated[float | None, typer.Option(
+    help="First reduction per iteration, as a fraction of the seed's value")]
+_ShortTermStepsOpt = Annotated[int | None, typer.Option(
+    help="T: fine-tuning steps per proposal")]
+_LongTermStepsOpt = Annotated[int | None, typer.Option(
+    help="Fine-tuning steps of the final network")]
+_DeployStepsOpt = Annotated[int | None, typer.Option(
+    help="Training steps at the spec's input size after a search at a smaller "
+    "--resolution (result and baselines alike)")]
+_SeedStepsOpt = Annotated[int | None, typer.Option(
+    help="Training steps of the seed when no --weights are given")]
+_ResolutionOpt = Annotated[int | None, typer.Option(
+    help="Training/eval image size (latency is always at the spec's input size) "
+    "[default: 32; segmentation: the input size]")]
+_InputSizeOpt = Annotated[int | None, typer.Option(
+    help="Deployed square input size of the seed (latency, export) [default: the "
+    "spec's own]")]
+_BatchSizeOpt = Annotated[int | None, typer.Option()]
+_LrOpt = Annotated[float | None, typer.Option(help="Fine-tuning learning rate")]
+_HoldoutOpt = Annotated[int | None, typer.Option(
+    help="Images carved from training to score proposals")]
+_SeedOpt = Annotated[int | None, typer.Option(help="Random seed (splits, batches, init)")]
+_TorchDeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda")]
+_ThreadsOpt = Annotated[int | None, typer.Option(
+    help="CPU threads for training [default: 1; 0 = torch's default]")]
+_PresetOpt = Annotated[str, typer.Option(
+    help="quick (CPU, minutes) | paper (T=10000, 224px; for GPUs)")]
+_OutOpt = Annotated[Path | None, typer.Option(
+    help="Run directory [default: runs/<spec>-<budget>-<time>]")]
+_ResumeOpt = Annotated[Path | None, typer.Option(
+    help="Continue an interrupted run directory with its saved config")]
+_CompareOpt = Annotated[bool, typer.Option(
+    "--compare", help="Also train the baselines at the same budgets and print the "
+    "comparison")]
+_WorkersOpt = Annotated[int | None, typer.Option(
+    help="Evaluate each iteration's proposals on N local worker processes (with "
+    "--ray: N tasks at a time) [default: 1, in this process]")]
+_RayOpt = Annotated[str | None, typer.Option(
+    "--ray", help="Run proposals as Ray tasks on a running cluster: auto (the one "
+    "`ray start --head` started on this machine) or its address; needs "
+    "pip install 'netadapt[ray]'")]
 
 
 @command
 def search(
-    budget: Annotated[list[str] | None, typer.Option(
-        "--budget", "-b", help="Repeatable: 20ms | 60% (of the seed's latency) | "
-        "params=2M | macs=100M | params=50%")] = None,
-    spec: Annotated[Path | None, typer.Option(
-        help="Seed spec: a YAML file or a shipped name (mobilenetv3_small) "
-        "[default: mobilenetv3_large]")] = None,
-    weights: Annotated[str | None, typer.Option(
-        help="Seed weights: netadapt or torchvision state_dict (.pt); without, the seed "
-        "is trained first for --seed-steps")] = None,
-    device: Annotated[str | None, typer.Option(
-        help="Latency table's device (netadapt devices) [default: pixel]")] = None,
-    data: Annotated[str | None, typer.Option(
-        help="IDX directory or ImageFolder tree; for a segmentation spec a directory of "
-        "images/ + masks/ (same-named index PNGs, 255 = ignore) [default: Fashion-MNIST in "
-        "/usr/share/datasets/fashion-mnist; segmentation: SYNTHETIC canvases made from "
-        "it]")] = None,
-    criterion: Annotated[str | None, typer.Option(
-        help="accuracy (NetAdapt) | slope (MobileNetV3: dAcc/|dLatency|)")] = None,
-    schedule: Annotated[str | None, typer.Option(
-        help="constant (MobileNetV3) | decay (NetAdapt: x0.96 per iteration)")] = None,
-    step: Annotated[float | None, typer.Option(
-        help="First reduction per iteration, as a fraction of the seed's value")] = None,
-    short_term_steps: Annotated[int | None, typer.Option(
-        help="T: fine-tuning steps per proposal")] = None,
-    long_term_steps: Annotated[int | None, typer.Option(
-        help="Fine-tuning steps of the final network")] = None,
-    deploy_steps: Annotated[int | None, typer.Option(
-        help="Training steps at the spec's input size after a search at a smaller "
-        "--resolution (result and baselines alike)")] = None,
-    seed_steps: Annotated[int | None, typer.Option(
-        help="Training steps of the seed when no --weights are given")] = None,
-    resolution: Annotated[int | None, typer.Option(
-        help="Training/eval image size (latency is always at the spec's input size) "
-        "[default: 32; segmentation: the input size]")] = None,
-    input_size: Annotated[int | None, typer.Option(
-        help="Deployed square input size of the seed (latency, export) [default: the "
-        "spec's own]")] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate")] = None,
-    holdout: Annotated[int | None, typer.Option(
-        help="Images carved from training to score proposals")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (splits, batches, init)")] = None,
-    torch_device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
-    threads: Annotated[int | None, typer.Option(
-        help="CPU threads for training [default: 1; 0 = torch's default]")] = None,
-    preset: Annotated[str, typer.Option(
-        help="quick (CPU, minutes) | paper (T=10000, 224px; for GPUs)")] = "quick",
-    out: Annotated[Path | None, typer.Option(
-        help="Run directory [default: runs/<spec>-<budget>-<time>]")] = None,
-    resume: Annotated[Path | None, typer.Option(
-        help="Continue an interrupted run directory with its saved config")] = None,
-    compare: Annotated[bool, typer.Option(
-        "--compare", help="Also train the baselines at the same budgets and print the "
-        "comparison")] = False,
-    workers: Annotated[int | None, typer.Option(
-        help="Evaluate each iteration's proposals on N local worker processes (with "
-        "--ray: N tasks at a time) [default: 1, in this process]")] = None,
-    ray: Annotated[str | None, typer.Option(
-        "--ray", help="Run proposals as Ray tasks on a running cluster: auto (the one "
-        "`ray start --head` started on this machine) or its address; needs "
-        "pip install 'netadapt[ray]'")] = None,
+    budget: _BudgetOpt = None,
+    spec: _SpecOpt = None,
+    weights: _WeightsOpt = None,
+    device: _TableDeviceOpt = None,
+    data: _DataOpt = None,
+    criterion: _CriterionOpt = None,
+    schedule: _ScheduleOpt = None,
+    step: _StepOpt = None,
+    short_term_steps: _ShortTermStepsOpt = None,
+    long_term_steps: _LongTermStepsOpt = None,
+    deploy_steps: _DeployStepsOpt = None,
+    seed_steps: _SeedStepsOpt = None,
+    resolution: _ResolutionOpt = None,
+    input_size: _InputSizeOpt = None,
+    batch_size: _BatchSizeOpt = None,
+    lr: _LrOpt = None,
+    holdout: _HoldoutOpt = None,
+    seed: _SeedOpt = None,
+    torch_device: _TorchDeviceOpt = None,
+    threads: _ThreadsOpt = None,
+    preset: _PresetOpt = "quick",
+    out: _OutOpt = None,
+    resume: _ResumeOpt = None,
+    compare: _CompareOpt = False,
+    workers: _WorkersOpt = None,
+    ray: _RayOpt = None,
 ) -> None:
     """Run NetAdapt: shrink the seed step by step until every budget is met."""
-    import time
-
-    from .driver import SearchConfig, resume_search, start_search
+    from . import driver
+    from .config import config_from_options
     from .executors import make_executor
+    from .observer import LivePlot, Observers, ProgressBars
 
     # where proposals run changes no result, so it is not part of the run's config
     executor = make_executor(workers, ray, threads or 0, torch_device or "auto")
     if executor.name != "serial":
         typer.echo(f"proposals run on {executor.name}")
+    observer = Observers(ProgressBars(), LivePlot())
     if resume is not None:
         typer.echo(f"resuming {resume} with its saved config")
         with _resumable(resume), executor:
-            result = resume_search(resume, executor=executor)
+            result = driver.resume_search(resume, executor=executor, observer=observer)
     else:
-        if not budget:
-            raise NetadaptError("no budget given; e.g. --budget 20ms (or --resume RUN_DIR)")
-        if preset not in PRESETS:
-            raise NetadaptError(f"unknown preset {preset!r}; use {' or '.join(PRESETS)}")
-        given = {k: v for k, v in dict(
+        config = config_from_options(budget or [], preset, compare, dict(
             spec=str(spec) if spec else None, weights=weights, device=device, data=data,
             criterion=criterion, schedule=schedule, step=step,
             short_term_steps=short_term_steps, long_term_steps=long_term_steps,
             deploy_steps=deploy_steps, seed_steps=seed_steps, resolution=resolution,
-            input_size=input_size,
-            batch_size=batch_size, lr=lr,
-            holdout=holdout, seed=seed, torch_device=torch_device,
-            threads=threads).items() if v is not None}
-        config = SearchConfig(budgets=tuple(budget), compare=compare,
-                              **{**PRESETS[preset], **given})
-        if out is None:
-            name = Path(config.spec).stem
-            tag = "_".join(b.replace("=", "").replace("%", "pct") for b in budget)
-            out = Path("runs") / f"{name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+            input_size=input_size, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed,
+            torch_device=torch_device, threads=threads))
+        out = out or config.default_run_dir()
         typer.echo(f"run directory: {out}")
         with _resumable(out), executor:
-            result = start_search(config, out, executor=executor)
-    seed_r, final = result.seed, result.final
-    typer.echo(f"\n{'':<16}{'seed':>12}{'result':>12}")
-    typer.echo(f"{'latency (ms)':<16}{seed_r.latency_ms:>12.2f}{final.latency_ms:>12.2f}")
-    typer.echo(f"{'params (M)':<16}{seed_r.params / 1e6:>12.3f}{final.params / 1e6:>12.3f}")
-    typer.echo(f"{'MACs (M)':<16}{seed_r.macs / 1e6:>12.2f}{final.macs / 1e6:>12.2f}")
-    from .records import RunTimes
-    from .rundir import RunDir
+            result = driver.start_search(config, out, executor=executor, observer=observer)
+    _print_result(result)
+    if result.baselines:
+        _print_comparison(result.run, measure=True)
 
-    run_config = RunDir.open(result.run).config
-    metric = "mIoU" if run_config.get("metric") == "mIoU" else "acc"  # segmentation: mIoU
-    px = final.holdout_px
-    typer.echo(f"{f'holdout {metric} @{px}':<16}{seed_r.accuracy:>12.4f}"
+
+def _print_result(result: Any) -> None:
+    """The seed beside the result, where the run's time went, and what to do next."""
+    seed, final = result.seed, result.final
+    metric = "mIoU" if result.metric == "mIoU" else "acc"
+    typer.echo(f"\n{'':<16}{'seed':>12}{'result':>12}")
+    typer.echo(f"{'latency (ms)':<16}{seed.latency_ms:>12.2f}{final.latency_ms:>12.2f}")
+    typer.echo(f"{'params (M)':<16}{seed.params / 1e6:>12.3f}{final.params / 1e6:>12.3f}")
+    typer.echo(f"{'MACs (M)':<16}{seed.macs / 1e6:>12.2f}{final.macs / 1e6:>12.2f}")
+    typer.echo(f"{f'holdout {metric} @{final.holdout_px}':<16}{seed.accuracy:>12.4f}"
                f"{final.accuracy:>12.4f}")
     typer.echo(f"{f'test {metric}':<16}{final.seed_test_accuracy:>12.4f}"
                f"{final.test_accuracy:>12.4f}")
@@ -186,37 +198,25 @@ def search(
                f"{str(final.test_px):>12}  (the result's: its exported ONNX file, run "
                f"by onnxruntime, after {final.deploy_steps} steps at that size)")
     # which device and table predicted the latencies: a phone ESTIMATE must say so
-    typer.echo(f"latency: {run_config.get('latency_table', '?')}")
+    typer.echo(f"latency: {result.latency_table}")
     typer.echo(f"{result.iterations} iterations; budgets met: {final.budgets_met}; "
                f"{result.seconds / 60:.1f} min")
-    typer.echo(RunTimes.of(RunDir.open(result.run).records()).summary())
+    typer.echo(result.times.summary())
     typer.echo(f"result: {result.run / 'best.yaml'} (+ best.pt); history: "
                f"{result.run / 'history.csv'}; plot: {result.run / 'accuracy_vs_latency.png'}")
     typer.echo(f"next: netadapt export {result.run / 'best.yaml'}")
-    if result.baselines:
-        _print_comparison(result.run, measure=True)
 
 
 def _print_comparison(run_dir: Path, measure: bool) -> None:
-    from .driver import comparison, training_note
-    from .report import comparison_text, measure_here_ms, verdict
-    from .spec import load_spec
+    from .report import compare_run, comparison_text
 
-    table = comparison(run_dir)
-    if measure:
-        present = table["spec"].astype(bool)
-        specs = [load_spec(run_dir / p) for p in table.loc[present, "spec"]]
-        table.loc[present, "measured_ms"] = measure_here_ms(specs)
+    compared = compare_run(run_dir, measure)
     typer.echo(f"\nthe search beside the baselines (same budgets, seed weights, data and "
-               f"evaluation; {training_note(run_dir)}):\n"
-               f"{comparison_text(table.drop(columns='spec'))}")
-    from .rundir import RunDir
-
-    metric = RunDir.open(run_dir).config.get("metric", "top-1")
-    if metric == "mIoU":
+               f"evaluation; {compared.training}):\n{comparison_text(compared.table)}")
+    if compared.metric == "mIoU":
         typer.echo("segmentation: holdout and test are mIoU; margin is of per-image pixel "
                    "accuracy")
-    typer.echo(verdict(table, metric))
+    typer.echo(compared.verdict)
 
 
 @command
@@ -225,9 +225,10 @@ def baseline(
 ) -> None:
     """Train the simple answers at the run's budgets (width multiplier, uniform pruning,
     input resolution) from its seed weights, and compare them with the search."""
-    from .driver import baselines_for_run
+    from .baseline import baselines_for_run
+    from .observer import LivePlot, Observers, ProgressBars
 
-    baselines_for_run(run_dir)
+    baselines_for_run(run_dir, observer=Observers(ProgressBars(), LivePlot()))
     _print_comparison(run_dir, measure=True)
 
 
@@ -247,12 +248,6 @@ def report(
     typer.echo(RunTimes.of(RunDir.open(run_dir).records()).summary())
 
 
-# ----------------------------------------------------------------------------- latency
-
-DeviceOpt = Annotated[str, typer.Option(
-    "--device", "-d", help="Device profile in configs/devices (netadapt devices)")]
-
-
 @command
 def export(
     spec_path: SpecArg,
@@ -264,33 +259,20 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 14 for HardSwish)", min=14)] = 17,
 ) -> None:
     """Export a spec (+ weights) to ONNX and check onnxruntime against PyTorch."""
-    from .export import export_onnx
-    from .model import build_model, load_weights
-    from .spec import load_spec
+    from .export import OTHER_SIZE_PX, PARITY_TOLERANCE, export_spec
 
-    spec = load_spec(spec_path)
-    model = build_model(spec)
-    beside = spec_path.with_suffix(".pt")
-    if weights is None and beside.is_file():
-        weights = beside
-    if weights is not None:
-        load_weights(model, weights)
-        typer.echo(f"weights: {weights}")
+    done = export_spec(spec_path, weights, output, opset)
+    if done.weights is not None:
+        typer.echo(f"weights: {done.weights}")
     else:
         typer.secho("weights: none given, exporting the randomly initialised network "
                     "(pass --weights W.pt for trained weights)", fg=typer.colors.YELLOW)
-    from .driver import export_metadata
-
-    output = output or spec_path.with_suffix(".onnx")
-    metadata = export_metadata(spec_path, spec)
-    report = export_onnx(model, spec, output, opset=opset, metadata=metadata)
+    report, metadata, spec = done.report, done.metadata, done.spec
     typer.echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset})")
     typer.secho(f"parity: onnxruntime matches PyTorch on random input: max |diff| = "
                 f"{report.max_abs_diff:.2e} <= {report.tolerance:g} (outputs up to "
                 f"{report.output_scale:.3g})", fg=typer.colors.GREEN)
     if spec.task == "segmentation":
-        from .export import OTHER_SIZE_PX, PARITY_TOLERANCE
-
         h, w = spec.input_size
         typer.echo(f"segmentation: height and width are dynamic (any size runs); at "
                    f"{h + OTHER_SIZE_PX}x{w + OTHER_SIZE_PX} max |diff| = "
@@ -302,11 +284,8 @@ def export(
                f"std {metadata['std']}, {spec.num_classes} labels"
                + (f", predicted {metadata['predicted_latency_ms']} ms on "
                   f"{metadata['latency_device']}" if "predicted_latency_ms" in metadata else ""))
-    from .driver import run_budget_report
-
-    for line in run_budget_report(spec_path, spec):
+    for line in done.budget_report:
         typer.echo(line)
-
 
 
 @command
@@ -323,6 +302,12 @@ def show(spec_path: SpecArg) -> None:
     typer.echo(f"\nchannel groups ({len(spec.groups)}), each shrinkable by the search:")
     for g in spec.groups:
         typer.echo(f"  {g.name:<22} {g.kind:<11} {g.width:>5}  {', '.join(g.fields)}")
+
+
+# ----------------------------------------------------------------------------- latency
+
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", "-d", help="Device profile in configs/devices (netadapt devices)")]
 
 
 @command
@@ -345,23 +330,14 @@ def devices() -> None:
 
 
 def _estimate(dev: Any, source_name: str) -> None:
-    """`profile --estimate-from`: fit the phone model, write the table, print the fit
-    and each published point's leave-one-out error."""
+    """`profile --estimate-from`: write the ESTIMATE, print the fit and each published
+    point's leave-one-out error."""
     import numpy as np
 
-    from .latency import load_table
-    from .latency.estimate import estimate, published_points, size_sweep_points
-    from .latency.table import read_table_files
+    from .latency.estimate import estimate_from
 
-    if not dev.published:
-        raise NetadaptError(f"device {dev.name}: no published latencies in {dev.path} to "
-                            f"fit an estimate to; add published: {{SPEC.yaml [xMULT]: ms}}")
-    source = load_table(source_name)
-    frame, _ = read_table_files(source_name)
-    points = published_points(dict(dev.published))
-    sweep = size_sweep_points(dev.size_sweep)
-    fit = estimate(source, dev, dict(dev.published), {p.label: p.spec for p in points}, frame,
-                   sweep=sweep)
+    fit = estimate_from(dev, source_name)
+    points, sweep = fit.points, fit.sweep
     ratios = f" and {len(sweep)} size ratios" if sweep else ""
     typer.secho(f"{dev.name}: ESTIMATE written (the {source_name} table's entries, priced by "
                 f"a phone model fitted to {len(points)} published latencies{ratios})",
@@ -387,94 +363,95 @@ def _estimate(dev: Any, source_name: str) -> None:
                    f"without that size)")
 
 
+# the options of `netadapt profile`
+_SeedSpecsOpt = Annotated[list[Path] | None, typer.Option(
+    "--spec", help="Seed spec(s) whose every reachable width the table must cover "
+    "(repeatable) [default: mobilenetv3_large, shipped]")]
+_ValidateOpt = Annotated[int, typer.Option(
+    help="Instead of profiling: measure N random reduced variants of each --spec end "
+    "to end and report the table's error (saved beside the table)", min=0)]
+_FreshOpt = Annotated[bool, typer.Option(
+    help="Start a new table instead of extending the existing one (it is replaced "
+    "only when the new one is complete)")]
+_EstimateFromOpt = Annotated[str | None, typer.Option(
+    help="Build an ESTIMATE for --device from this device's table and the published "
+    "latencies in the device profile (no phone needed)")]
+_InputSizesOpt = Annotated[list[int] | None, typer.Option(
+    "--input-size", help="Square input size at which to cover every width the search "
+    "can reach from each --spec (repeatable) [default: the spec's own size]; with "
+    "--validate: the sizes to validate at", min=16)]
+_ClockOpt = Annotated[str | None, typer.Option(
+    help="Timer for a local or ssh device: wall (elapsed) or thread (this thread's CPU "
+    "time: not charged for pre-emption by other processes) [default: the device "
+    "profile's runtime.clock, else wall]")]
+_RecalibrateOpt = Annotated[bool, typer.Option(
+    help="Calibrate every --spec at its sizes again, even where the table covers it "
+    "already (no entry is timed again)")]
+_MultiplierSizesOpt = Annotated[str, typer.Option(
+    help="Input sizes at which to cover each --spec and its x0.35/0.5/0.75/1.0 width "
+    "multipliers (comma-separated, or 'none')")]
+_ProcessesOpt = Annotated[int | None, typer.Option(
+    help="Timing processes for a local device, each timing its own chunks "
+    "[default: the device profile's protocol.processes, else 1]", min=1)]
+
+
 @command
 def profile(
     device: DeviceOpt,
-    spec: Annotated[list[Path] | None, typer.Option(
-        help="Seed spec(s) whose every reachable width the table must cover (repeatable) "
-        "[default: mobilenetv3_large, shipped]")] = None,
-    validate: Annotated[int, typer.Option(
-        help="Instead of profiling: measure N random reduced variants of each --spec end "
-        "to end and report the table's error (saved beside the table)", min=0)] = 0,
-    fresh: Annotated[bool, typer.Option(
-        help="Start a new table instead of extending the existing one (it is replaced "
-        "only when the new one is complete)")] = False,
-    estimate_from: Annotated[str | None, typer.Option(
-        help="Build an ESTIMATE for --device from this device's table and the published "
-        "latencies in the device profile (no phone needed)")] = None,
-    input_size: Annotated[list[int] | None, typer.Option(
-        help="Square input size at which to cover every width the search can reach from "
-        "each --spec (repeatable) [default: the spec's own size]; with --validate: the "
-        "sizes to validate at", min=16)] = None,
-    clock: Annotated[str | None, typer.Option(
-        help="Timer for a local or ssh device: wall (elapsed) or thread (this thread's CPU "
-        "time: not charged for pre-emption by other processes) [default: the device "
-        "profile's runtime.clock, else wall]")] = None,
-    recalibrate: Annotated[bool, typer.Option(
-        help="Calibrate every --spec at its sizes again, even where the table covers it "
-        "already (no entry is timed again)")] = False,
-    multiplier_sizes: Annotated[str, typer.Option(
-        help="Input sizes at which to cover each --spec and its x0.35/0.5/0.75/1.0 width "
-        "multipliers (comma-separated, or 'none')")] = "96,128,160,192,224,256",
-    processes: Annotated[int | None, typer.Option(
-        help="Timing processes for a local device, each timing its own chunks "
-        "[default: the device profile's protocol.processes, else 1]", min=1)] = None,
+    spec: _SeedSpecsOpt = None,
+    validate: _ValidateOpt = 0,
+    fresh: _FreshOpt = False,
+    estimate_from: _EstimateFromOpt = None,
+    input_size: _InputSizesOpt = None,
+    clock: _ClockOpt = None,
+    recalibrate: _RecalibrateOpt = False,
+    multiplier_sizes: _MultiplierSizesOpt = "96,128,160,192,224,256",
+    processes: _ProcessesOpt = None,
 ) -> None:
     """Build or extend a device's latency table (resumable), or validate it."""
-    import dataclasses
-
     from .latency import load_device, load_table
-    from .latency import profile as prof
+    from .latency.build import profile as build_table
+    from .latency.coverage import parse_sizes
+    from .latency.devices import with_overrides
+    from .latency.journal import journal_path
+    from .latency.validate import validate_seeds
     from .resources import default_spec
     from .spec import load_spec
 
-    dev = load_device(device)
-    if clock is not None:
-        if clock not in ("wall", "thread"):
-            raise NetadaptError(f"--clock: must be wall or thread, got {clock!r}")
-        dev = dataclasses.replace(dev, runtime={**dev.runtime, "clock": clock})
-    if processes is not None:
-        dev = dataclasses.replace(dev, protocol=dataclasses.replace(dev.protocol,
-                                                                    processes=processes))
+    dev = with_overrides(load_device(device), clock, processes)
     if estimate_from is not None:
         _estimate(dev, estimate_from)
         return
-    paths = spec or [default_spec()]
-    seeds = [load_spec(p) for p in paths]
+    seeds = [load_spec(p) for p in spec or [default_spec()]]
     sizes = input_size or []
-    try:
-        extra = [] if multiplier_sizes.strip() in ("", "none") else \
-            [int(x) for x in multiplier_sizes.split(",")]
-    except ValueError:
-        raise NetadaptError(f"--multiplier-sizes: expected sizes like 96,128,224 or none, "
-                            f"got {multiplier_sizes!r}") from None
-    if any(n < 16 for n in extra):
-        raise NetadaptError(f"--multiplier-sizes: sizes must be >= 16, got {multiplier_sizes}")
+    extra = parse_sizes(multiplier_sizes)
     if validate:
-        from .latency.table import at_size
-
         table = load_table(device)
-        for seed in [at_size(s, n) for s in seeds for n in sizes] or seeds:
-            summary, _frame = prof.validate(table, dev, seed, validate)
-            summary["clock"] = dev.settings["clock"]
-            saved = prof.save_validation(device, summary, _frame, suffix="" if clock is None
-                                         else f"_{clock}")
-            typer.echo(
-                f"{seed.name} on {table.label()}: {validate} variants, median |error| "
-                f"{summary['median_abs_error']:.1%}, max {summary['max_abs_error']:.1%}, "
-                f"within 5% {summary['within_5pct']:.0%}, within 10% "
-                f"{summary['within_10pct']:.0%}, Spearman {summary['spearman']:.3f}; "
-                f"deep variants: median {summary.get('deep_median_abs_error', 0):.1%}, max "
-                f"{summary.get('deep_max_abs_error', 0):.1%} (saved {saved})")
+        for seed, summary, saved in validate_seeds(
+                table, dev, seeds, validate, sizes, suffix="" if clock is None else f"_{clock}"):
+            _print_validation(f"{seed.name} on {table.label()}: {validate} variants", summary,
+                              saved)
         return
     try:
-        result = prof.profile(dev, seeds, fresh=fresh, input_sizes=sizes,
-                              multiplier_sizes=extra, recalibrate=recalibrate)
+        result = build_table(dev, seeds, fresh=fresh, input_sizes=sizes,
+                             multiplier_sizes=extra, recalibrate=recalibrate)
     except KeyboardInterrupt:
-        typer.secho(f"interrupted: measured entries are saved in "
-                    f"{prof.table_paths(device)[0].parent / prof.JOURNAL_FILE}; run the same "
-                    f"command to continue", fg=typer.colors.YELLOW, err=True)
+        typer.secho(f"interrupted: measured entries are saved in {journal_path(device)}; "
+                    f"run the same command to continue", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None
+    _print_profile(device, result)
+
+
+def _print_validation(what: str, summary: dict[str, Any], saved: Path) -> None:
+    typer.echo(
+        f"{what}, median |error| {summary['median_abs_error']:.1%}, max "
+        f"{summary['max_abs_error']:.1%}, within 5% {summary['within_5pct']:.0%}, within 10% "
+        f"{summary['within_10pct']:.0%}, Spearman {summary['spearman']:.3f}; deep variants: "
+        f"median {summary.get('deep_median_abs_error', 0):.1%}, max "
+        f"{summary.get('deep_max_abs_error', 0):.1%} (saved {saved})")
+
+
+def _print_profile(device: str, result: Any) -> None:
     typer.echo(f"{device}: {result.rows:,} entries ({result.measured:,} timed this run, "
                f"{result.remeasured:,} of them repeats of noisy entries) in "
                f"{result.seconds / 60:.1f} min")
@@ -501,8 +478,7 @@ def latency(
 ) -> None:
     """Predicted latency of a spec on a device, per block; optionally measured."""
     from .latency import load_device, load_table
-    from .latency.table import at_size
-    from .spec import load_spec
+    from .spec import at_size, load_spec
 
     spec = load_spec(spec_path)
     if input_size is not None:
@@ -516,7 +492,7 @@ def latency(
         typer.echo(f"  {name:<20} {ms:8.3f} ms  {ms / total:6.1%}")
     typer.secho(f"predicted: {total:.2f} ms{est}", bold=True)
     if measure:
-        from .latency.profile import measure_e2e
+        from .latency import measure_e2e
 
         dev = load_device(device)
         got = measure_e2e(spec, dev, table)

@@ -9,13 +9,32 @@ PyTorch model built from the same spec.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pandas as pd
 
 from .spec import Layer, NetworkSpec, conv_output_size
 
-__all__ = ["LayerCost", "conv_output_size", "count_macs", "count_params", "layer_costs",
-           "spec_table"]
+__all__ = ["LayerCost", "Part", "ROLES", "conv_output_size", "count_macs", "count_params",
+           "layer_costs", "layer_parts", "spec_table"]
+
+# What a part is. ``conv``: a dense conv on a feature map (the stem, a block's expansion
+# and projection, the last conv, LR-ASPP's branch conv and classifiers); ``depthwise``;
+# ``se``: one of a squeeze-and-excitation's two 1x1 convs on the pooled features;
+# ``gate``: LR-ASPP's 1x1 conv on the pooled features; ``linear``: a classifier head's
+# Linear (counted as a 1x1 conv on the pooled 1x1 features).
+ROLES = ("conv", "depthwise", "se", "gate", "linear")
+
+
+class Part(NamedTuple):
+    """One Conv2d or Linear of a layer, counted."""
+
+    name: str  # which of the row's layers: conv, expand, depthwise, se.reduce, fc1, ...
+    role: str  # see ROLES
+    weights: int  # elements of its weight tensor (no bias, no BN)
+    params: int  # trainable: weights + bias + BN's scale and shift
+    macs: int
+    positions: int  # output positions, height x width (1 on pooled features)
 
 
 @dataclass(frozen=True)
@@ -28,34 +47,37 @@ class LayerCost:
     macs: int
 
 
-def _conv(c_in: int, c_out: int, kernel: int, hw: tuple[int, int], groups: int = 1,
-          bias: bool = False, bn: bool = True) -> tuple[int, int]:
+def _conv(name: str, role: str, c_in: int, c_out: int, kernel: int, hw: tuple[int, int],
+          groups: int = 1, bias: bool = False, bn: bool = True) -> Part:
     weights = c_out * (c_in // groups) * kernel * kernel
     params = weights + (c_out if bias else 0) + (2 * c_out if bn else 0)
-    return params, weights * hw[0] * hw[1]
+    return Part(name, role, weights, params, weights * hw[0] * hw[1], hw[0] * hw[1])
 
 
-def _parts(row: Layer) -> list[tuple[int, int]]:
-    """(params, MACs) of every conv / Linear of one row."""
+def layer_parts(row: Layer) -> list[Part]:
+    """Every Conv2d / Linear of one row of ``spec.layers``, in execution order."""
     hw_in, hw_out = (row.h, row.w), (row.h_out, row.w_out)
     if row.kind in ("stem", "last_conv"):
-        return [_conv(row.c_in, row.out, row.kernel, hw_out)]
+        return [_conv("conv", "conv", row.c_in, row.out, row.kernel, hw_out)]
     if row.kind == "block":
-        parts = [_conv(row.c_in, row.exp, 1, hw_in)] if row.expand else []
-        parts.append(_conv(row.exp, row.exp, row.kernel, hw_out, groups=row.exp))
+        parts = [_conv("expand", "conv", row.c_in, row.exp, 1, hw_in)] if row.expand else []
+        parts.append(_conv("depthwise", "depthwise", row.exp, row.exp, row.kernel, hw_out,
+                           groups=row.exp))
         if row.se:  # two 1x1 convs with bias on the pooled (1x1) features
-            parts.append(_conv(row.exp, row.squeeze, 1, (1, 1), bias=True, bn=False))
-            parts.append(_conv(row.squeeze, row.exp, 1, (1, 1), bias=True, bn=False))
-        parts.append(_conv(row.exp, row.out, 1, hw_out))
+            parts.append(_conv("se.reduce", "se", row.exp, row.squeeze, 1, (1, 1), bias=True,
+                               bn=False))
+            parts.append(_conv("se.expand", "se", row.squeeze, row.exp, 1, (1, 1), bias=True,
+                               bn=False))
+        parts.append(_conv("project", "conv", row.exp, row.out, 1, hw_out))
         return parts
     if row.kind == "head":
-        return [_conv(row.c_in, row.exp, 1, (1, 1), bias=True, bn=False),
-                _conv(row.exp, row.out, 1, (1, 1), bias=True, bn=False)]
+        return [_conv("fc1", "linear", row.c_in, row.exp, 1, (1, 1), bias=True, bn=False),
+                _conv("fc2", "linear", row.exp, row.out, 1, (1, 1), bias=True, bn=False)]
     return [  # lraspp
-        _conv(row.c_in, row.exp, 1, hw_in),  # cbr: conv + BN + ReLU on the high feature
-        _conv(row.c_in, row.exp, 1, (1, 1), bn=False),  # scale: pooled gate, no bias
-        _conv(row.low, row.out, 1, hw_out, bias=True, bn=False),  # low classifier
-        _conv(row.exp, row.out, 1, hw_out, bias=True, bn=False),  # high classifier
+        _conv("cbr", "conv", row.c_in, row.exp, 1, hw_in),  # conv + BN + ReLU, high feature
+        _conv("scale", "gate", row.c_in, row.exp, 1, (1, 1), bn=False),  # pooled, no bias
+        _conv("low_classifier", "conv", row.low, row.out, 1, hw_out, bias=True, bn=False),
+        _conv("high_classifier", "conv", row.exp, row.out, 1, hw_out, bias=True, bn=False),
     ]
 
 
@@ -63,9 +85,9 @@ def layer_costs(spec: NetworkSpec) -> list[LayerCost]:
     """One row per stem / block / last conv / head, in network order."""
     costs = []
     for row in spec.layers:
-        parts = _parts(row)
-        costs.append(LayerCost(row.name, (row.h_out, row.w_out), sum(p for p, _ in parts),
-                               sum(m for _, m in parts)))
+        parts = layer_parts(row)
+        costs.append(LayerCost(row.name, (row.h_out, row.w_out), sum(p.params for p in parts),
+                               sum(p.macs for p in parts)))
     return costs
 
 

@@ -110,21 +110,7 @@ def export_onnx(model: nn.Module, spec: NetworkSpec, path: str | os.PathLike[str
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        # The TorchScript exporter on purpose: the dynamo one needs onnxscript and takes
-        # ~30x longer per graph; torch 2.13 warns (twice) that the former is deprecated.
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model, (torch.zeros(shape),), str(tmp), dynamo=False, opset_version=opset,
-                input_names=["input"], output_names=["output"],
-                dynamic_axes={"input": axes, "output": axes},
-            )
-        if metadata:
-            import onnx
-
-            proto = onnx.load(str(tmp))
-            onnx.helper.set_model_props(proto, dict(metadata))
-            onnx.save(proto, str(tmp))
+        _write_onnx(model, tmp, shape, axes, opset, metadata)
         diff, scale = parity(model.cpu(), tmp, (2, *shape[1:]))
         bound = _bound(spec, tolerance, scale)
         if not diff <= bound:
@@ -132,33 +118,61 @@ def export_onnx(model: nn.Module, spec: NetworkSpec, path: str | os.PathLike[str
                 f"{path}: onnxruntime output differs from PyTorch by {diff:.3g} "
                 f"(tolerance {bound:.3g}); the ONNX file was not written"
             )
-        other = None
         if spec.task == "segmentation":
-            size = tuple(v + OTHER_SIZE_PX for v in spec.input_size)
-            other, other_scale = parity(model, tmp, (2, shape[1], *size))
-            if not other <= _bound(spec, tolerance, other_scale):
-                raise ExportError(
-                    f"{path}: at {size[0]}x{size[1]} px onnxruntime output differs from "
-                    f"PyTorch by {other:.3g} (tolerance "
-                    f"{_bound(spec, tolerance, other_scale):.3g}): the dynamic height/width "
-                    f"graph is wrong; the ONNX file was not written")
-            try:  # at most DOUBLE_MAX_PX a side: at 520 px numpy took 9-22 s
-                small = (1, shape[1], *(min(v, DOUBLE_MAX_PX) for v in spec.input_size))
-                double, double_scale = double_parity(model, tmp, small, opset, axes)
-            except ExportError as exc:
-                raise ExportError(f"{path}: {exc}; the ONNX file was not written") from None
-            if not double <= tolerance:
-                raise ExportError(
-                    f"{path}: run in float64, the exported graph differs from PyTorch float64 "
-                    f"by {double:.3g} (tolerance {tolerance:g}): the graph computes another "
-                    f"function; the ONNX file was not written")
+            extra = _segmentation_parity(model, tmp, path, spec, axes, opset, tolerance)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     if spec.task != "segmentation":
         return ExportReport(path, path.stat().st_size, opset, diff, scale, bound)
-    return ExportReport(path, path.stat().st_size, opset, diff, scale, bound, other, double,
-                        double_scale)
+    return ExportReport(path, path.stat().st_size, opset, diff, scale, bound, *extra)
+
+
+def _write_onnx(model: nn.Module, path: Path, shape: tuple[int, ...], axes: dict[int, str],
+                opset: int, metadata: Mapping[str, str] | None) -> None:
+    """The graph of ``model`` at ``path``, with ``metadata`` as metadata_props."""
+    # The TorchScript exporter on purpose: the dynamo one needs onnxscript and takes
+    # ~30x longer per graph; torch 2.13 warns (twice) that the former is deprecated.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (torch.zeros(shape),), str(path), dynamo=False, opset_version=opset,
+            input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": axes, "output": axes},
+        )
+    if metadata:
+        import onnx
+
+        proto = onnx.load(str(path))
+        onnx.helper.set_model_props(proto, dict(metadata))
+        onnx.save(proto, str(path))
+
+
+def _segmentation_parity(model: nn.Module, tmp: Path, path: Path, spec: NetworkSpec,
+                         axes: dict[int, str], opset: int, tolerance: float
+                         ) -> tuple[float, float, float]:
+    """A segmentation graph's further checks: at OTHER_SIZE_PX px more (its height and
+    width are dynamic), and in float64 against PyTorch float64. Returns the first's max
+    |diff| and the second's max |diff| and output scale."""
+    shape = (2, spec.in_channels, *(v + OTHER_SIZE_PX for v in spec.input_size))
+    other, other_scale = parity(model, tmp, shape)
+    if not other <= _bound(spec, tolerance, other_scale):
+        raise ExportError(
+            f"{path}: at {shape[2]}x{shape[3]} px onnxruntime output differs from "
+            f"PyTorch by {other:.3g} (tolerance "
+            f"{_bound(spec, tolerance, other_scale):.3g}): the dynamic height/width "
+            f"graph is wrong; the ONNX file was not written")
+    try:  # at most DOUBLE_MAX_PX a side: at 520 px numpy took 9-22 s
+        small = (1, spec.in_channels, *(min(v, DOUBLE_MAX_PX) for v in spec.input_size))
+        double, double_scale = double_parity(model, tmp, small, opset, axes)
+    except ExportError as exc:
+        raise ExportError(f"{path}: {exc}; the ONNX file was not written") from None
+    if not double <= tolerance:
+        raise ExportError(
+            f"{path}: run in float64, the exported graph differs from PyTorch float64 "
+            f"by {double:.3g} (tolerance {tolerance:g}): the graph computes another "
+            f"function; the ONNX file was not written")
+    return other, double, double_scale
 
 
 def parity(model: nn.Module, onnx_path: Path, shape: tuple[int, ...],
@@ -274,3 +288,111 @@ def onnx_correct_items(onnx_path: str | os.PathLike[str], split: Split, batch_si
         (logits,) = session.run(None, {name: x.numpy()})
         parts.append(torch.from_numpy(logits.argmax(1)) == y)
     return torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class SpecExport:
+    """What `netadapt export` did: the file's parity report, its metadata, the weights
+    it carries (None: random initialisation), and the run's budgets checked for it."""
+
+    spec: NetworkSpec
+    report: ExportReport
+    metadata: dict[str, str]
+    weights: Path | None
+    budget_report: list[str]
+
+
+def export_spec(spec_path: Path, weights: Path | None = None, output: Path | None = None,
+                opset: int = OPSET) -> SpecExport:
+    """Export a spec file with its weights (default: ``SPEC.pt`` beside it, if any) to
+    ``output`` (default: ``SPEC.onnx``), with the metadata a deployment needs, checked
+    against PyTorch; for a spec of a search run, also its budgets on the run's device."""
+    from .model import build_model, load_weights
+    from .spec import load_spec
+
+    spec = load_spec(spec_path)
+    model = build_model(spec)
+    beside = spec_path.with_suffix(".pt")
+    if weights is None and beside.is_file():
+        weights = beside
+    if weights is not None:
+        load_weights(model, weights)
+    metadata = export_metadata(spec_path, spec)
+    report = export_onnx(model, spec, output or spec_path.with_suffix(".onnx"), opset=opset,
+                         metadata=metadata)
+    return SpecExport(spec, report, metadata, weights, run_budget_report(spec_path, spec))
+
+
+def run_of(spec_path: Path) -> Path | None:
+    """The search run directory a spec belongs to (``RUN/best.yaml``,
+    ``RUN/iterations/..``); None for a spec outside any run."""
+    return next((p for p in (spec_path.parent, spec_path.parent.parent)
+                 if (p / "config.json").is_file()), None)
+
+
+def export_metadata(spec_path: Path, spec: NetworkSpec, device: str = "pixel"
+                    ) -> dict[str, str]:
+    """ONNX metadata_props for exporting ``spec``: for a spec of a search run, the run's
+    normalisation, class labels and latency table; otherwise netadapt's normalisation,
+    class indices, and ``device``'s predicted latency when its table covers the spec."""
+    from .config import SearchConfig
+    from .data import channel_stats
+    from .errors import NetadaptError
+    from .latency import load_table
+    from .rundir import RunDir
+
+    run_path = run_of(spec_path)
+    mean, std = channel_stats(spec.in_channels)
+    labels = [str(i) for i in range(spec.num_classes)]
+    if run_path is not None:
+        run = RunDir.open(run_path)
+        data = run.config.get("data", {})
+        mean, std = data.get("mean", mean), data.get("std", std)
+        labels = data.get("classes", labels)
+        device = SearchConfig.from_json(run.config["search"]).device
+    try:
+        table = load_table(device)
+        latency: float | None = table.predict_ms(spec) if table.covers(spec) else None
+        sha = getattr(table, "meta", {}).get("sha256")
+    except NetadaptError:
+        latency, sha = None, None
+    return deployment_metadata(spec, mean, std, labels, latency, device, sha)
+
+
+def run_budget_report(spec_path: Path, spec: NetworkSpec) -> list[str]:
+    """For a spec inside a search run directory: its predicted latency on the run's
+    device against the run's budgets, and for a device that runs here (``local``
+    runner) the latency measured end to end now. Empty when the spec is not part of a
+    run."""
+    from dataclasses import replace
+
+    from .config import SearchConfig
+    from .latency import load_device, load_table, measure_e2e
+    from .rundir import RunDir
+    from .search import format_resource, resolve_budgets, resources_of
+    from .spec import spec_from_dict
+
+    run_path = run_of(spec_path)
+    if run_path is None:
+        return []
+    run = RunDir.open(run_path)
+    config = SearchConfig.from_json(run.config["search"])
+    seed_spec = config.deployed(spec_from_dict(run.config["seed_spec"]))
+    table = load_table(config.device)
+    budgets = resolve_budgets(config.budgets, replace(seed_spec, num_classes=spec.num_classes),
+                              table.predict_ms)
+    resources = resources_of(spec, table.predict_ms)
+    where = f"{table.device}{' (ESTIMATE)' if table.is_estimate else ''}"
+    lines = []
+    for budget in budgets:
+        value = resources[budget.resource]
+        verdict = "within" if value <= budget.limit else "OVER"
+        lines.append(f"{budget.resource} on {where}: "
+                     f"{format_resource(budget.resource, value)} predicted, {verdict} the "
+                     f"budget {format_resource(budget.resource, budget.limit)}")
+    if load_device(config.device).runner == "local":
+        measured = measure_e2e(spec, load_device(config.device), table)
+        ms = measured.get("vs_seed_ms", measured["raw_ms"])
+        lines.append(f"measured here end to end: {ms:.2f} ms (raw median "
+                     f"{measured['raw_ms']:.2f} ms)")
+    return lines

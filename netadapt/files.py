@@ -6,17 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import tempfile
 from pathlib import Path
 from typing import Any
-
-# Fault injection for the kill -9 tests (tests/test_driver.py, scripts/kill_resume.py):
-# "SUFFIX" or "SUFFIX#N" kills this process with SIGKILL right after the N-th (default
-# first) atomic write of a file whose path ends with SUFFIX: a kill at an exact point of
-# any phase, without racing a fast run from outside.
-KILL_ENV = "NETADAPT_TEST_KILL_AFTER"
-_writes: dict[str, int] = {}
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -31,16 +23,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    if os.environ.get(KILL_ENV):
-        _kill_if_asked(path)
-
-
-def _kill_if_asked(path: Path) -> None:
-    suffix, _, nth = os.environ[KILL_ENV].partition("#")
-    if str(path).endswith(suffix):
-        _writes[suffix] = _writes.get(suffix, 0) + 1
-        if _writes[suffix] == int(nth or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def link_atomic(source: Path, path: Path) -> None:
@@ -50,8 +32,6 @@ def link_atomic(source: Path, path: Path) -> None:
     tmp.unlink(missing_ok=True)
     os.link(source, tmp)
     os.replace(tmp, path)
-    if os.environ.get(KILL_ENV):
-        _kill_if_asked(path)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

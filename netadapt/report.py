@@ -1,14 +1,20 @@
-"""Pictures and tables of a run, built from its history at the edge."""
+"""Pictures and tables of a run, built from its run directory at the edge: the
+accuracy-vs-latency plot, the comparison of the seed, the result and the baselines, and
+the verdict on it."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .files import write_bytes_atomic
+from .records import BaselineRecord, SeedRecord, of_type
+from .rundir import RunDir
 from .search import Budget
 
 
@@ -55,6 +61,84 @@ def plot_history(history: pd.DataFrame, path: Path, budgets: Sequence[Budget] = 
     fig.savefig(buffer, format="png")
     plt.close(fig)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def plot_run(run: Path, budgets: Sequence[Budget] = ()) -> None:
+    """Redraw RUN/accuracy_vs_latency.png from the run's journal."""
+    plot_history(RunDir(run).history_table(), run / "accuracy_vs_latency.png", budgets)
+
+
+def comparison(path: Path) -> pd.DataFrame:
+    """Seed, the search's result and every baseline of a run, side by side; for each
+    baseline, netadapt's test-accuracy margin over it, paired on the same test images,
+    and that margin's standard error (``margin``, ``margin_se``)."""
+    from .train import paired_margin
+
+    run = RunDir.open(path)
+    final, records = run.require_final(), run.records()
+    seed = of_type(records, SeedRecord)[0]
+    rows = [{"network": "seed", "setting": "", "spec": "seed.yaml", **seed.to_dict(),
+             "steps": 0, "holdout_px": final.holdout_px,
+             "test_accuracy": final.seed_test_accuracy, "test_px": final.seed_test_px},
+            {"network": "netadapt", "setting": f"{final.iteration} iterations",
+             "spec": "best.yaml", **final.to_dict()}]
+    ours = _test_correct(path / "best.test_correct.pt")
+    for r in of_type(records, BaselineRecord):
+        row = {"network": r.name, "setting": r.knob or r.note or "",
+               "spec": f"baselines/{r.name}.yaml" if r.trained else "", **r.to_dict()}
+        theirs = _test_correct(path / f"baselines/{r.name}.test_correct.pt")
+        if ours is not None and theirs is not None and ours.shape == theirs.shape:
+            row["margin"], row["margin_se"] = paired_margin(ours, theirs)
+        rows.append(row)
+    columns = ["network", "setting", "latency_ms", "params", "macs", "steps", "deploy_steps",
+               "accuracy", "holdout_px", "test_accuracy", "test_px", "margin", "margin_se",
+               "spec"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def _test_correct(path: Path) -> torch.Tensor | None:
+    from .model import read_state_dict
+
+    return read_state_dict(path)["correct"] if path.is_file() else None
+
+
+def training_note(path: Path) -> str:
+    """How many training steps from the seed the comparison's networks got, in words."""
+    from .config import SearchConfig
+
+    run = RunDir.open(path)
+    config = SearchConfig.from_json(run.config["search"])
+    final = run.require_final()
+    return (f"netadapt: {final.iteration} iterations x {config.short_term_steps} + "
+            f"{config.long_term_steps} long-term = {final.steps} steps from the seed; "
+            f"every baseline: {final.steps} steps from the seed"
+            + (f"; then each {final.deploy_steps} steps at its input size"
+               if final.deploy_steps else ""))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A run's networks side by side, how they were trained, and the verdict."""
+
+    table: pd.DataFrame  # comparison(), with measured_ms when measured
+    training: str  # training_note()
+    metric: str  # top-1 | mIoU
+    verdict: str
+
+
+def compare_run(path: Path, measure: bool) -> Comparison:
+    """The comparison of a finished run; ``measure``: each network also timed end to end
+    on this machine (interleaved, a few seconds)."""
+    from .spec import load_spec
+
+    table = comparison(path)
+    if measure:
+        present = table["spec"].astype(bool)
+        specs = [load_spec(path / p) for p in table.loc[present, "spec"]]
+        table.loc[present, "measured_ms"] = measure_here_ms(specs)
+    metric = RunDir.open(path).config.get("metric", "top-1")
+    return Comparison(table.drop(columns="spec"), training_note(path), metric,
+                      verdict(table, metric))
 
 
 def measure_here_ms(specs: Sequence[object], bursts: int = 5, rounds: int = 20) -> list[float]:

@@ -9,7 +9,7 @@ The user's own: device profiles and the tables ``netadapt profile`` measures, in
 same layout under the user directory: ``$NETADAPT_HOME`` when set, else
 ``$XDG_DATA_HOME/netadapt`` (``~/.local/share/netadapt``); never inside the installed
 package. A table or profile there takes precedence over a shipped one of the same name.
-(Trained seeds are a cache, not data: ``$NETADAPT_CACHE``, netadapt/seedcache.py.)
+(Trained seeds are a cache, not data: ``$NETADAPT_CACHE``, netadapt/seed.py.)
 """
 
 from __future__ import annotations

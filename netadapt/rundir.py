@@ -142,6 +142,14 @@ class RunDir:
         """The result's record; None until the search has finished."""
         return next(iter(of_type(self.records(), FinalRecord)), None)
 
+    def require_final(self) -> FinalRecord:
+        """The result's record; refuses a run whose search has not finished."""
+        final = self.final_record()
+        if final is None:
+            raise RunError(f"{self.path}: the search has not finished; run "
+                           f"`netadapt search --resume {self.path}` first")
+        return final
+
     def baseline_records(self) -> list[BaselineRecord]:
         """The finished baselines, in the order they were recorded."""
         return of_type(self.records(), BaselineRecord)

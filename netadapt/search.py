@@ -11,7 +11,8 @@
 It does not train, time, print or write anything: it is handed ``predict_ms`` (a
 latency-table lookup) and ``evaluate_many`` (fine-tune + holdout accuracy of a whole
 iteration's proposals at once, so an executor can run them in parallel), and yields a
-record for every proposal as its result arrives and for every iteration. The caller
+record for every proposal as its result arrives (carrying whatever else the evaluation
+returned: weights, timings) and for every iteration. The caller
 persists them and, to resume, hands the records back as ``history``: finished proposals
 are not evaluated again.
 """
@@ -136,6 +137,10 @@ class Proposal:
     spec: NetworkSpec = field(repr=False, compare=False)
     resources: dict[str, float] = field(compare=False)
     accuracy: float
+    # the evaluation's whole result as evaluate_many returned it (weights, per-image
+    # correctness, timings), for the caller to save; None for a proposal read back from
+    # the journal
+    result: object = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -162,16 +167,18 @@ class Start:
 
 Event = Proposal | Iteration
 Evaluate = Callable[[int, NetworkSpec, str], float]  # (iteration, child spec, group) -> acc
-# (iteration, [(child spec, group), ...]) -> (group, accuracy) of each, as each finishes
-EvaluateMany = Callable[[int, Sequence[tuple[NetworkSpec, str]]], Iterable[tuple[str, float]]]
+# (iteration, [(child spec, group), ...]) -> (group, accuracy, result) of each, as each
+# finishes; the result (anything) travels with the proposal's record
+Evaluated = tuple[str, float, object]
+EvaluateMany = Callable[[int, Sequence[tuple[NetworkSpec, str]]], Iterable[Evaluated]]
 
 
 def one_by_one(evaluate: Evaluate) -> EvaluateMany:
-    """An EvaluateMany that evaluates the proposals one after another."""
+    """An EvaluateMany that evaluates the proposals one after another (no result)."""
     def evaluate_many(iteration: int, children: Sequence[tuple[NetworkSpec, str]]
-                      ) -> Iterator[tuple[str, float]]:
+                      ) -> Iterator[Evaluated]:
         for child, group in children:
-            yield group, evaluate(iteration, child, group)
+            yield group, evaluate(iteration, child, group), None
     return evaluate_many
 
 
@@ -179,6 +186,13 @@ def resources_of(spec: NetworkSpec, predict_ms: Callable[[NetworkSpec], float]
                  ) -> dict[str, float]:
     return {"latency_ms": predict_ms(spec), "params": float(count_params(spec)),
             "macs": float(count_macs(spec))}
+
+
+def resolve_budgets(texts: Sequence[str], seed: NetworkSpec,
+                    predict_ms: Callable[[NetworkSpec], float]) -> tuple[Budget, ...]:
+    """Budgets as given on the command line, percentages taken of ``seed``'s values."""
+    seed_resources = resources_of(seed, predict_ms)
+    return tuple(parse_budget(text, seed_resources) for text in texts)
 
 
 def smallest_reachable(spec: NetworkSpec, predict_ms: Callable[[NetworkSpec], float]
@@ -250,11 +264,7 @@ def netadapt(
                           f"slope (MobileNetV3: dAcc / |dLatency|)")
     if not budgets:
         raise BudgetError("no budget given; e.g. --budget 20ms")
-    measures: dict[str, Callable[[NetworkSpec], float]] = {
-        "latency_ms": predict_ms,
-        "params": lambda s: float(count_params(s)),
-        "macs": lambda s: float(count_macs(s)),
-    }
+    measures = _measures(predict_ms)
     done_iterations = {e.iteration: e for e in history if isinstance(e, Iteration)}
     done_proposals = {(e.iteration, e.group): e for e in history if isinstance(e, Proposal)}
     spec, accuracy, resources = start.spec, start.accuracy, dict(start.resources)
@@ -269,26 +279,16 @@ def netadapt(
         driver = pending[0]  # latency first when it is unmet (budgets keep CLI order)
         resource = driver.resource
         scheduled = schedule.reduction(iteration, start.resources[resource])
-        reduction, candidates = scheduled, []
-        for _ in range(MAX_HALVINGS + 1):  # no group meets the target: a smaller step
-            target = max(resources[resource] - reduction, driver.limit)
-            candidates = propose(spec, resource, target, measures[resource])
-            if candidates:
-                break
-            reduction /= 2
-        if not candidates:
-            raise BudgetError(
-                f"cannot reduce {resource} below {format_resource(resource, resources[resource])}"
-                f" by shrinking any single channel group, even by 1/{2 ** MAX_HALVINGS} of the "
-                f"scheduled step; the unmet budget is {driver}")
+        target, reduction, candidates = _candidates(spec, resources, driver, scheduled,
+                                                    measures[resource])
         found = {g: done_proposals[(iteration, g)] for g, *_ in candidates
                  if (iteration, g) in done_proposals}
         todo = {g: (width, child) for g, width, child, _ in candidates if g not in found}
-        for group, child_accuracy in evaluate_many(iteration,
-                                                   [(c, g) for g, (_, c) in todo.items()]):
+        for group, child_accuracy, result in evaluate_many(
+                iteration, [(c, g) for g, (_, c) in todo.items()]):
             width, child = todo[group]
             found[group] = Proposal(iteration, group, spec.group(group).width, width, child,
-                                    resources_of(child, predict_ms), child_accuracy)
+                                    resources_of(child, predict_ms), child_accuracy, result)
             yield found[group]
         # candidates' order, whatever order the results came in: ties rank the same
         proposals = [found[group] for group, *_ in candidates]
@@ -298,6 +298,31 @@ def netadapt(
                         runner_up)
         spec, accuracy, resources = best.spec, best.accuracy, dict(best.resources)
     raise BudgetError(f"budgets not met after {max_iterations} iterations")
+
+
+def _measures(predict_ms: Callable[[NetworkSpec], float]
+              ) -> dict[str, Callable[[NetworkSpec], float]]:
+    """How each resource of a spec is measured."""
+    return {"latency_ms": predict_ms, "params": lambda s: float(count_params(s)),
+            "macs": lambda s: float(count_macs(s))}
+
+
+def _candidates(spec: NetworkSpec, resources: dict[str, float], driver: Budget,
+                scheduled: float, measure: Callable[[NetworkSpec], float]
+                ) -> tuple[float, float, list[tuple[str, int, NetworkSpec, float]]]:
+    """An iteration's target, the reduction it asks for and its proposals: the
+    scheduled step, halved while no single group can meet the target."""
+    resource, reduction = driver.resource, scheduled
+    for _ in range(MAX_HALVINGS + 1):
+        target = max(resources[resource] - reduction, driver.limit)
+        candidates = propose(spec, resource, target, measure)
+        if candidates:
+            return target, reduction, candidates
+        reduction /= 2
+    raise BudgetError(
+        f"cannot reduce {resource} below {format_resource(resource, resources[resource])}"
+        f" by shrinking any single channel group, even by 1/{2 ** MAX_HALVINGS} of the "
+        f"scheduled step; the unmet budget is {driver}")
 
 
 def _rank(proposals: list[Proposal], criterion: str, accuracy: float,

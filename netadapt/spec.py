@@ -325,6 +325,16 @@ class NetworkSpec:
         return f"{self.name}: {len(self.blocks)} blocks, {self.task}, input {self.input_size}"
 
 
+def at_size(spec: NetworkSpec, size: int) -> NetworkSpec:
+    """``spec`` at a square input size, named ``NAME@SIZE`` (``spec`` itself when it
+    already has that size). The name carries the size because tables, journals and
+    validation files are keyed by spec name, and one seed is covered at several sizes."""
+    if spec.input_size == (size, size):
+        return spec
+    base = spec.name.split("@")[0]
+    return dataclasses.replace(spec, input_size=(size, size), name=f"{base}@{size}")
+
+
 _BLOCK_ORDER = ("kernel", "exp", "out", "stride", "dilation", "se", "act", "expand", "residual")
 
 

@@ -27,8 +27,11 @@ from .spec import NetworkSpec
 Progress = Callable[[int, float], None]  # (steps done, training loss of the last step)
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
-# Short fine-tunes need BN running statistics that keep up with the changing weights;
-# torchvision's 0.01 leaves them stale after a few hundred steps (DESIGN.md section 1).
+# Short fine-tunes need BN running statistics that keep up with the changing weights
+# (eval mode normalises with them). Each step keeps (1 - momentum) of the old average:
+# with torchvision's 0.01, after 100 steps 0.99^100 = 37% of it still describes the
+# network before the fine-tune (for a pruned child, other weights and activations), and
+# a later evaluation judges stale statistics, not the weights; with 0.1, 0.9^100 < 0.01%.
 FINETUNE_BN_MOMENTUM = 0.1
 
 
@@ -86,14 +89,7 @@ def finetune(model: nn.Module, data: Data, steps: int, *, lr: float = 0.02,
                 # masks (N x H x W): pixel-wise, VOC's 255 ("void") left out
                 loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing,
                                        ignore_index=IGNORE_INDEX if y.dim() == 3 else -100)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            _backward_step(loss, opt, scaler)
             if checkpoint is not None and checkpoint.due(step + 1, steps):
                 checkpoint.save({"step": step + 1, "model": model.state_dict(),
                                  "optimizer": opt.state_dict(),
@@ -102,6 +98,19 @@ def finetune(model: nn.Module, data: Data, steps: int, *, lr: float = 0.02,
             if progress is not None:
                 progress(step + 1, float(loss.detach()))
     return model.eval()
+
+
+def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None) -> None:
+    """One optimizer step on ``loss`` (through the gradient scaler under mixed precision)."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
 
 
 def train_seed(spec: NetworkSpec, data: Data, steps: int, *, lr: float = 0.1,

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import copy
+import gzip
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from netadapt.cost import count_macs, count_params
 from netadapt.spec import NetworkSpec, spec_from_dict
+
+if TYPE_CHECKING:
+    from netadapt.config import SearchConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
@@ -121,3 +129,50 @@ def fake_accuracy(spec) -> float:
 
 def evaluate(iteration, spec, group) -> float:
     return fake_accuracy(spec)
+
+
+def write_idx(directory: Path, n_train: int = 240, n_test: int = 80, seed: int = 0) -> Path:
+    """A learnable 3-class IDX dataset: each class is a bright bar in another place."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 3, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 4 + 8 * label: 10 + 8 * label, 4:24] = 250
+        header = np.array([0x803, n, 28, 28], dtype=">i4").tobytes()
+        with gzip.open(directory / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(header + images.tobytes())
+        with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(np.array([0x801, n], dtype=">i4").tobytes() + labels.tobytes())
+    return directory
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two saved state dicts hold the same tensors, bit for bit."""
+    x, y = torch.load(a), torch.load(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def journal(run: Path) -> list[dict]:
+    """A run's journal records (none before it exists; a torn last line left out)."""
+    path = run / "history.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def tiny_search(folder: Path, budget_fraction: float = 0.75, **changes: Any) -> SearchConfig:
+    """The config of the tests' tiny search: the TINY spec and a generated IDX dataset
+    written into ``folder``, a latency budget of ``budget_fraction`` of the seed's
+    (fake_ms), a few steps per phase; ``changes`` override any field."""
+    from netadapt.config import SearchConfig
+    from netadapt.spec import load_spec
+
+    spec_path = folder / "tiny.yaml"
+    spec_path.write_text(yaml.safe_dump(TINY))
+    data = write_idx(folder / "data")
+    budget = fake_ms(load_spec(spec_path)) * budget_fraction
+    settings = dict(spec=str(spec_path), data=str(data), device="fake", step=0.1,
+                    short_term_steps=3, long_term_steps=4, seed_steps=6, deploy_steps=3,
+                    resolution=16, batch_size=16, holdout=40, torch_device="cpu")
+    return SearchConfig(budgets=(f"{budget:.4f}ms",), **{**settings, **changes})

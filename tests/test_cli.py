@@ -171,7 +171,7 @@ def engine(monkeypatch):
 
 
 def test_search_flags_reach_the_engine_as_a_search_config(engine, tmp_path):
-    from netadapt.driver import SearchConfig
+    from netadapt.config import SearchConfig
 
     result = run("search", "--budget", "20ms", "-b", "params=2M", "--spec", "my.yaml",
                  "--weights", "w.pt", "--device", "local-ref", "--data", "/data/x",
@@ -192,7 +192,7 @@ def test_search_flags_reach_the_engine_as_a_search_config(engine, tmp_path):
 
 def test_search_with_only_a_budget_uses_the_defaults_and_names_the_run(engine, tmp_path,
                                                                         monkeypatch):
-    from netadapt.driver import SearchConfig
+    from netadapt.config import SearchConfig
 
     monkeypatch.chdir(tmp_path)
     result = run("search", "--budget", "60%")
@@ -203,8 +203,7 @@ def test_search_with_only_a_budget_uses_the_defaults_and_names_the_run(engine, t
 
 
 def test_a_preset_sets_its_values_and_given_flags_override_them(engine, tmp_path):
-    from netadapt.cli import PRESETS
-    from netadapt.driver import SearchConfig
+    from netadapt.config import PRESETS, SearchConfig
 
     result = run("search", "--budget", "20ms", "--preset", "paper", "--weights", "w.pt",
                  "--short-term-steps", "500", "--out", str(tmp_path / "run"))

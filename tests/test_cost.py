@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from netadapt.cost import count_macs, count_params, layer_costs
+from netadapt.cost import ROLES, count_macs, count_params, layer_costs, layer_parts
 from netadapt.model import build_model
 from netadapt.spec import load_spec
 
@@ -81,3 +81,20 @@ def test_layer_rows_cover_stem_blocks_last_conv_and_head(tiny_spec):
     assert [r.name for r in rows] == ["stem", "blocks[0]", "blocks[1]", "blocks[2]",
                                       "last_conv", "head"]
     assert rows[1].resolution == (16, 16) and rows[2].resolution == (8, 8)
+
+
+def test_layer_parts_split_the_counts_by_the_models_layers(tiny_spec):
+    """Per part (what the latency estimate prices): the parts add up to the totals, and
+    their weights, all and depthwise alone, are the built model's."""
+    parts = [p for row in tiny_spec.layers for p in layer_parts(row)]
+    assert sum(p.macs for p in parts) == count_macs(tiny_spec)
+    assert sum(p.params for p in parts) == count_params(tiny_spec)
+    assert {p.role for p in parts} == set(ROLES) - {"gate"}  # gate: LR-ASPP only
+    layers = [m for m in build_model(tiny_spec).modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert sum(p.weights for p in parts) == sum(m.weight.numel() for m in layers)
+    depthwise = [m for m in layers if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert sum(p.weights for p in parts if p.role == "depthwise") == \
+        sum(m.weight.numel() for m in depthwise)
+    linear = [m for m in layers if isinstance(m, nn.Linear)]
+    assert sum(p.weights for p in parts if p.role == "linear") == \
+        sum(m.weight.numel() for m in linear)

@@ -6,64 +6,35 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from netadapt.driver import SearchConfig, baselines_for_run, resume_search, start_search
+from netadapt.baseline import baselines_for_run
+from netadapt.driver import resume_search, start_search
 from netadapt.model import build_model, load_weights
-from netadapt.records import BaselineRecord
+from netadapt.observer import LivePlot
 from netadapt.rundir import proposal_name
 from netadapt.spec import load_spec
 
-from .conftest import CONFIGS, TINY, fake_ms
-
-
-def write_idx(directory: Path, n_train: int = 240, n_test: int = 80, seed: int = 0) -> Path:
-    """A learnable 3-class IDX dataset: each class is a bright bar in another place."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 3, n).astype(np.uint8)
-        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(labels):
-            images[i, 4 + 8 * label: 10 + 8 * label, 4:24] = 250
-        header = np.array([0x803, n, 28, 28], dtype=">i4").tobytes()
-        with gzip.open(directory / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-            f.write(header + images.tobytes())
-        with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-            f.write(np.array([0x801, n], dtype=">i4").tobytes() + labels.tobytes())
-    return directory
+from .conftest import CONFIGS, fake_ms, journal, tiny_search
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """The config of a tiny search, and one uninterrupted run of it to compare with."""
     tmp_path = tmp_path_factory.mktemp("search")
-    spec_path = tmp_path / "tiny.yaml"
-    spec_path.write_text(yaml.safe_dump(TINY))
-    data = write_idx(tmp_path / "data")
-    budget = fake_ms(load_spec(spec_path)) * 0.75
-    config = SearchConfig(budgets=(f"{budget:.4f}ms",), spec=str(spec_path), data=str(data),
-                          device="fake", step=0.1, short_term_steps=3, long_term_steps=4,
-                          seed_steps=6, deploy_steps=3, resolution=16, batch_size=16,
-                          holdout=40,
-                          torch_device="cpu")
-    start_search(config, tmp_path / "full", predict_ms=fake_ms, progress=False)
+    config = tiny_search(tmp_path)
+    start_search(config, tmp_path / "full", predict_ms=fake_ms, observer=LivePlot())
     return tmp_path, config
 
 
 def test_a_search_leaves_a_complete_run_directory(setup):
     tmp_path, config = setup
     run = tmp_path / "full"
-    result = resume_search(run, predict_ms=fake_ms, progress=False)  # finished: no work
+    result = resume_search(run, predict_ms=fake_ms)  # finished: no work
     assert result.final.budgets_met and result.iterations >= 1
     best = load_spec(run / "best.yaml")
     assert fake_ms(best) <= float(config.budgets[0][:-2])
@@ -98,7 +69,7 @@ def test_checkpoints_of_recorded_phases_are_dropped_on_resume(setup, tmp_path):
     (run / "checkpoints").mkdir(exist_ok=True)
     for phase in ("seed", "long_term", "deploy-best"):
         (run / "checkpoints" / f"{phase}.pt").write_bytes(b"stale")
-    resume_search(run, predict_ms=fake_ms, progress=False)
+    resume_search(run, predict_ms=fake_ms)
     assert not list((run / "checkpoints").iterdir())
 
 
@@ -116,9 +87,9 @@ def test_an_interrupted_search_resumes_to_the_same_result(setup):
         return run_proposal(job, parent_state)
 
     with pytest.raises(KeyboardInterrupt):
-        start_search(config, tmp_path / "cut", predict_ms=fake_ms, progress=False,
+        start_search(config, tmp_path / "cut", predict_ms=fake_ms,
                      executor=Executor(crash_on_fifth))
-    resume_search(tmp_path / "cut", predict_ms=fake_ms, progress=False)
+    resume_search(tmp_path / "cut", predict_ms=fake_ms)
     assert (tmp_path / "cut" / "best.yaml").read_text() == \
         (tmp_path / "full" / "best.yaml").read_text()
     full = torch.load(tmp_path / "full" / "best.pt")
@@ -143,7 +114,7 @@ def test_only_proposals_that_can_still_win_keep_their_weights(setup, tmp_path):
         return dataclasses.replace(run_proposal(job, parent_state), accuracy=accuracy)
 
     with pytest.raises(KeyboardInterrupt):
-        start_search(config, tmp_path / "cut", predict_ms=fake_ms, progress=False,
+        start_search(config, tmp_path / "cut", predict_ms=fake_ms,
                      executor=Executor(scored))
     done = [r for r in journal(tmp_path / "cut") if r["type"] == "proposal"]
     assert [r["accuracy"] for r in done] == [0.5, 0.3, 0.5][:first - 1]
@@ -157,121 +128,14 @@ def test_only_proposals_that_can_still_win_keep_their_weights(setup, tmp_path):
 def with_baselines(setup):
     """The uninterrupted run's baselines (trained once; later calls read the journal)."""
     tmp_path, _ = setup
-    return baselines_for_run(tmp_path / "full", predict_ms=fake_ms, progress=False)
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    x, y = torch.load(a), torch.load(b)
-    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
-
-
-def journal(run: Path) -> list[dict]:
-    path = run / "history.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [json.loads(line) for line in lines if line.endswith("}")]
-
-
-# One run killed in every phase in turn: after the N-th atomic write of a file
-# (files.KILL_ENV), with a checkpoint after every step, so each kill lands mid-phase,
-# deterministically. Phase -> (kill point, what the run holds when the kill landed there:
-# record types not yet journaled, files already written).
-KILL_POINTS: dict[str, tuple[str, set[str], str | None]] = {
-    "seed training": ("checkpoints/seed.pt#3", {"seed"}, "checkpoints/seed.pt"),  # 3 of 6
-    "proposals": (".correct.pt#3", {"iteration"}, None),  # a proposal scored, not saved
-    "promotion": ("iterations/iter_001.yaml", {"iteration"}, "iterations/iter_001.yaml"),
-    "long-term fine-tune": ("checkpoints/long_term.pt#2", {"final"},  # 2 of 4 steps
-                            "checkpoints/long_term.pt"),
-    "deploy-size training": ("checkpoints/deploy-best.pt#2", {"final"},  # 2 of 3 steps
-                             "checkpoints/deploy-best.pt"),
-    "baseline training": ("checkpoints/baseline-uniform_pruning.pt#3",
-                          {"baseline uniform_pruning"},
-                          "checkpoints/baseline-uniform_pruning.pt"),
-}
-GO = """\
-import json, sys
-from pathlib import Path
-from netadapt.checkpoint import Checkpoint
-from netadapt.driver import SearchConfig, resume_search, start_search
-from tests.conftest import fake_ms
-
-load = Checkpoint.load
-def spy(self, settings):  # report which phase continues from which step
-    state = load(self, settings)
-    if state is not None:
-        print("resumed", self.path.name, state["step"], flush=True)
-    return state
-Checkpoint.load = spy
-run = Path(sys.argv[1])
-if run.exists():
-    resume_search(run, predict_ms=fake_ms, progress=False)
-else:
-    config = SearchConfig.from_json(json.loads(sys.argv[2]))
-    start_search(config, run, predict_ms=fake_ms, progress=False)
-"""
-
-
-def kill_in_every_phase(config: SearchConfig, points: dict[str, tuple[str, set[str], str | None]],
-                        run: Path, tmp_path: Path) -> None:
-    """Start ``config``'s search in a fresh process (an empty seed cache) and kill -9 it
-    at each of ``points`` in turn, every start resuming what the last kill left; then
-    resume it to the end. Checks that each kill landed in its phase and that each phase
-    killed mid-way went on from its checkpoint's step, not from the start."""
-    (tmp_path / "go.py").write_text(GO)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-           "NETADAPT_CHECKPOINT_SECONDS": "0",  # a checkpoint after every step
-           "NETADAPT_CACHE": str(tmp_path / "cache")}  # empty: the seed is trained here
-    resumed_at: str | None = None
-    for phase, (point, not_yet, written) in points.items():
-        killed = subprocess.run(
-            [sys.executable, str(tmp_path / "go.py"), str(run), json.dumps(config.to_json())],
-            env={**env, "NETADAPT_TEST_KILL_AFTER": point}, timeout=300, capture_output=True,
-            text=True)
-        assert killed.returncode == -signal.SIGKILL, (phase, killed.stderr)
-        recorded = {f"{r['type']} {r.get('name', '')}".strip() for r in journal(run)} \
-            | {r["type"] for r in journal(run)}
-        assert not recorded & not_yet and (written is None or (run / written).is_file()), \
-            (phase, recorded)
-        if resumed_at is not None:  # the phase killed last time went on from its step
-            assert resumed_at in killed.stdout, (phase, killed.stdout)
-        name, _, nth = point.partition("#")
-        resumed_at = f"resumed {Path(name).name} {nth}" if name.startswith("checkpoints/") \
-            else None
-        if phase == "seed training":
-            assert not list((tmp_path / "cache").glob("seeds/*.pt"))  # no partial seed cached
-    finished = subprocess.run(
-        [sys.executable, str(tmp_path / "go.py"), str(run)], env=env, timeout=300,
-        capture_output=True, text=True, check=True)
-    assert resumed_at is None or resumed_at in finished.stdout
-    assert not list((run / "checkpoints").glob("*.pt"))  # every phase cleaned up
-
-
-def assert_same_result(run: Path, full: Path, baselines: list[BaselineRecord]) -> None:
-    """``run`` (killed and resumed) ended with the uninterrupted ``full``'s bits: the
-    result, the seed, every trained baseline; and trained no proposal twice."""
-    assert (run / "best.yaml").read_text() == (full / "best.yaml").read_text()
-    assert same_weights(run / "best.pt", full / "best.pt")
-    assert same_weights(run / "seed.pt", full / "seed.pt")
-    for baseline in (r for r in baselines if r.trained):
-        assert same_weights(run / f"baselines/{baseline.name}.pt",
-                            full / f"baselines/{baseline.name}.pt")
-    proposals = [(r["iteration"], r["group"]) for r in journal(run) if r["type"] == "proposal"]
-    assert len(proposals) == len(set(proposals))  # none trained (and recorded) twice
-    assert len(proposals) == sum(r["type"] == "proposal" for r in journal(full))
-
-
-def test_kill_dash_nine_in_every_phase_then_resume_gives_the_same_result(
-        setup, with_baselines, tmp_path):
-    root, config = setup
-    config = dataclasses.replace(config, compare=True)  # the baselines too
-    kill_in_every_phase(config, KILL_POINTS, tmp_path / "killed", tmp_path)
-    assert_same_result(tmp_path / "killed", root / "full", with_baselines)
+    return baselines_for_run(tmp_path / "full", predict_ms=fake_ms)
 
 
 def test_baselines_meet_the_budget_and_sit_beside_the_search(setup, with_baselines):
     from typer.testing import CliRunner
 
     from netadapt.cli import app
-    from netadapt.driver import comparison
+    from netadapt.report import comparison
 
     tmp_path, config = setup
     run = tmp_path / "full"
@@ -289,7 +153,7 @@ def test_baselines_meet_the_budget_and_sit_beside_the_search(setup, with_baselin
                      run / f"baselines/{r.name}.pt")
     table = comparison(run)
     assert list(table["network"][:2]) == ["seed", "netadapt"] and len(table) == 6
-    assert baselines_for_run(run, predict_ms=fake_ms, progress=False) == records  # no rework
+    assert baselines_for_run(run, predict_ms=fake_ms) == records  # no rework
     result = CliRunner().invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
     assert "uniform_pruning" in result.output and "the best baseline" in result.output
@@ -312,12 +176,12 @@ def test_bad_runs_fail_before_any_work_and_leave_nothing(setup, tmp_path, change
         change = {"weights": str(tmp_path / "small.pt")}
     bad = dataclasses.replace(config, **change)
     with pytest.raises(NetadaptError, match=fragment):
-        start_search(bad, tmp_path / "run", predict_ms=fake_ms, progress=False)
+        start_search(bad, tmp_path / "run", predict_ms=fake_ms)
     assert not (tmp_path / "run").exists()
 
 
 def test_imagenet_weights_load_into_a_ten_class_seed_with_a_fresh_classifier(tmp_path):
-    from netadapt.driver import load_seed_weights
+    from netadapt.seed import load_seed_weights
 
     spec = load_spec(CONFIGS / "mobilenetv3_small.yaml")
     imagenet = build_model(spec)
@@ -333,19 +197,19 @@ def test_imagenet_weights_load_into_a_ten_class_seed_with_a_fresh_classifier(tmp
 
 
 def test_a_trained_seed_is_cached_and_reused_by_the_next_run(setup, tmp_path):
-    from netadapt.seedcache import cache_dir
+    from netadapt.seed import cache_dir
 
     _, config = setup
     fast = dataclasses.replace(config, budgets=("99%",))  # no iteration: only the seed
-    first = start_search(fast, tmp_path / "a", predict_ms=fake_ms, progress=False)
-    again = start_search(fast, tmp_path / "b", predict_ms=fake_ms, progress=False)
+    first = start_search(fast, tmp_path / "a", predict_ms=fake_ms)
+    again = start_search(fast, tmp_path / "b", predict_ms=fake_ms)
     assert "reused the cached seed" in again.seed.notes[0]
     assert str(cache_dir()) in again.seed.notes[0]
     a, b = (torch.load(tmp_path / r / "seed.pt") for r in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert first.seed.accuracy == again.seed.accuracy
     other = start_search(dataclasses.replace(fast, seed_steps=5), tmp_path / "c",
-                         predict_ms=fake_ms, progress=False)  # another recipe, another key
+                         predict_ms=fake_ms)  # another recipe, another key
     assert "trained the seed" in other.seed.notes[0]
 
 
@@ -355,7 +219,7 @@ def test_weights_for_another_class_count_get_their_classifier_fitted(setup, tmp_
     seven = build_model(dataclasses.replace(spec, num_classes=7))
     torch.save(seven.state_dict(), tmp_path / "seven.pt")
     fast = dataclasses.replace(config, budgets=("99%",), weights=str(tmp_path / "seven.pt"))
-    result = start_search(fast, tmp_path / "run", predict_ms=fake_ms, progress=False)
+    result = start_search(fast, tmp_path / "run", predict_ms=fake_ms)
     assert "fitted them" in result.seed.notes[0]
     seed = torch.load(tmp_path / "run" / "seed.pt")
     fresh = build_model(dataclasses.replace(spec, num_classes=3)).state_dict()

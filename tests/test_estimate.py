@@ -14,17 +14,18 @@ from typer.testing import CliRunner
 
 from netadapt.cli import app
 from netadapt.latency import LatencyTable, load_device, load_table
+from netadapt.latency.coverage import required_keys
 from netadapt.latency.estimate import (
     PHONE_TERMS,
     Published,
     estimate,
     fit_phone_model,
-    network_terms,
     nnls,
     published_points,
     size_sweep_points,
 )
-from netadapt.latency.table import COLUMNS, KEY_COLUMNS, required_keys
+from netadapt.latency.table import COLUMNS, KEY_COLUMNS
+from netadapt.latency.terms import network_terms
 from netadapt.resources import shipped_dir
 from netadapt.spec import load_spec
 
@@ -42,7 +43,7 @@ def source_table(specs) -> tuple[LatencyTable, pd.DataFrame]:
     frame = pd.DataFrame([[getattr(k, c) for c in KEY_COLUMNS] + [1.0, 0.01, 20] for k in keys],
                          columns=COLUMNS)
     meta = {"device": "src", "runtime": {"onnxruntime": "1.0", "threads": 1},
-            "reference": {"key": keys[0]._asdict(), "base_ms": 1.0},
+            "reference": {"key": keys[0].columns(), "base_ms": 1.0},
             "seeds": [{"name": s.name, "signature": "", "spec": s.to_dict(), "factor": 0.7}
                       for s in specs]}
     return LatencyTable("src", {k: 1.0 for k in keys}, meta), frame

@@ -13,17 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
-from netadapt.driver import SearchConfig, start_search
+from netadapt.driver import start_search
 from netadapt.errors import NetadaptError
 from netadapt.executors import Executor, ProcessExecutor, WorkerError
 from netadapt.jobs import ProposalJob, ProposalResult, run_proposal
-from netadapt.spec import load_spec
 
-from .conftest import TINY
-from .test_driver import write_idx
+from .conftest import tiny_search
 from .test_search import fake_ms
 
 MARKERS = "NETADAPT_TEST_MARKERS"  # a folder: a job dies once per marker it leaves there
@@ -51,15 +48,8 @@ def always_raises(job: ProposalJob, parent_state) -> ProposalResult:
 def setup(tmp_path_factory):
     """A tiny search's config and its serial (in-process) run to compare with."""
     tmp_path = tmp_path_factory.mktemp("executors")
-    spec_path = tmp_path / "tiny.yaml"
-    spec_path.write_text(yaml.safe_dump(TINY))
-    data = write_idx(tmp_path / "data")
-    budget = fake_ms(load_spec(spec_path)) * 0.8
-    config = SearchConfig(budgets=(f"{budget:.4f}ms",), spec=str(spec_path), data=str(data),
-                          device="fake", step=0.1, short_term_steps=3, long_term_steps=2,
-                          seed_steps=6, deploy_steps=0, resolution=16, batch_size=16,
-                          holdout=40, torch_device="cpu")
-    start_search(config, tmp_path / "serial", predict_ms=fake_ms, progress=False)
+    config = tiny_search(tmp_path, 0.8, long_term_steps=2, deploy_steps=0)
+    start_search(config, tmp_path / "serial", predict_ms=fake_ms)
     return tmp_path, config
 
 
@@ -84,7 +74,7 @@ def assert_same_result(run: Path, reference: Path) -> None:
 def test_two_worker_processes_give_the_serial_result_bit_for_bit(setup):
     tmp_path, config = setup
     with ProcessExecutor(2) as executor:
-        start_search(config, tmp_path / "two", predict_ms=fake_ms, progress=False,
+        start_search(config, tmp_path / "two", predict_ms=fake_ms,
                      executor=executor)
     assert_same_result(tmp_path / "two", tmp_path / "serial")
     proposals = [r for r in journal(tmp_path / "two") if r["type"] == "proposal"]
@@ -97,7 +87,7 @@ def test_a_worker_that_dies_is_replaced_and_its_job_retried(setup, tmp_path, mon
     base, config = setup
     monkeypatch.setenv(MARKERS, str(tmp_path))
     with ProcessExecutor(2, function=dies_once) as executor:
-        start_search(config, tmp_path / "run", predict_ms=fake_ms, progress=False,
+        start_search(config, tmp_path / "run", predict_ms=fake_ms,
                      executor=executor)
     assert_same_result(tmp_path / "run", base / "serial")
     attempts = [r["attempts"] for r in journal(tmp_path / "run") if r["type"] == "proposal"]
@@ -108,7 +98,7 @@ def test_a_job_that_always_fails_stops_the_search_with_its_traceback(setup, tmp_
     _, config = setup
     with ProcessExecutor(2, function=always_raises, retries=1) as executor, \
             pytest.raises(NetadaptError) as error:
-        start_search(config, tmp_path / "run", predict_ms=fake_ms, progress=False,
+        start_search(config, tmp_path / "run", predict_ms=fake_ms,
                      executor=executor)
     message = str(error.value)
     assert "\n" not in message and "failed 2 times" in message and "--resume" in message
@@ -156,7 +146,8 @@ def test_resume_with_workers_after_kill_dash_nine_trains_no_proposal_twice(setup
     script.write_text(
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from netadapt.driver import SearchConfig, resume_search, start_search\n"
+        "from netadapt.config import SearchConfig\n"
+        "from netadapt.driver import resume_search, start_search\n"
         "from netadapt.executors import ProcessExecutor\n"
         "from tests.test_search import fake_ms\n"
         f"config = SearchConfig.from_json(json.loads({json.dumps(json.dumps(config.to_json()))}))\n"
@@ -164,10 +155,10 @@ def test_resume_with_workers_after_kill_dash_nine_trains_no_proposal_twice(setup
         "if __name__ == '__main__':\n"
         "    with ProcessExecutor(2) as executor:\n"
         "        if sys.argv[1] == 'start':\n"
-        "            start_search(config, run, predict_ms=fake_ms, progress=False,\n"
+        "            start_search(config, run, predict_ms=fake_ms,\n"
         "                         executor=executor)\n"
         "        else:\n"
-        "            resume_search(run, predict_ms=fake_ms, progress=False, executor=executor)\n")
+        "            resume_search(run, predict_ms=fake_ms, executor=executor)\n")
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root)}
     run = tmp_path / "killed"
@@ -209,7 +200,7 @@ def test_ray_tasks_give_the_serial_result_and_a_crashed_task_is_retried(setup, t
     try:
         with RayExecutor("local", num_cpus=2, function=dies_once) as executor:
             assert executor.slots == 2
-            start_search(config, tmp_path / "ray", predict_ms=fake_ms, progress=False,
+            start_search(config, tmp_path / "ray", predict_ms=fake_ms,
                          executor=executor)
     finally:
         ray.shutdown()

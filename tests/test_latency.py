@@ -13,20 +13,29 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from netadapt.cli import app
 from netadapt.cost import count_macs
 from netadapt.errors import LatencyError
-from netadapt.latency import LatencyTable, entry_keys, load_device, load_table
-from netadapt.latency import profile as prof
+from netadapt.latency import LatencyTable, build, entry_keys, load_device, load_table
+from netadapt.latency.build import reference_key
+from netadapt.latency.calibrate import (
+    calibrate,
+    calibration_variants,
+    fit_calibration,
+    random_variants,
+)
+from netadapt.latency.coverage import required_keys
 from netadapt.latency.estimate import estimate
 from netadapt.latency.graphs import entry_model, input_shape, network_model
-from netadapt.latency.measure import time_round_robin
-from netadapt.latency.profile import ProfileJournal
-from netadapt.latency.table import input_elements_m, required_keys, table_paths
+from netadapt.latency.journal import JOURNAL_COLUMNS, JOURNAL_FILE, ProfileJournal
+from netadapt.latency.measure import fast_ms, time_round_robin
+from netadapt.latency.table import input_elements_m, table_paths
 from netadapt.latency.timers import LocalTimer, parse_perf_test
+from netadapt.latency.validate import save_validation, validate
 from netadapt.spec import load_spec, save_spec
 
 from .conftest import CONFIGS
@@ -58,7 +67,7 @@ def root(tmp_path, monkeypatch):
 @pytest.fixture
 def built(root, tiny_spec):
     """The fast device's table for the tiny spec, really measured."""
-    prof.profile(load_device("fast"), [tiny_spec], root=root, progress=False, log=lambda _: None)
+    build.profile(load_device("fast"), [tiny_spec], root=root, progress=False, log=lambda _: None)
     return load_table("fast")
 
 
@@ -84,12 +93,34 @@ def test_entries_are_stem_blocks_last_conv_and_head(tiny_spec):
 
 def test_entry_keys_chain_the_walks_widths_and_sizes():
     large = load_spec(CONFIGS / "mobilenetv3_large.yaml")
-    for spec in [large, *prof.random_variants(large, 5)]:
+    for spec in [large, *random_variants(large, 5)]:
         keys = [k for _, k in entry_keys(spec)]
         for (prev, key), row in zip(zip(keys, keys[1:]), spec.layers[1:]):
             if key.kind != "head":  # the head's input is the pooled 1x1 vector
                 assert (key.c_in, key.h, key.w) == (prev.out, row.h, row.w)
         assert keys[-2].h == keys[-2].w == 7 and keys[-1].c_in == spec.last_conv.out
+
+
+def test_an_entry_key_is_its_spec_row_and_the_table_columns_are_its_fields(tiny_spec):
+    """One row schema: a key is the spec.Layer it times with the row's name and derived
+    widths blank, and the table's key columns are Layer's fields, in the shipped files'
+    order; a table written and read back gives the same keys."""
+    import io
+
+    from netadapt.latency.table import COLUMNS, KEY_COLUMNS, _read_csv, frame_to_csv, keys_of
+    from netadapt.spec import Layer
+
+    assert KEY_COLUMNS == [f for f in Layer._fields if f not in ("name", "squeeze", "low")]
+    assert KEY_COLUMNS == ["kind", "c_in", "exp", "out", "kernel", "stride", "dilation", "se",
+                           "act", "expand", "residual", "h", "w", "h_out", "w_out"]
+    keys = [k for _, k in entry_keys(tiny_spec)]
+    for row, key in zip(tiny_spec.layers, keys):
+        assert isinstance(key, Layer) and key.name == "" and key.squeeze == 0
+        assert key[1:13] == row[1:13] or key.kind == "head"
+    frame = pd.DataFrame([{**k.columns(), "ms": 1.0, "spread": 0.0, "n": 1} for k in keys])
+    text = frame_to_csv(frame)
+    assert text.splitlines()[0] == ",".join(COLUMNS)
+    assert keys_of(_read_csv(io.BytesIO(text.encode()))) == keys
 
 
 def test_network_graph_runs_in_onnxruntime_with_the_specs_output(tiny_spec):
@@ -110,7 +141,7 @@ def test_table_covers_every_width_the_search_can_reach(tiny_spec):
     for group in tiny_spec.groups:
         for width in range(8, group.width + 1, 8):
             assert table.covers(tiny_spec.with_group_width(group.name, width)), group.name
-    for variant in prof.random_variants(tiny_spec, 40):
+    for variant in random_variants(tiny_spec, 40):
         assert table.covers(variant)
 
 
@@ -160,10 +191,10 @@ def test_missing_entry_names_it_and_the_command_that_adds_it(tiny_spec, tiny_dic
 
 
 def test_prediction_is_cheaper_than_counting_macs(tiny_spec):
-    """>= 10,000 predictions/s in practice (scripts/bench_latency.py prints the rate);
+    """>= 10,000 predictions/s in practice (benchmarks/bench_latency.py prints the rate);
     here only a relation: a lookup costs no more than the analytic MAC count."""
     large = load_spec(CONFIGS / "mobilenetv3_large.yaml")
-    variants = prof.random_variants(large, 300)
+    variants = random_variants(large, 300)
     table = fake_table(large)
     table.predict_ms(variants[0])
 
@@ -212,20 +243,20 @@ def test_calibration_fits_what_entries_timed_alone_pay_per_input_element_and_per
     n = np.full(25, 18.0)  # one seed structure: every variant has the seed's entries
     w = np.ones(25)
     y = 0.9 * (x - 0.8 * e - 0.05 * n)
-    assert prof.fit_calibration(x, e, n, y, w) == pytest.approx((0.9, 0.8, 0.05), rel=1e-9)
+    assert fit_calibration(x, e, n, y, w) == pytest.approx((0.9, 0.8, 0.05), rel=1e-9)
     y2 = 0.9 * (x - 0.8 * e)
-    assert prof.fit_calibration(x, e, n, y2, w) == pytest.approx((0.9, 0.8, 0.0), abs=1e-9)
-    factor, boundary, per_entry = prof.fit_calibration(x[:4], e[:4], n[:4], y[:4], w[:4])
+    assert fit_calibration(x, e, n, y2, w) == pytest.approx((0.9, 0.8, 0.0), abs=1e-9)
+    factor, boundary, per_entry = fit_calibration(x[:4], e[:4], n[:4], y[:4], w[:4])
     assert boundary == per_entry == 0 and factor == pytest.approx(float(
         np.sum(x[:4] / y[:4]) / np.sum((x[:4] / y[:4]) ** 2)))
-    assert prof.fit_calibration(x, e, n, 0.9 * (x + 0.5 * e), w)[1] == 0
-    assert prof.fit_calibration(x, e, n, 0.9 * (x - 0.8 * e + 0.05 * n), w)[2] == 0
+    assert fit_calibration(x, e, n, 0.9 * (x + 0.5 * e), w)[1] == 0
+    assert fit_calibration(x, e, n, 0.9 * (x - 0.8 * e + 0.05 * n), w)[2] == 0
 
 
 def test_calibration_variants_reach_the_thin_networks_low_budgets_produce(tiny_spec):
     """Half the calibration networks as the search makes them early, half deep: a
     factor fitted to mild cuts alone mispriced thin networks by 15-40% (README)."""
-    variants = prof.calibration_variants(tiny_spec, 24)
+    variants = calibration_variants(tiny_spec, 24)
     assert len(variants) == len({v.name for v in variants}) == 24
 
     def share(v):
@@ -240,7 +271,7 @@ def test_two_timing_processes_build_the_same_table(built, root, tiny_spec):
     two = dataclasses.replace(load_device("fast"), name="fast2", protocol=dataclasses.replace(
         load_device("fast").protocol, processes=2))
     (root / "configs" / "devices" / "fast2.yaml").write_text(FAST.format(name="fast2"))
-    result = prof.profile(two, [tiny_spec], root=root, progress=False, log=lambda _: None)
+    result = build.profile(two, [tiny_spec], root=root, progress=False, log=lambda _: None)
     table = load_table("fast2")
     assert set(table._entries) == set(built._entries) and result.measured >= len(built._entries)
     assert table.meta["profiling"]["last_run_processes"] == 2
@@ -268,9 +299,9 @@ def interrupt_profile(root: Path, spec) -> list[dict]:
             return super().time(models, rounds, warmup)
 
     with pytest.raises(KeyboardInterrupt):
-        prof.profile(device, [spec], root=root, progress=False, log=lambda _: None,
-                     timer=Interrupting(device))
-    journal = table_paths("fast")[0].parent / prof.JOURNAL_FILE
+        build.profile(device, [spec], root=root, progress=False, log=lambda _: None,
+                      timer=Interrupting(device))
+    journal = table_paths("fast")[0].parent / JOURNAL_FILE
     records = [json.loads(line) for line in journal.read_text().splitlines()]
     assert len([r for r in records if r["type"] == "attempt"]) == 2 * device.protocol.chunk
     return records
@@ -284,10 +315,10 @@ def quiet_attempts(records: list[dict]) -> int:
 
 def test_interrupted_profile_continues_where_it_stopped(root, tiny_spec):
     records = interrupt_profile(root, tiny_spec)
-    with open(table_paths("fast")[0].parent / prof.JOURNAL_FILE, "a") as f:
+    with open(table_paths("fast")[0].parent / JOURNAL_FILE, "a") as f:
         f.write('{"type": "attempt", "kind": "bl')  # a kill in the middle of a line
-    result = prof.profile(load_device("fast"), [tiny_spec], root=root, progress=False,
-                          log=lambda _: None)
+    result = build.profile(load_device("fast"), [tiny_spec], root=root, progress=False,
+                           log=lambda _: None)
     total = len(required_keys(tiny_spec))
     # noisy ones get retried
     assert result.measured - result.remeasured == total - quiet_attempts(records)
@@ -301,35 +332,34 @@ def test_a_profile_interrupted_by_netadapt_0_1_0_continues_from_its_csv_journal(
     reference): all three are read, and removed once the table is written."""
     records = interrupt_profile(root, tiny_spec)
     folder = table_paths("fast")[0].parent
-    (folder / prof.JOURNAL_FILE).unlink()
+    (folder / JOURNAL_FILE).unlink()
     attempts = [r for r in records if r["type"] == "attempt"]
     (folder / "journal.csv").write_text(  # as 0.1.0 wrote it, torn by a kill
-        ",".join(prof.JOURNAL_COLUMNS) + "\n" + "".join(
+        ",".join(JOURNAL_COLUMNS) + "\n" + "".join(
             ",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c])
-                     for c in prof.JOURNAL_COLUMNS) + "\n" for r in attempts) + "block,16,48")
+                     for c in JOURNAL_COLUMNS) + "\n" for r in attempts) + "block,16,48")
     ratios = [r["ratio"] for r in records if r["type"] == "ratio"]
     assert ratios
     (folder / "journal_seeds.csv").write_text("".join(f"tiny,{v:.6g}\n" for v in ratios))
     # another reference than this run would pick: the one the legacy attempts name wins
     other = next(k for _, k in entry_keys(tiny_spec)
-                 if k.kind == "block" and k != prof.reference_key(tiny_spec))
+                 if k.kind == "block" and k != reference_key(tiny_spec))
     (folder / "journal.json").write_text(json.dumps(
-        {"reference": other._asdict(), "fresh": False, "seeds": [tiny_spec.to_dict()]}))
+        {"reference": other.columns(), "fresh": False, "seeds": [tiny_spec.to_dict()]}))
     earlier: list = []
-    calibrate = prof.calibrate
 
     def spy(table, seed, timer, ref_model, base_ms, proto, earlier_ratios=(), variants=None):
         earlier.append(list(earlier_ratios))
         return calibrate(table, seed, timer, ref_model, base_ms, proto, earlier_ratios,
                          variants)
 
-    monkeypatch.setattr(prof, "calibrate", spy)
-    result = prof.profile(load_device("fast"), [tiny_spec], root=root, progress=False,
-                          log=lambda _: None)
+    monkeypatch.setattr(build, "calibrate", spy)
+    result = build.profile(load_device("fast"), [tiny_spec], root=root, progress=False,
+                           log=lambda _: None)
     total = len(required_keys(tiny_spec))
     assert result.measured - result.remeasured == total - quiet_attempts(records)
     table = load_table("fast")
-    assert table.covers(tiny_spec) and table.meta["reference"]["key"] == other._asdict()
+    assert table.covers(tiny_spec) and table.meta["reference"]["key"] == other.columns()
     assert earlier[0][:len(ratios)] == pytest.approx(ratios, rel=1e-5)
     assert not [p for p in ProfileJournal(folder).paths if p.exists()]
 
@@ -341,8 +371,8 @@ def test_profile_extends_a_table_with_another_seed(built, tiny_spec, tiny_dict):
     tiny_dict["last_conv"]["out"] = 96
     wide = spec_from_dict(tiny_dict)
     assert not built.covers(wide)
-    result = prof.profile(load_device("fast"), [wide], root=built_root(), progress=False,
-                          log=lambda _: None)
+    result = build.profile(load_device("fast"), [wide], root=built_root(), progress=False,
+                           log=lambda _: None)
     table = load_table("fast")
     assert table.covers(wide) and table.covers(tiny_spec)
     assert result.measured < len(required_keys(wide))  # shared entries are not re-timed
@@ -359,19 +389,31 @@ def test_round_robin_timing_ranks_large_above_small(clock):
     shape = (1, 3, 224, 224)
     ms = time_round_robin([(network_model(large), shape), (network_model(small), shape)],
                           {"threads": 1, "clock": clock}, rounds=10, warmup=1)
-    fast = prof.fast_ms(ms)
+    fast = fast_ms(ms)
     assert fast[0] > fast[1] > 0
 
 
 def test_validate_reports_error_statistics_and_saves_them(built, tiny_spec):
-    summary, frame = prof.validate(built, load_device("fast"), tiny_spec, 8, progress=False,
-                                   rounds=5)
+    summary, frame = validate(built, load_device("fast"), tiny_spec, 8, progress=False,
+                              rounds=5)
     assert len(frame) == 8 and set(frame.columns) >= {"predicted_ms", "measured_ms", "error"}
     for field in ("median_abs_error", "max_abs_error", "within_5pct", "within_10pct",
                   "spearman"):
         assert field in summary
-    saved = prof.save_validation("fast", summary, frame)
+    saved = save_validation("fast", summary, frame)
     assert json.loads(saved.read_text())["variants"] == 8
+
+
+def test_validate_from_the_cli_reports_and_saves_each_seed_with_its_clock(built, tiny_spec,
+                                                                          tmp_path):
+    path = tmp_path / "tiny.yaml"
+    save_spec(tiny_spec, path)
+    result = cli.invoke(app, ["profile", "--device", "fast", "--spec", str(path),
+                              "--validate", "2", "--clock", "thread"])
+    assert result.exit_code == 0, result.output
+    assert "tiny on fast" in result.output and "2 variants, median |error|" in result.output
+    saved = table_paths("fast")[0].parent / "validation_tiny_thread.json"
+    assert json.loads(saved.read_text())["clock"] == "thread"
 
 
 def test_estimate_reproduces_the_published_numbers_it_was_fitted_to(built, tiny_spec,
@@ -509,7 +551,7 @@ def test_ctrl_c_during_profile_says_how_to_continue(root, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prof, "profile", interrupted)
+    monkeypatch.setattr(build, "profile", interrupted)
     result = cli.invoke(app, ["profile", "--device", "fast", "--spec",
                               str(CONFIGS / "mobilenetv3_small.yaml")])
     assert result.exit_code == 130
@@ -518,24 +560,25 @@ def test_ctrl_c_during_profile_says_how_to_continue(root, monkeypatch):
 
 # ---------------------------------------------------------------------- input sizes
 def test_a_table_extends_to_other_input_sizes(built, tiny_spec):
-    from netadapt.latency.table import at_size, multiplier_specs
+    from netadapt.latency.coverage import multiplier_specs
+    from netadapt.spec import at_size
 
     at48 = at_size(tiny_spec, 48)
     assert not built.covers(at48)
     line = str(pytest.raises(LatencyError, built.predict_ms, at48).value)
     assert "--input-size 48" in line and "netadapt profile --device fast" in line
-    result = prof.profile(load_device("fast"), [tiny_spec], root=built_root(), progress=False,
-                          log=lambda _: None, input_sizes=[48], multiplier_sizes=[64])
+    result = build.profile(load_device("fast"), [tiny_spec], root=built_root(), progress=False,
+                           log=lambda _: None, input_sizes=[48], multiplier_sizes=[64])
     table = load_table("fast")
     head_keys = {k for k in required_keys(tiny_spec) if k.kind in ("head", "classifier")}
     assert result.measured - result.remeasured < len(required_keys(at48)) - len(head_keys) + 60
     # every width at 48 px, the seed and its multipliers at 64 px, 32 px kept
     assert table.covers(tiny_spec) and table.covers(at48)
-    assert all(table.covers(v) for v in prof.random_variants(at48, 10))
+    assert all(table.covers(v) for v in random_variants(at48, 10))
     at64 = at_size(tiny_spec, 64)
     assert all(table.covers(m) for m in multiplier_specs(at64))
     assert table.covers(dataclasses.replace(at64, num_classes=100))
-    assert not table.covers(prof.random_variants(at64, 1)[0])
+    assert not table.covers(random_variants(at64, 1)[0])
     # one calibration per structure and size; larger inputs take longer
     seeds = {s["name"]: s for s in table.meta["seeds"]}
     assert {n: s["coverage"] for n, s in seeds.items()} == {
@@ -545,7 +588,8 @@ def test_a_table_extends_to_other_input_sizes(built, tiny_spec):
 
 
 def test_multiplier_coverage_is_the_seed_and_its_scaled_networks():
-    from netadapt.latency.table import at_size, multiplier_specs
+    from netadapt.latency.coverage import multiplier_specs
+    from netadapt.spec import at_size
 
     large = at_size(load_spec(CONFIGS / "mobilenetv3_large.yaml"), 160)
     keys = required_keys(large, "multipliers")
@@ -572,11 +616,18 @@ def test_entry_weights_are_appended_raw_and_parse_as_onnx(tiny_spec):
 def test_bad_multiplier_sizes_are_one_line(root):
     one_line_error(cli.invoke(app, ["profile", "--device", "fast", "--multiplier-sizes",
                                     "96,abc"]), "--multiplier-sizes: expected sizes")
+    one_line_error(cli.invoke(app, ["profile", "--device", "fast", "--multiplier-sizes",
+                                    "96,8"]), "--multiplier-sizes: sizes must be >= 16")
+
+
+def test_a_bad_clock_is_one_line(root):
+    one_line_error(cli.invoke(app, ["profile", "--device", "fast", "--clock", "cpu"]),
+                   "--clock: must be wall or thread")
 
 
 def test_recalibrate_times_no_entry_and_records_the_clock(built, tiny_spec):
     device = load_device("fast")
-    result = prof.profile(device, [tiny_spec], root=built_root(), progress=False,
-                          log=lambda _: None, recalibrate=True)
+    result = build.profile(device, [tiny_spec], root=built_root(), progress=False,
+                           log=lambda _: None, recalibrate=True)
     assert result.measured == 0 and [c["seed"] for c in result.calibration] == ["tiny"]
     assert load_table("fast").meta["seeds"][0]["clock"] == "wall"

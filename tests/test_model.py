@@ -49,9 +49,16 @@ def test_weights_round_trip_gives_identical_outputs(tiny_spec, tmp_path):
 
 
 def test_checkpoint_dict_with_a_state_dict_entry_is_accepted(tiny_spec, tmp_path):
+    saved = randomize_(build_model(tiny_spec)).state_dict()
+    torch.save({"epoch": 3, "state_dict": saved}, tmp_path / "ckpt.pt")
     model = build_model(tiny_spec)
-    torch.save({"epoch": 3, "state_dict": model.state_dict()}, tmp_path / "ckpt.pt")
-    load_weights(build_model(tiny_spec), tmp_path / "ckpt.pt")
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    load_weights(model, tmp_path / "ckpt.pt")
+    loaded = model.state_dict()
+    assert list(loaded) == list(saved)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)  # every tensor loaded
+    floating = [k for k in saved if saved[k].is_floating_point()]
+    assert all(not torch.equal(fresh[k], saved[k]) for k in floating)  # none was there before
 
 
 def test_weights_for_another_architecture_name_the_key(tmp_path):

@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 
 from netadapt.cli import app
 from netadapt.errors import LatencyError
-from netadapt.latency import entry_keys, load_device, load_table
-from netadapt.latency import profile as prof
+from netadapt.latency import build, entry_keys, load_device, load_table
 from netadapt.latency.graphs import entry_model, input_shape, network_model
-from netadapt.latency.timers import AdbTimer, SshTimer
+from netadapt.latency.ssh import SshTimer
+from netadapt.latency.timers import AdbTimer
 from netadapt.spec import load_spec, save_spec
 
 from .conftest import CONFIGS
@@ -34,10 +34,16 @@ from .test_latency import FAST, one_line_error
 
 cli = CliRunner()
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-needs_sshd = pytest.mark.skipif(
+_has_sshd = pytest.mark.skipif(
     not os.access(SSHD, os.X_OK) or shutil.which("ssh") is None,
     reason="needs OpenSSH's sshd and ssh (Debian: apt-get install openssh-server "
            "openssh-client; .ci/run installs them when it runs as root)")
+
+
+def needs_sshd(test):
+    """A test against the sshd started here: skipped without OpenSSH, and slow (an sshd,
+    a board venv, logins; deselect with -m "not slow")."""
+    return pytest.mark.slow(_has_sshd(test))
 
 SSHD_CONFIG = """\
 ListenAddress 127.0.0.1
@@ -145,7 +151,7 @@ def ssh_device(root: Path, sshd, python: Path | str, name: str = "board", **over
 def test_profile_over_ssh_builds_a_table_that_a_search_uses(root, sshd, board, tiny_spec,
                                                            tmp_path):
     device = load_device(ssh_device(root, sshd, board))
-    result = prof.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None)
+    result = build.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None)
     table = load_table("board")
     assert result.rows > 0 and table.covers(tiny_spec) and not table.is_estimate
     assert table.meta["runner"] == "ssh" and table.meta["runtime"]["onnxruntime"]
@@ -162,7 +168,7 @@ def test_profile_over_ssh_builds_a_table_that_a_search_uses(root, sshd, board, t
 
 def search_cli(tmp_path: Path, spec, device: str, budget: str):
     """`netadapt search` on a tiny spec and a tiny IDX dataset, a few steps each."""
-    from .test_driver import write_idx
+    from .conftest import write_idx
 
     spec_path = tmp_path / "tiny.yaml"
     save_spec(spec, spec_path)
@@ -189,8 +195,8 @@ def test_a_whole_profile_is_a_few_ssh_logins_not_one_per_chunk(root, sshd, board
     before = log.read_text().count("Accepted publickey")
     device = load_device(ssh_device(root, sshd, board))
     timer = SshTimer(device)
-    result = prof.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None,
-                          timer=timer)
+    result = build.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None,
+                           timer=timer)
     logins = log.read_text().count("Accepted publickey") - before
     chunks = result.measured // device.protocol.chunk
     assert chunks >= 3 and logins <= 3  # check, the worker, the CPU's name
@@ -240,7 +246,6 @@ def profile_error(fragment: str) -> str:
 def test_unreachable_host_says_to_check_the_board_and_its_sshd(root, sshd, board):
     ssh_device(root, sshd, board, port=free_port())
     line = profile_error("cannot reach")
-    print(line)
     assert "Connection refused" in line and "sshd running" in line and "port:" in line
 
 
@@ -248,7 +253,6 @@ def test_unreachable_host_says_to_check_the_board_and_its_sshd(root, sshd, board
 def test_refused_key_says_to_install_it_on_the_board(root, sshd, board, tmp_path):
     ssh_device(root, sshd, board, identity=str(keygen(tmp_path / "other_key")))
     line = profile_error("refused the key login")
-    print(line)
     assert "ssh-copy-id" in line and "identity:" in line
 
 
@@ -258,7 +262,6 @@ def test_unknown_host_key_says_to_log_in_once_by_hand(root, sshd, board, tmp_pat
         "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={tmp_path}/empty_known_hosts",
         "-o", "StrictHostKeyChecking=yes"])
     line = profile_error("host key")
-    print(line)
     assert "log in once by hand" in line
 
 
@@ -266,7 +269,6 @@ def test_unknown_host_key_says_to_log_in_once_by_hand(root, sshd, board, tmp_pat
 def test_board_without_onnxruntime_says_to_install_it(root, sshd, tmp_path):
     ssh_device(root, sshd, make_venv(tmp_path / "bare", ("numpy",)))
     line = profile_error("no usable onnxruntime")
-    print(line)
     assert "onnxruntime" in line and "pip install onnxruntime numpy" in line
 
 
@@ -274,7 +276,6 @@ def test_board_without_onnxruntime_says_to_install_it(root, sshd, tmp_path):
 def test_missing_python_on_the_board_says_to_set_it(root, sshd, tmp_path):
     ssh_device(root, sshd, tmp_path / "no" / "python3")
     line = profile_error("not found on")
-    print(line)
     assert "set python:" in line
 
 

@@ -14,16 +14,18 @@ import pytest
 import torch
 from PIL import Image
 
-from netadapt.driver import SearchConfig, comparison, start_search
+from netadapt.config import SearchConfig
+from netadapt.driver import start_search
 from netadapt.errors import DataError, ExportError
 from netadapt.export import export_onnx, parity
 from netadapt.latency import load_table
+from netadapt.latency.coverage import required_keys
 from netadapt.latency.graphs import entry_keys, entry_model, input_shape, network_model
-from netadapt.latency.table import at_size, required_keys
 from netadapt.model import build_model
+from netadapt.report import comparison
 from netadapt.scoring import confusion, mean_iou, per_image_pixel_accuracy, pixel_accuracy
 from netadapt.segdata import IGNORE_INDEX, load_segmentation, synthetic_canvases
-from netadapt.spec import load_spec, spec_from_dict
+from netadapt.spec import at_size, load_spec, spec_from_dict
 
 from .conftest import CONFIGS, TINY, randomize_
 from .test_search import fake_ms
@@ -263,7 +265,7 @@ def test_tiny_lraspp_search_runs_end_to_end_and_scores_miou(tiny_seg, tmp_path):
                           device="fake", step=0.15, short_term_steps=2, long_term_steps=2,
                           seed_steps=4, batch_size=8, holdout=6, input_size=24,
                           torch_device="cpu", compare=True)
-    result = start_search(config, tmp_path / "run", predict_ms=fake_ms, progress=False)
+    result = start_search(config, tmp_path / "run", predict_ms=fake_ms)
     run = json.loads((tmp_path / "run" / "config.json").read_text())
     assert run["metric"] == "mIoU" and run["data"]["task"] == "segmentation"
     assert result.final.budgets_met and result.iterations >= 1
@@ -342,14 +344,15 @@ def one_core():
     os.sched_setaffinity(0, cores)
 
 
+@pytest.mark.slow
 def test_kill_dash_nine_in_every_phase_of_a_segmentation_search_then_resume(
         tiny_seg, tmp_path, one_core):
-    """The classifier's kill test (tests/test_driver.py) on a tiny LR-ASPP search of the
+    """The classifier's kill test (tests/test_kill.py) on a tiny LR-ASPP search of the
     built-in SYNTHETIC set, trained at 24 px and deployed at 32 so that every phase runs
     (the deploy-size training and the baselines included): killed in each phase in turn
     and resumed, it ends with the uninterrupted run's best.yaml, best.pt, seed and
     baselines, bit for bit."""
-    from .test_driver import KILL_POINTS, assert_same_result, kill_in_every_phase
+    from .test_kill import KILL_POINTS, assert_same_result, kill_in_every_phase
 
     spec_path = tmp_path / "tiny_seg.yaml"
     spec_path.write_text(json.dumps(TINY_SEG))
@@ -357,7 +360,7 @@ def test_kill_dash_nine_in_every_phase_of_a_segmentation_search_then_resume(
                           device="fake", step=0.1, short_term_steps=3, long_term_steps=4,
                           seed_steps=6, deploy_steps=3, resolution=24, batch_size=8,
                           holdout=40, torch_device="cpu", compare=True)
-    full = start_search(config, tmp_path / "full", predict_ms=fake_ms, progress=False)
+    full = start_search(config, tmp_path / "full", predict_ms=fake_ms)
     run = json.loads((tmp_path / "full" / "config.json").read_text())
     assert "SYNTHETIC" in run["data"]["source"] and run["metric"] == "mIoU"
     assert full.iterations >= 1 and full.final.deploy_steps == 3

@@ -6,7 +6,14 @@ import pytest
 import yaml
 
 from netadapt.errors import SpecError
-from netadapt.spec import dumps_spec, load_spec, loads_spec, make_divisible, spec_from_dict
+from netadapt.spec import (
+    at_size,
+    dumps_spec,
+    load_spec,
+    loads_spec,
+    make_divisible,
+    spec_from_dict,
+)
 
 from .conftest import CONFIGS
 
@@ -154,3 +161,11 @@ def test_a_group_width_copy_equals_the_fully_checked_spec(name):
     assert spec.layers == spec_from_dict(spec.to_dict()).layers  # the parent untouched
     with pytest.raises(SpecError, match="multiple of 8"):
         spec.with_group_width(spec.groups[0].name, 12)
+
+
+def test_at_size_names_the_spec_by_its_size(tiny_spec):
+    at48 = at_size(tiny_spec, 48)
+    assert at48.input_size == (48, 48) and at48.name == f"{tiny_spec.name}@48"
+    assert at48.blocks == tiny_spec.blocks
+    assert at_size(at48, 64).name == f"{tiny_spec.name}@64"  # one size in the name
+    assert at_size(tiny_spec, 32) is tiny_spec  # its own size: itself, name unchanged

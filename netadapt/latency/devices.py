@@ -8,6 +8,7 @@ recorded with every table, and the measurement protocol.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ..errors import LatencyError
 from ..resources import search_roots, user_dir
 
 RUNNERS = ("local", "adb", "ssh")
+CLOCKS = ("wall", "thread")  # see measure.CLOCKS
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Protocol:
 
 @dataclass(frozen=True)
 class Device:
+    """A device profile: where tables are timed (``runner``) and how."""
+
     name: str
     description: str
     runner: str
@@ -59,6 +63,20 @@ class Device:
                 "clock": str(self.runtime.get("clock", "wall"))}
 
 
+def with_overrides(device: Device, clock: str | None = None,
+                   processes: int | None = None) -> Device:
+    """``device`` with a command line's choices in place of its profile's: the timer's
+    clock (``runtime.clock``) and the timing processes (``protocol.processes``)."""
+    if clock is not None:
+        if clock not in CLOCKS:
+            raise LatencyError(f"--clock: must be {' or '.join(CLOCKS)}, got {clock!r}")
+        device = dataclasses.replace(device, runtime={**device.runtime, "clock": clock})
+    if processes is not None:
+        device = dataclasses.replace(device, protocol=dataclasses.replace(
+            device.protocol, processes=processes))
+    return device
+
+
 def _profiles(root: Path | None) -> dict[str, Path]:
     """Every device profile by name; the user's own win over shipped ones
     (netadapt/resources.py)."""
@@ -69,6 +87,7 @@ def _profiles(root: Path | None) -> dict[str, Path]:
 
 
 def list_devices(root: Path | None = None) -> list[Device]:
+    """Every device profile, by name."""
     return [load_device(name, root) for name in _profiles(root)]
 
 

@@ -22,7 +22,7 @@ measured with an older TFLite, so only each network's latency *relative to its o
 224 px* is used) fixes how latency falls with the input size, which the width sweep
 alone cannot tell (every term there scales with the positions alike). Non-negative
 coefficients, fitted on relative error, validated by leave-one-out on every published
-point and by leaving each size of the sweep out (scripts/pixel_estimate.py compares every
+point and by leaving each size of the sweep out (benchmarks/pixel_estimate.py compares every
 model of up to four of TERMS; README "Devices" has the comparison).
 
 The terms are linear in the entries' widths where the table composes entries
@@ -47,148 +47,16 @@ from ..cost import conv_output_size
 from ..errors import LatencyError
 from ..resources import shipped_dir
 from ..spec import NetworkSpec, load_spec, make_divisible
+from .coverage import CLASSES
 from .devices import Device
-from .graphs import EntryKey, entry_keys
-from .profile import write_table
-from .table import CLASSES, COLUMNS, FORMAT, LatencyTable, key_of
+from .graphs import BLANK, EntryKey, classifier_key
+from .table import COLUMNS, FORMAT, LatencyTable, keys_of, load_table, read_table_files, write_table
+from .terms import keys_terms, network_terms, term_values
 
 PHONE_TERMS = ("mmacs", "depthwise_mmacs", "conv_m_positions", "conv_weights_m")
 SOURCE = "Howard et al. 2019 (MobileNetV3), TFLite float, single big core, batch 1"
 SIZE_SWEEP_SOURCE = ("TensorFlow slim MobileNetV2 checkpoints table (Pixel 1, TFLite float, "
                      "big core): ratios to each network's own largest size")
-
-
-# Segmentation entries (graphs.EntryKey): 1x1 convs at their input size, no depthwise.
-_SEG_CONVS = ("conv", "seg_classifier")
-
-
-def _out_hw(key: EntryKey) -> tuple[int, int]:
-    if key.kind in ("lraspp_high", "upsample"):
-        return key.h_out, key.w_out
-    if key.kind in _SEG_CONVS:
-        return key.h, key.w
-    return (conv_output_size(key.h, key.kernel, key.stride, key.dilation),
-            conv_output_size(key.w, key.kernel, key.stride, key.dilation))
-
-
-def _squeeze(key: EntryKey) -> int:
-    return make_divisible(key.exp // 4) if key.se else 0
-
-
-def pointwise_macs(key: EntryKey) -> float:
-    """Dense conv MACs: the stem, a block's 1x1 expansion and projection, the last conv."""
-    if key.kind == "stem":
-        ho, wo = _out_hw(key)
-        return key.c_in * key.out * key.kernel ** 2 * ho * wo
-    if key.kind in ("last_conv", *_SEG_CONVS):
-        return key.c_in * key.out * key.h * key.w
-    if key.kind == "lraspp_high":  # the 1x1 conv of the 128-channel branch
-        return key.c_in * key.exp * key.h * key.w
-    if key.kind == "block":
-        ho, wo = _out_hw(key)
-        return (key.c_in * key.exp * key.h * key.w if key.expand else 0) + \
-            key.exp * key.out * ho * wo
-    return 0
-
-
-def gemm_macs(key: EntryKey) -> float:
-    """The head's two fully connected layers (or one classifier)."""
-    if key.kind == "head":
-        return key.c_in * key.exp + key.exp * key.out
-    if key.kind == "classifier":
-        return key.c_in * key.out
-    if key.kind == "lraspp_high":  # the gate's 1x1 conv on the pooled feature
-        return key.c_in * key.exp
-    return 0
-
-
-def depthwise_outputs(key: EntryKey) -> float:
-    """Output elements of a block's depthwise conv (k*k MACs each)."""
-    if key.kind != "block":
-        return 0
-    ho, wo = _out_hw(key)
-    return key.exp * ho * wo
-
-
-def se_macs(key: EntryKey) -> float:
-    return 2 * key.exp * _squeeze(key) if key.kind == "block" else 0
-
-
-def weights(key: EntryKey) -> float:
-    """Weights read per inference (biases and folded BN left out: a few per channel)."""
-    if key.kind == "stem":
-        return key.c_in * key.out * key.kernel ** 2
-    if key.kind in ("last_conv", *_SEG_CONVS):
-        return key.c_in * key.out
-    if key.kind in ("head", "classifier"):
-        return gemm_macs(key)
-    if key.kind == "lraspp_high":
-        return 2 * key.c_in * key.exp
-    if key.kind == "upsample":
-        return 0
-    return ((key.c_in * key.exp if key.expand else 0) + key.exp * key.kernel ** 2
-            + key.exp * key.out + 2 * key.exp * _squeeze(key))
-
-
-def activations(key: EntryKey) -> float:
-    """Activation elements written (input read once: the previous entry wrote it)."""
-    if key.kind in ("head", "classifier"):
-        return 0
-    ho, wo = _out_hw(key)
-    if key.kind in ("stem", "last_conv", "upsample", *_SEG_CONVS):
-        return key.out * ho * wo
-    if key.kind == "lraspp_high":  # the branch, gated, then resized
-        return key.exp * (key.h * key.w + ho * wo)
-    expanded = key.exp * key.h * key.w if key.expand else 0
-    return expanded + key.exp * ho * wo + key.out * ho * wo
-
-
-def se_elements(key: EntryKey) -> float:
-    """Elements an SE block pools and rescales (the expanded tensor after depthwise)."""
-    return depthwise_outputs(key) if key.se else 0
-
-
-def conv_positions(key: EntryKey) -> float:
-    """Output positions summed over the entry's convs (expand, depthwise, project; the
-    stem; the last conv), independent of their widths. The head's are 1x1: none."""
-    if key.kind in ("head", "classifier", "upsample"):
-        return 0
-    ho, wo = _out_hw(key)
-    if key.kind in ("stem", "last_conv", *_SEG_CONVS):
-        return ho * wo
-    if key.kind == "lraspp_high":
-        return key.h * key.w
-    return (key.h * key.w if key.expand else 0) + 2 * ho * wo
-
-
-def conv_weights(key: EntryKey) -> float:
-    """Weights of the entry's convolutions (the head's fully connected layers left out:
-    they are read once whatever the input size too, but fit no published point)."""
-    return 0.0 if key.kind in ("head", "classifier") else weights(key)
-
-
-def macs(key: EntryKey) -> float:
-    """All multiply-accumulates of the entry (netadapt.cost's count, per entry)."""
-    return (pointwise_macs(key) + gemm_macs(key) + depthwise_outputs(key) * key.kernel ** 2
-            + se_macs(key))
-
-
-# The terms a model may use, per entry: millions of each, "entries" a fixed cost per
-# entry, and SOURCE_TERM the source table's own time for the entry.
-TERMS: dict[str, Callable[[EntryKey], float]] = {
-    "mmacs": lambda k: macs(k) / 1e6,
-    "se_m_elements": lambda k: se_elements(k) / 1e6,
-    "conv_m_positions": lambda k: conv_positions(k) / 1e6,
-    "pointwise_mmacs": lambda k: pointwise_macs(k) / 1e6,
-    "depthwise_mmacs": lambda k: depthwise_outputs(k) * k.kernel ** 2 / 1e6,
-    "gemm_mmacs": lambda k: gemm_macs(k) / 1e6,
-    "depthwise_m_outputs": lambda k: depthwise_outputs(k) / 1e6,
-    "weights_m": lambda k: weights(k) / 1e6,
-    "conv_weights_m": lambda k: conv_weights(k) / 1e6,
-    "activations_m": lambda k: activations(k) / 1e6,
-    "entries": lambda k: 0.0 if k.kind == "classifier" else 1.0,
-}
-SOURCE_TERM = "source_ms"  # the source table's entry time (the device it was measured on)
 
 
 @dataclass(frozen=True)
@@ -226,7 +94,8 @@ def mobilenet_v2_keys(alpha: float, size: int) -> list[EntryKey]:
     input size. Outside the search space: built for the size sweep that fits the
     estimate, so only its terms are ever needed, never a measured entry."""
     c = make_divisible(32 * alpha)
-    keys = [EntryKey("stem", 3, 0, c, 3, 2, 1, False, "relu", False, False, size, size)]
+    conv = BLANK._replace(kernel=1, stride=1, dilation=1, act="relu")
+    keys = [conv._replace(kind="stem", c_in=3, out=c, kernel=3, stride=2, h=size, w=size)]
     hw = conv_output_size(size, 3, 2, 1)
     for t, width, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
                            (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
@@ -234,15 +103,14 @@ def mobilenet_v2_keys(alpha: float, size: int) -> list[EntryKey]:
         for i in range(n):
             stride = s if i == 0 else 1
             exp = make_divisible(c * t)
-            keys.append(EntryKey("block", c, max(exp, c), out, 3, stride, 1, False, "relu",
-                                 exp > c, stride == 1 and c == out, hw, hw))
+            keys.append(conv._replace(kind="block", c_in=c, exp=max(exp, c), out=out, kernel=3,
+                                      stride=stride, expand=exp > c,
+                                      residual=stride == 1 and c == out, h=hw, w=hw))
             hw = conv_output_size(hw, 3, stride, 1)
             c = out
     last = make_divisible(1280 * alpha) if alpha > 1 else 1280
-    keys.append(EntryKey("last_conv", c, 0, last, 1, 1, 1, False, "relu", False, False,
-                         hw, hw))
-    keys.append(EntryKey("classifier", last, 0, 1001, 0, 0, 0, False, "linear", False,
-                         False, 1, 1))
+    keys.append(conv._replace(kind="last_conv", c_in=c, out=last, h=hw, w=hw))
+    keys.append(classifier_key(last, 1001))
     return keys
 
 
@@ -265,6 +133,7 @@ class SizePoint:
 
     @property
     def ratio(self) -> float:
+        """The published latency at this size / at the sweep's largest."""
         return self.ms / self.largest_ms
 
 
@@ -306,10 +175,12 @@ class EstimateFit:
 
     @property
     def fit_errors(self) -> np.ndarray:
+        """Each published point's relative error under the fit to all of them."""
         return self.fitted_ms / self._published - 1
 
     @property
     def loo_errors(self) -> np.ndarray:
+        """Each published point's relative error under a fit without it."""
         return self.loo_ms / self._published - 1
 
     @property
@@ -322,9 +193,11 @@ class EstimateFit:
         return np.array([p.ms for p in self.points])
 
     def formula(self) -> str:
+        """The fitted model, e.g. ``0.13 x mmacs + 0.69 x depthwise_mmacs``."""
         return " + ".join(f"{c:.4g} x {t}" for t, c in zip(self.terms, self.coef))
 
     def to_dict(self) -> dict[str, Any]:
+        """The fit as an ESTIMATE's meta.json records it (``estimate_fit``)."""
         out = {
             "model": f"entry_ms = {' + '.join(f'c[{t}] x {t}' for t in self.terms)}",
             "coefficients": {t: float(c) for t, c in zip(self.terms, self.coef)},
@@ -343,32 +216,6 @@ class EstimateFit:
                            for p, f, lo in zip(self.sweep, self.sweep_fitted, self.sweep_loso)],
                 "leave_size_out_max_abs_error": float(np.abs(self.sweep_loso_errors).max())}
         return out
-
-
-def term_values(key: EntryKey, terms: Sequence[str],
-                source: LatencyTable | None = None) -> list[float]:
-    """The model's terms for one entry."""
-    values = []
-    for t in terms:
-        if t == SOURCE_TERM:
-            ms = source.entry_ms(key) if source is not None else None
-            values.append(float("nan") if ms is None else ms)
-        else:
-            values.append(TERMS[t](key))
-    return values
-
-
-def keys_terms(keys: Sequence[EntryKey], terms: Sequence[str],
-               source: LatencyTable | None = None) -> np.ndarray:
-    """Sum of the terms over a network's entries."""
-    return np.array([term_values(k, terms, source) for k in keys]).sum(axis=0)
-
-
-def network_terms(spec: NetworkSpec, terms: Sequence[str],
-                  source: LatencyTable | None = None) -> np.ndarray:
-    """Sum of the terms over the spec's entries (the source's time uncalibrated: its
-    coefficient absorbs the calibration, as the estimate's table has none)."""
-    return keys_terms([k for _, k in entry_keys(spec)], terms, source)
 
 
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -404,6 +251,7 @@ class Sweep:
 
     @classmethod
     def of(cls, points: Sequence[SizePoint], terms: Sequence[str]) -> Sweep:
+        """The sweep's points' terms, at their sizes and at the largest."""
         at = np.array([keys_terms(p.keys, terms) for p in points])
         top = np.array([keys_terms(p.largest_keys, terms) for p in points])
         return cls(at, top, np.array([p.ms for p in points]),
@@ -417,10 +265,12 @@ class Sweep:
         return self.at / self.ms[:, None] - self.top / self.top_ms[:, None]
 
     def subset(self, keep: np.ndarray) -> Sweep:
+        """The points where ``keep`` (a boolean mask) is true."""
         return Sweep(self.at[keep], self.top[keep], self.ms[keep], self.top_ms[keep],
                      self.sizes[keep])
 
     def ratios(self, coef: np.ndarray) -> np.ndarray:
+        """Each point's latency / at the largest size, as the model ``coef`` predicts it."""
         return (self.at @ coef) / (self.top @ coef)
 
 
@@ -496,7 +346,7 @@ def estimate(source: LatencyTable, device: Device, published: dict[str, float],
     points = [Published(label, specs[label], ms) for label, ms in published.items()]
     fit = fit_phone_model(points, terms, source, sweep)
     frame = _with_all_classes(source_frame)
-    keys = [key_of(r) for r in frame.itertuples(index=False)]
+    keys = keys_of(frame)
     values = np.array([term_values(k, terms, source) for k in keys])
     frame = frame.assign(ms=values @ fit.coef, spread=0.0, n=0)
     frame = frame.sort_values(list(COLUMNS[:-3]), kind="stable").reset_index(drop=True)
@@ -521,3 +371,18 @@ def estimate(source: LatencyTable, device: Device, published: dict[str, float],
     }
     write_table(device.name, frame[COLUMNS], meta, root)
     return fit
+
+
+def estimate_from(device: Device, source: str, root: Path | None = None) -> EstimateFit:
+    """``netadapt profile --device DEVICE --estimate-from SOURCE``: write DEVICE's
+    ESTIMATE table from SOURCE's table (see estimate), fitted to the device profile's
+    ``published:`` latencies and ``size_sweep:``; returns the fit (its points and sweep
+    included) to report."""
+    if not device.published:
+        raise LatencyError(f"device {device.name}: no published latencies in {device.path} to "
+                           f"fit an estimate to; add published: {{SPEC.yaml [xMULT]: ms}}")
+    table = load_table(source, root)
+    frame, _ = read_table_files(source, root)
+    points = published_points(dict(device.published))
+    return estimate(table, device, dict(device.published), {p.label: p.spec for p in points},
+                    frame, root, sweep=size_sweep_points(device.size_sweep))

@@ -1,7 +1,9 @@
-"""ONNX graphs for table entries and whole networks, built directly with onnx.helper.
+"""Table entries (EntryKey) and the ONNX graphs of entries and whole networks, built
+directly with onnx.helper.
 
 Building a block this way takes ~2 ms, against ~33 ms for torch.onnx.export (legacy)
-and ~1 s for the dynamo exporter (DESIGN.md section 2), and needs no torch. The graphs
+and ~1 s for the dynamo exporter (measured here; a table has tens of thousands of
+entries), and needs no torch. The graphs
 are node-for-node what torch.onnx.export writes for netadapt.model in eval mode
 (BatchNorm folded into Conv, HardSwish / Relu / HardSigmoid, GlobalAveragePool,
 Flatten, Gemm), so onnxruntime fuses them the same way. Weights are random: latency
@@ -17,7 +19,8 @@ onnx.helper cost more than timing them (15 ms per entry against 7 ms, measured h
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+import typing
+from typing import Any
 
 import numpy as np
 import onnx
@@ -56,14 +59,29 @@ def _field(number: int, length: int) -> bytes:
     return _varint(number << 3 | 2) + _varint(length)
 
 
-class EntryKey(NamedTuple):
-    """One table entry: a piece of the network the runtime executes as a unit.
+# The table's entries are keyed by spec.Layer's own fields (EntryKey is a Layer), less
+# those that place a row in its network or follow from its other fields: the row's name,
+# its SE width (from ``exp``) and an LR-ASPP row's low-level width (split into entries).
+ROW_ONLY_FIELDS = ("name", "squeeze", "low")
+KEY_FIELDS: tuple[str, ...] = tuple(f for f in Layer._fields if f not in ROW_ONLY_FIELDS)
+FIELD_TYPES: dict[str, type] = typing.get_type_hints(Layer)
+# Entries that resize their output: their output size is part of what they do. Every
+# other entry's follows from its input size and strides, and is 0 in its key.
+RESIZING = ("lraspp_high", "upsample")
+
+
+class EntryKey(Layer):
+    """One table entry: the spec.Layer row of a piece of the network the runtime
+    executes as a unit, with the fields that do not change its work blank (name ``""``;
+    ``squeeze``, ``low`` and, but for RESIZING kinds, ``h_out``, ``w_out`` 0). The
+    table's columns are KEY_FIELDS, the rest.
 
     ``kind`` is ``stem``, ``block`` (a whole inverted residual), ``last_conv`` (1x1 conv
-    + act + global pool) or ``head`` (Gemm + act + Gemm to ``out`` classes). Fields a
-    kind lacks are 0 or empty. ``h`` and ``w`` are the entry's *input* resolution.
-    ``classifier`` (the last Gemm alone, ``c_in`` -> ``out`` classes) is never a layer
-    of a network: it lets a head measured for one number of classes predict another.
+    + act + global pool) or ``head`` (Gemm + act + Gemm to ``out`` classes; no kernel:
+    ``kernel``, ``stride``, ``dilation`` 0). ``h`` and ``w`` are the entry's *input*
+    resolution. ``classifier`` (the last Gemm alone, ``c_in`` -> ``out`` classes) is
+    never a layer of a network: it lets a head measured for one number of classes
+    predict another.
 
     A segmentation network (Lite R-ASPP) has no pool after its last conv (``conv``: 1x1
     conv + act) and its head is four single-input entries, so the head's three free
@@ -74,23 +92,20 @@ class EntryKey(NamedTuple):
     (the branches' sum resized to the network's input size ``h_out`` x ``w_out``).
     """
 
-    kind: str
-    c_in: int
-    exp: int
-    out: int
-    kernel: int
-    stride: int
-    dilation: int
-    se: bool
-    act: str
-    expand: bool
-    residual: bool
-    h: int
-    w: int
-    h_out: int = 0  # lraspp_high, upsample: the size they resize to; else 0
-    w_out: int = 0
+    __slots__ = ()
+
+    @classmethod
+    def from_columns(cls, values: dict[str, Any]) -> EntryKey:
+        """The key of a mapping of KEY_FIELDS (a journal record, meta.json's reference;
+        ``h_out``, ``w_out`` may be missing: written before segmentation)."""
+        return BLANK._replace(**values)
+
+    def columns(self) -> dict[str, Any]:
+        """The key's KEY_FIELDS, as the journal and meta.json store them."""
+        return {f: getattr(self, f) for f in KEY_FIELDS}
 
     def label(self) -> str:
+        """A short description for messages, e.g. ``block 16->64->24 k3 s2 relu @56x56``."""
         if self.kind == "block":
             extra = "".join([" se" if self.se else "", " res" if self.residual else "",
                              "" if self.expand else " noexp"])
@@ -100,44 +115,68 @@ class EntryKey(NamedTuple):
             return f"head {self.c_in}->{self.exp}->{self.out} {self.act}"
         if self.kind == "classifier":
             return f"classifier {self.c_in}->{self.out}"
-        if self.kind in ("lraspp_high", "upsample"):
+        if self.kind in RESIZING:
             return (f"{self.kind} {self.c_in}->{self.exp or self.out} @{self.h}x{self.w}"
                     f"->{self.h_out}x{self.w_out}")
         return f"{self.kind} {self.c_in}->{self.out} k{self.kernel} s{self.stride} " \
                f"{self.act} @{self.h}x{self.w}"
 
 
+# Every field blank: str "", int 0, bool False (each field's type called without args).
+BLANK = EntryKey._make(FIELD_TYPES[f]() for f in Layer._fields)
+
+
+def _of_row(row: Layer) -> EntryKey:
+    """``row`` with its ROW_ONLY_FIELDS blank."""
+    return EntryKey._make(row)._replace(name="", squeeze=0, low=0)
+
+
+# What a (non-resizing) row's key keeps of it: its fields from ``kind`` to ``w``, one run
+# of Layer's fields; the rest is BLANK's. Sliced, not _replace()d: the search prices
+# thousands of new rows a second, and _replace costs 5x more.
+_KEPT = slice(Layer._fields.index("kind"), Layer._fields.index("w") + 1)
+_BEFORE: tuple[Any, ...] = BLANK[:_KEPT.start]
+_AFTER: tuple[Any, ...] = BLANK[_KEPT.stop:]
+assert set(Layer._fields[_KEPT]) | set(ROW_ONLY_FIELDS) | {"h_out", "w_out"} == \
+    set(Layer._fields)
+
+
 def entry_key(row: Layer) -> EntryKey:
-    """The table entry of one row of ``spec.layers``."""
-    if row.kind == "head":
-        return EntryKey("head", row.c_in, row.exp, row.out, 0, 0, 0, False, row.act, False,
-                        False, 1, 1)
+    """The table entry of one row of ``spec.layers`` (not an LR-ASPP head's: lraspp_keys)."""
     if row.kind == "lraspp":
         raise ValueError("an lraspp row has several entries: use lraspp_keys")
-    # stem, block, last_conv: the row's fields from c_in to w are the key's
-    return EntryKey(row.kind, *row[2:14])
+    kept = typing.cast(tuple[Any, ...], row[_KEPT])
+    key: EntryKey = tuple.__new__(EntryKey, _BEFORE + kept + _AFTER)  # type: ignore[type-var]
+    if row.kind == "head":  # Gemms, not convs
+        return key._replace(kernel=0, stride=0, dilation=0)
+    return key
 
 
 def conv_key(row: Layer) -> EntryKey:
     """A segmentation network's last conv: 1x1 conv + act, no pool."""
-    return EntryKey("conv", row.c_in, 0, row.out, 1, 1, 1, False, row.act, False, False,
-                    row.h, row.w)
+    return entry_key(row)._replace(kind="conv")
+
+
+def classifier_key(width: int, classes: int) -> EntryKey:
+    """A classification head's last Gemm alone (see EntryKey)."""
+    return BLANK._replace(kind="classifier", c_in=width, out=classes, act="linear", h=1, w=1)
 
 
 def seg_classifier_key(c_in: int, classes: int, h: int, w: int) -> EntryKey:
-    return EntryKey("seg_classifier", c_in, 0, classes, 1, 1, 1, False, "linear", False,
-                    False, h, w)
+    """An LR-ASPP branch's 1x1 conv to the classes, at ``h`` x ``w``."""
+    return BLANK._replace(kind="seg_classifier", c_in=c_in, out=classes, kernel=1, stride=1,
+                          dilation=1, act="linear", h=h, w=w)
 
 
 def upsample_key(classes: int, h: int, w: int, size: tuple[int, int]) -> EntryKey:
-    return EntryKey("upsample", classes, 0, classes, 0, 0, 0, False, "linear", False, False,
-                    h, w, size[0], size[1])
+    """The LR-ASPP branches' sum resized from ``h`` x ``w`` to the input ``size``."""
+    return BLANK._replace(kind="upsample", c_in=classes, out=classes, act="linear", h=h, w=w,
+                          h_out=size[0], w_out=size[1])
 
 
 def lraspp_keys(row: Layer, size: tuple[int, int]) -> list[tuple[str, EntryKey]]:
     """The entries of a Lite R-ASPP head row for a network with input ``size``."""
-    high = EntryKey("lraspp_high", row.c_in, row.exp, 0, 1, 1, 1, False, "relu", False,
-                    False, row.h, row.w, row.h_out, row.w_out)
+    high = _of_row(row)._replace(kind="lraspp_high", out=0)
     return [("head.high", high),
             ("head.high_classifier", seg_classifier_key(row.exp, row.out, row.h_out, row.w_out)),
             ("head.low_classifier", seg_classifier_key(row.low, row.out, row.h_out, row.w_out)),
@@ -268,6 +307,7 @@ class _Graph:
 
 
 def input_shape(key: EntryKey) -> tuple[int, ...]:
+    """The input of an entry's model (batch 1): a vector for the Gemm entries."""
     if key.kind in ("head", "classifier"):
         return (1, key.c_in)
     return (1, key.c_in, key.h, key.w)

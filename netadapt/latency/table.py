@@ -1,17 +1,18 @@
 """The latency table: entries on disk (CSV + meta.json), prediction by pure lookup.
 
 Entries are whole inverted-residual blocks, the stem, the last conv (+ global pool) and
-the head, at exact widths: onnxruntime fuses and re-lays-out the ops inside a block, so
-block entries predict the network far better than single ops (DESIGN.md section 2),
-and latency is not monotone in width (the 8-vs-16 sawtooth), so nothing is
-interpolated.
+the head, at exact widths: onnxruntime fuses and re-lays-out the ops inside a block
+(the expansion's activation into its conv, the depthwise conv's blocked layout), so a
+block timed whole predicts the network far better than the sum of its ops timed one by
+one, and latency is not monotone in width (the 8-vs-16 sawtooth), so nothing is
+interpolated (docs/latency.md).
 
 One exception keeps the grid small: a block without residual has three free widths
 (input, expansion, output). Its entries are measured on two exact slices through the
 seed's widths, (c, e, out_seed) and (in_seed, e, o), and other points are composed as
 T(c,e,o) = T(c,e,o_seed) + T(c_seed,e,o) - T(c_seed,e,o_seed): the input width only
 touches the expansion conv and the output width only the projection conv, which do not
-share data but the expanded tensor. scripts/bench_latency.py measures how far that is
+share data but the expanded tensor. benchmarks/bench_latency.py measures how far that is
 from timing the point itself.
 
 The number of classes is not searched: a head is measured for the seed's classes and
@@ -19,16 +20,12 @@ its last Gemm alone for 10, 100 and 1000 classes (CLASSES), so any other count i
 swap of that Gemm.
 
 A prediction is factor x (sum of entries - boundary x their input elements - per_entry x
-their number), all three per seed structure (profile.calibrate and fit_calibration:
-fitted to the seed and reduced variants timed end to end; boundary is what an entry
-timed alone pays for its input's layout conversion, which the whole network does once;
-per_entry is the fixed cost of running an entry alone, which does not shrink with its
-widths and so would make thin networks look slower than they are).
+their number), all three fitted per seed structure to networks timed end to end
+(calibrate.py says why each is there).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import io
@@ -40,36 +37,17 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LatencyError, NetadaptError
+from ..files import write_bytes_atomic, write_text_atomic
 from ..resources import search_roots, user_dir
-from ..spec import ClassifierHead, Layer, LRASPPHead, NetworkSpec, spec_from_dict, walk
-from .graphs import (
-    EntryKey,
-    conv_key,
-    entry_key,
-    entry_keys,
-    lraspp_keys,
-    seg_classifier_key,
-)
+from ..spec import ClassifierHead, Layer, NetworkSpec, spec_from_dict, walk
+from .graphs import BLANK, FIELD_TYPES, KEY_FIELDS, EntryKey, classifier_key, entry_key, entry_keys
 
 FORMAT = 1
-# Numbers of classes whose last Gemm every table measures: a head measured for the seed's
-# classes predicts any other number by swapping that Gemm (ImageNet, CIFAR-100,
-# Fashion-MNIST / CIFAR-10); others are interpolated linearly in the classes, the one
-# dimension the search never changes.
-CLASSES = (10, 100, 1000)
-# Numbers of classes a segmentation head is measured for besides the seed's: the built-in
-# synthetic set (10 garments + background) and Pascal VOC (20 + background).
-SEG_CLASSES = (11, 21)
-# Input sizes a table covers beyond its full width grids: at each, the seed and its
-# width-multiplier networks (what the resolution baseline and the paper's Table 9 reach).
-SIZES = (96, 128, 160, 192, 224, 256)
-MULTIPLIERS = (0.35, 0.5, 0.75, 1.0)
-COVERAGES = ("grid", "multipliers")
-KEY_COLUMNS = list(EntryKey._fields)
+KEY_COLUMNS = list(KEY_FIELDS)  # the CSV's key columns: spec.Layer's, see EntryKey
 COLUMNS = KEY_COLUMNS + ["ms", "spread", "n"]
 OPTIONAL_COLUMNS = ("h_out", "w_out")  # tables written before segmentation lack them
-_BOOL = ("se", "expand", "residual")
-_STR = ("kind", "act")
+_BOOL = tuple(c for c in KEY_COLUMNS if FIELD_TYPES[c] is bool)
+_STR = tuple(c for c in KEY_COLUMNS if FIELD_TYPES[c] is str)
 
 
 def tables_dir(root: Path | None = None) -> Path:
@@ -96,100 +74,13 @@ def _shape_class(key: EntryKey) -> tuple[Any, ...]:
     return (key.kernel, key.stride, key.dilation, key.se, key.act, key.h, key.w)
 
 
-def _composed(key: EntryKey) -> bool:
+def composed(key: EntryKey) -> bool:
     """Blocks measured on two slices and composed (see the module docstring)."""
     return key.kind == "block" and key.expand and not key.residual
 
 
-def _widths(width: int) -> range:
-    return range(8, width + 1, 8)
-
-
-def at_size(seed: NetworkSpec, size: int) -> NetworkSpec:
-    """``seed`` at a square input size (named ``NAME@SIZE`` unless it is its own)."""
-    if seed.input_size == (size, size):
-        return seed
-    base = seed.name.split("@")[0]
-    return dataclasses.replace(seed, input_size=(size, size), name=f"{base}@{size}")
-
-
-def multiplier_specs(seed: NetworkSpec) -> list[NetworkSpec]:
-    """The seed's width-multiplier networks (NetworkSpec.scaled, head kept), largest
-    first; x1.0 is the seed itself."""
-    return [seed if m == 1.0 else seed.scaled(m) for m in sorted(MULTIPLIERS, reverse=True)]
-
-
-def required_keys(seed: NetworkSpec, coverage: str = "grid") -> set[EntryKey]:
-    """Every entry needed to predict what ``coverage`` promises for ``seed`` at its input
-    size: ``grid``, any spec the search can reach from it (each group shrunk to any
-    multiple of 8 down to 8), with composed blocks' two slices; ``multipliers``, the
-    seed and its width-multiplier networks (any number of classes)."""
-    keys: set[EntryKey] = set()
-    if coverage == "multipliers":
-        keys.update(k for spec in multiplier_specs(seed) for _, k in entry_keys(spec))
-        keys.update(classifier_key(k.exp, c) for k in list(keys) if k.kind == "head"
-                    for c in sorted({*CLASSES, seed.num_classes}))
-        return keys
-    width = {f: g.width for g in seed.groups for f in g.fields}
-    c_field = "stem.out"  # the field that sets the next row's input width
-    for row in seed.layers:
-        key = entry_key(row) if row.kind != "lraspp" else EntryKey(*row[1:14])
-        if row.kind == "stem":
-            keys.update(key._replace(out=o) for o in _widths(width["stem.out"]))
-        elif row.kind == "block":
-            c_range = _widths(width[c_field])
-            e_range = _widths(width[f"{row.name}.exp"])
-            o_range = _widths(width[f"{row.name}.out"])
-            if not row.expand and row.residual:
-                keys.update(key._replace(c_in=c, exp=c, out=c) for c in c_range)
-            elif not row.expand:
-                keys.update(key._replace(c_in=c, exp=c, out=o)
-                            for c in c_range for o in o_range)
-            elif row.residual:
-                keys.update(key._replace(c_in=c, exp=e, out=c)
-                            for c in c_range for e in e_range)
-            else:
-                keys.update(key._replace(c_in=c, exp=e, out=key.out)
-                            for c in c_range for e in e_range)
-                keys.update(key._replace(c_in=key.c_in, exp=e, out=o)
-                            for e in e_range for o in o_range)
-            c_field = f"{row.name}.out"
-        elif row.kind == "last_conv":
-            if isinstance(seed.head, LRASPPHead):
-                key = conv_key(row)
-            keys.update(key._replace(c_in=c, out=o) for c in _widths(width[c_field])
-                        for o in _widths(width["last_conv.out"]))
-        elif row.kind == "lraspp":
-            keys.update(_lraspp_grid(seed, row, width))
-        else:
-            keys.update(key._replace(c_in=c, exp=w)
-                        for c in _widths(width["last_conv.out"])
-                        for w in _widths(width["head.width"]))
-            keys.update(classifier_key(w, k) for w in _widths(width["head.width"])
-                        for k in sorted({*CLASSES, seed.num_classes}))
-    return keys
-
-
-def _lraspp_grid(seed: NetworkSpec, row: Layer, width: dict[str, int]) -> set[EntryKey]:
-    """A Lite R-ASPP head's entries at every width of its three inputs, for the seed's
-    classes and SEG_CLASSES."""
-    assert isinstance(seed.head, LRASPPHead)
-    keys: set[EntryKey] = set()
-    low = width[f"blocks[{seed.head.low_block}].out"]
-    for classes in sorted({*SEG_CLASSES, seed.num_classes}):
-        for c in _widths(width["last_conv.out"]):
-            for e in _widths(width["head.inter"]):
-                keys.update(k for _, k in lraspp_keys(row._replace(
-                    c_in=c, exp=e, low=low, out=classes), seed.input_size))
-        keys.update(seg_classifier_key(c, classes, row.h_out, row.w_out) for c in _widths(low))
-    return keys
-
-
-def classifier_key(width: int, classes: int) -> EntryKey:
-    return EntryKey("classifier", width, 0, classes, 0, 0, 0, False, "linear", False, False, 1, 1)
-
-
 def _read_csv(path: Path | io.BytesIO) -> pd.DataFrame:
+    """A table's rows, typed; ValueError names a missing column or a malformed row."""
     frame = pd.read_csv(path, dtype={c: str for c in _STR})
     for c in OPTIONAL_COLUMNS:
         if c not in frame.columns:
@@ -207,6 +98,7 @@ def _read_csv(path: Path | io.BytesIO) -> pd.DataFrame:
 
 
 def frame_to_csv(frame: pd.DataFrame) -> str:
+    """A table frame as the CSV text a table file holds (its COLUMNS, 5 digits)."""
     buf = io.StringIO()
     out = frame[COLUMNS].copy()
     for c in _BOOL:  # 0 / 1, not False / True: 11 bytes a row, 0.8 MB of a 70k-row table
@@ -223,13 +115,6 @@ def entry_input_m(key: EntryKey) -> float:
 def input_elements_m(spec: NetworkSpec) -> float:
     """Millions of input elements summed over the spec's entries (see fit_calibration)."""
     return sum(entry_input_m(k) for _, k in entry_keys(spec))
-
-
-def key_of(row: Any) -> EntryKey:
-    return EntryKey(str(row.kind), int(row.c_in), int(row.exp), int(row.out), int(row.kernel),
-                    int(row.stride), int(row.dilation), bool(row.se), str(row.act),
-                    bool(row.expand), bool(row.residual), int(row.h), int(row.w),
-                    int(getattr(row, "h_out", 0)), int(getattr(row, "w_out", 0)))
 
 
 class LatencyTable:
@@ -264,7 +149,7 @@ class LatencyTable:
             self._boundary[signature(seed)] = float(seed_meta.get("boundary_ms_per_m", 0.0))
             self._per_entry[signature(seed)] = float(seed_meta.get("per_entry_ms", 0.0))
             for _, key in entry_keys(seed):
-                if _composed(key):
+                if composed(key):
                     self._anchors.setdefault(_shape_class(key), []).append(
                         (key.c_in, key.out))
         # a structure no seed has (another seed's widths): the median seed's calibration
@@ -280,6 +165,7 @@ class LatencyTable:
     # ------------------------------------------------------------------ lookup
     @property
     def seeds(self) -> list[NetworkSpec]:
+        """The seeds the table covers (and is calibrated for)."""
         return list(self._seeds)
 
     def __len__(self) -> int:
@@ -290,7 +176,7 @@ class LatencyTable:
         if key in self._resolved:
             return self._resolved[key]
         value = self._entries.get(key)
-        if value is None and _composed(key):
+        if value is None and composed(key):
             for c0, o0 in self._anchors.get(_shape_class(key), []):
                 a = self._entries.get(key._replace(out=o0))
                 b = self._entries.get(key._replace(c_in=c0))
@@ -332,7 +218,7 @@ class LatencyTable:
         """(factor, boundary, per_entry) of the spec's seed structure: prediction =
         factor x (entries - boundary x M input elements - per_entry x entry count).
         boundary and per_entry are what an entry timed alone pays beyond its share in
-        the network (profile.fit_calibration; 0 for tables calibrated before them)."""
+        the network (calibrate.fit_calibration; 0 for tables calibrated before them)."""
         sig = signature(spec)
         if sig not in self._calibration:
             return self._default_calibration
@@ -343,7 +229,7 @@ class LatencyTable:
         for name, key in entry_keys(spec):
             ms = self.entry_ms(key)
             if ms is None:
-                raise LatencyError(self._missing_message(spec, name, key))
+                raise LatencyError(_missing_message(self, spec, name, key))
             values.append((name, ms))
         return values
 
@@ -395,31 +281,18 @@ class LatencyTable:
                 for (name, ms), (_, key) in zip(self._entry_list(spec), entry_keys(spec))]
 
     def covers(self, spec: NetworkSpec) -> bool:
+        """Whether every entry of ``spec`` can be looked up (predict_ms will not raise)."""
         try:
             return all(self.entry_ms(key) is not None for _, key in entry_keys(spec))
         except NetadaptError:
             return False
 
     def missing(self, spec: NetworkSpec) -> list[tuple[str, EntryKey]]:
+        """(layer name, entry) of every entry of ``spec`` the table lacks."""
         return [(n, k) for n, k in entry_keys(spec) if self.entry_ms(k) is None]
 
-    def _missing_message(self, spec: NetworkSpec, name: str, key: EntryKey) -> str:
-        if self.is_estimate:
-            source = self.meta.get("estimate_of", "local-ref")
-            fix = (f"netadapt profile --device {source} --spec SEED.yaml, then netadapt "
-                   f"profile --device {self.device} --estimate-from {source}")
-        else:
-            fix = f"netadapt profile --device {self.device} --spec SEED.yaml"
-        h, w = spec.input_size
-        if h == w and all(s.input_size != (h, w) or s.name in self._multiplier_seeds
-                          for s in self._seeds):
-            fix = fix.replace("SEED.yaml", f"SEED.yaml --input-size {h}", 1)
-        seeds = ", ".join(s.name for s in self._seeds) or "none"
-        return (f"latency table {self.device!r} has no entry for {spec.name} {name} "
-                f"({key.label()}); it covers seeds {seeds}; add it with: {fix} "
-                f"(SEED.yaml: the spec this one was reduced from)")
-
     def label(self) -> str:
+        """The device and how its table was made, for reports (ESTIMATE said so)."""
         m = self.meta
         rt = m.get("runtime", {})
         if self.is_estimate:
@@ -429,6 +302,24 @@ class LatencyTable:
                     f"{m.get('date', '?')[:10]})")
         return (f"{self.device} ({m.get('cpu', '?')}, {rt.get('threads', '?')} thread(s), "
                 f"onnxruntime {rt.get('onnxruntime', '?')}, {m.get('date', '?')[:10]})")
+
+
+def _missing_message(table: LatencyTable, spec: NetworkSpec, name: str, key: EntryKey) -> str:
+    """Which entry a table lacks for ``spec``, and the command that adds it."""
+    if table.is_estimate:
+        source = table.meta.get("estimate_of", "local-ref")
+        fix = (f"netadapt profile --device {source} --spec SEED.yaml, then netadapt "
+               f"profile --device {table.device} --estimate-from {source}")
+    else:
+        fix = f"netadapt profile --device {table.device} --spec SEED.yaml"
+    h, w = spec.input_size
+    if h == w and all(s.input_size != (h, w) or s.name in table._multiplier_seeds
+                      for s in table._seeds):
+        fix = fix.replace("SEED.yaml", f"SEED.yaml --input-size {h}", 1)
+    seeds = ", ".join(s.name for s in table._seeds) or "none"
+    return (f"latency table {table.device!r} has no entry for {spec.name} {name} "
+            f"({key.label()}); it covers seeds {seeds}; add it with: {fix} "
+            f"(SEED.yaml: the spec this one was reduced from)")
 
 
 # ---------------------------------------------------------------------- files
@@ -493,8 +384,31 @@ def read_table_files(device: str, root: Path | None = None
     return frame, meta
 
 
+def keys_of(frame: pd.DataFrame) -> list[EntryKey]:
+    """The key of every row of a frame with the KEY_COLUMNS (a table's, a journal's)."""
+    n = len(frame)
+    columns = [frame[f].astype(FIELD_TYPES[f]).tolist() if f in KEY_COLUMNS else [blank] * n
+               for f, blank in zip(EntryKey._fields, BLANK)]
+    return [EntryKey._make(values) for values in zip(*columns)]
+
+
 def entries_of(frame: pd.DataFrame) -> dict[EntryKey, float]:
-    return {key_of(row): float(row.ms) for row in frame.itertuples(index=False)}
+    """A table frame's entries: key -> ms."""
+    return dict(zip(keys_of(frame), frame["ms"].astype(float).tolist()))
+
+
+def write_table(device: str, frame: pd.DataFrame, meta: dict[str, Any],
+                root: Path | None = None) -> None:
+    """Write DEVICE's table (table_paths): the rows, then meta.json with their count and
+    the CSV text's sha256, each file replaced atomically."""
+    csv_path, meta_path = table_paths(device, root)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    text = frame_to_csv(frame)
+    meta = {**meta, "rows": len(frame),
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    write_bytes_atomic(csv_path, table_bytes(text))
+    write_text_atomic(meta_path, json.dumps(meta, indent=1) + "\n")
+    (csv_path.parent / LEGACY_TABLE_FILE).unlink(missing_ok=True)  # replaced by the above
 
 
 def load_table(device: str, root: Path | None = None, check_runtime: bool = True

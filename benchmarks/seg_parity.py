@@ -1,6 +1,6 @@
 """ONNX parity of a segmentation run's networks, and how large their logits are.
 
-    python scripts/seg_parity.py RUN [RUN ...]
+    python benchmarks/seg_parity.py RUN [RUN ...]
 
 For the seed, the result and every trained baseline of each run, prints what `netadapt
 export` checks (README "Segmentation", Export) and the same on the run's own test images:
@@ -24,13 +24,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from netadapt.export import export_onnx  # noqa: E402
-from netadapt.model import build_model  # noqa: E402
-from netadapt.segdata import load_segmentation  # noqa: E402
-from netadapt.spec import load_spec  # noqa: E402
+from netadapt.export import export_onnx
+from netadapt.model import build_model
+from netadapt.segdata import load_segmentation
+from netadapt.spec import load_spec
 
 
 def networks(run: Path) -> list[str]:

@@ -14,32 +14,27 @@ errors. The choice itself is then validated by nested leave-one-out: for each pu
 point, the model is chosen (same rule) and fitted without it, then predicts it. The
 published MobileNetV3 latencies at other input sizes are used nowhere.
 
-    python scripts/pixel_estimate.py [top=12]
+    python benchmarks/pixel_estimate.py [top=12]
 """
 
 import itertools
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from netadapt.latency import load_device  # noqa: E402
-from netadapt.latency.estimate import (  # noqa: E402
+from netadapt.latency import load_device
+from netadapt.latency.estimate import (
     PHONE_TERMS,
-    TERMS,
     Sweep,
     fit_coefficients,
-    keys_terms,
     leave_one_out_ms,
     leave_size_out_ratios,
     mobilenet_v2_keys,
-    network_terms,
     published_points,
     size_sweep_points,
 )
+from netadapt.latency.terms import TERMS, keys_terms, network_terms
 
 V2_PAPER = {1.0: 64.0, 0.35: 16.6}  # Pixel 1, single big core, the MobileNetV3 paper's TFLite
 

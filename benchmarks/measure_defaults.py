@@ -1,9 +1,9 @@
 """The measurements behind the search's defaults (seed schedule, deployed-size phase).
 
-    python scripts/measure_defaults.py seed --epochs 1 2        # seed length -> accuracy
-    python scripts/measure_defaults.py deploy --steps 100 200 --lr 0.01 0.02 --batch 8 16 \
+    python benchmarks/measure_defaults.py seed --epochs 1 2     # seed length -> accuracy
+    python benchmarks/measure_defaults.py deploy --steps 100 200 --lr 0.01 0.02 --batch 8 16 \
         [--network RUN/iterations/iter_012.yaml]                 # 224 px phase -> accuracy
-    python scripts/measure_defaults.py holdout RUN_DIR           # selection noise by holdout size
+    python benchmarks/measure_defaults.py holdout RUN_DIR       # selection noise by holdout size
 
 `holdout` reads a search run made with a large --holdout (its proposals' per-image
 correctness is kept) and reports, per iteration, the best-vs-second gap and its paired
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from netadapt.data import load_data
-from netadapt.driver import DEFAULT_SPEC
 from netadapt.model import build_model, read_state_dict, save_state_dict
+from netadapt.resources import default_spec
 from netadapt.spec import load_spec
 from netadapt.train import evaluate, finetune, train_seed
 
@@ -67,7 +67,7 @@ def main() -> None:
     if args.what == "holdout":
         return selection_noise(args.run, args.sizes)
     data = load_data(None, resolution=32, in_channels=3, holdout=5000, seed=0)
-    spec = dataclasses.replace(load_spec(DEFAULT_SPEC), num_classes=10)
+    spec = dataclasses.replace(load_spec(default_spec()), num_classes=10)
     if args.what == "seed":
         per_epoch = len(data.train) // 64
         for epochs in args.epochs:

@@ -1,8 +1,8 @@
 """Is the search worth running? NetAdapt vs the simple answers at matched budgets, over
 several seeds.
 
-    python scripts/bench_search.py                                  # seeds 0 1 2; 70/50/35%
-    python scripts/bench_search.py --seeds 0 --budgets 60% --out runs/bench-quick step=0.1
+    python benchmarks/bench_search.py                               # seeds 0 1 2; 70/50/35%
+    python benchmarks/bench_search.py --seeds 0 --budgets 60% --out runs/bench-quick step=0.1
 
 For each seed (it moves the holdout split, the seed network's training and every
 fine-tune) and each budget (a share of the seed's predicted latency on the default
@@ -28,10 +28,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from netadapt.driver import SearchConfig, comparison, resume_search, start_search
+from netadapt.config import SearchConfig
+from netadapt.driver import resume_search, start_search
 from netadapt.errors import NetadaptError
 from netadapt.executors import make_executor
-from netadapt.report import comparison_text, verdict
+from netadapt.report import comparison, comparison_text, verdict
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:

@@ -1,9 +1,9 @@
 """The baselines again, matched to the search's result by latency measured here, not by
 the table: is a win the architecture's, or the table's error?
 
-    python scripts/match_measured.py plan runs/bench-64L/seed*/50pct    # quiet machine
-    python scripts/match_measured.py train runs/bench-64L/seed*/50pct   # any load
-    python scripts/match_measured.py time runs/bench-64L/seed*/50pct    # quiet machine
+    python benchmarks/match_measured.py plan runs/bench-64L/seed*/50pct    # quiet machine
+    python benchmarks/match_measured.py train runs/bench-64L/seed*/50pct   # any load
+    python benchmarks/match_measured.py time runs/bench-64L/seed*/50pct    # quiet machine
 
 A search picks, among thousands of proposals, the ones its latency table prices lowest,
 so its result tends to be one the table underprices; a baseline is one setting, not
@@ -23,7 +23,7 @@ accuracy-latency line (per seed, through its runs at every budget, as timed) at 
 result's measured latency. Timing needs a quiet machine (another process training on
 the other core moved these ratios by up to 5%); training does not.
 
-    python scripts/match_measured.py summary runs/bench-64L/seed*/*pct
+    python benchmarks/match_measured.py summary runs/bench-64L/seed*/*pct
 """
 
 from __future__ import annotations
@@ -37,15 +37,14 @@ import numpy as np
 import pandas as pd
 from bench_search import interval, summarise, time_networks  # this folder: the same columns
 
-from netadapt.baseline import BASELINES, BaselineUnavailable
-from netadapt.driver import SearchConfig, Searcher, comparison
+from netadapt.baseline import BASELINES, BaselineUnavailable, baselines_for_run
 from netadapt.errors import NetadaptError
 from netadapt.files import link_atomic, write_text_atomic
 from netadapt.latency import load_device
 from netadapt.model import read_state_dict
-from netadapt.report import comparison_text, measure_here_ms, verdict
-from netadapt.rundir import RunDir
-from netadapt.spec import NetworkSpec, load_spec, spec_from_dict
+from netadapt.report import comparison, comparison_text, measure_here_ms, verdict
+from netadapt.search import check_reachable, parse_budget, resources_of
+from netadapt.spec import NetworkSpec, load_spec
 
 TIMED = "timed.csv"
 SKIP = {"baselines", "checkpoints", "history.jsonl", "history.csv", "config.json",
@@ -97,12 +96,6 @@ class MeasuredLatency:
         write_text_atomic(self.path, json.dumps(self.known) + "\n")
 
 
-def searcher_for(target: Path, predict: MeasuredLatency) -> Searcher:
-    run = RunDir.open(target)
-    config = SearchConfig.from_json(run.config["search"])
-    return Searcher(config, run, spec_from_dict(run.config["seed_spec"]), predict_ms=predict)
-
-
 def plan(run: Path) -> None:
     target = run.with_name(run.name + "-measured")
     config = json.loads((run / "config.json").read_text())
@@ -115,12 +108,18 @@ def plan(run: Path) -> None:
     predict = MeasuredLatency(run, target, measure=True)
     result_ms = predict(load_spec(run / "best.yaml"))
     copy_without_baselines(run, target, 100 * result_ms / predict.seed_ms)
-    searcher = searcher_for(target, predict)
+    # the seed as the search ran it (input size, class count) and the copy's budgets,
+    # resolved and checked as `train` (baselines_for_run) will, by the timings: every
+    # network it asks the predictor about is timed here, on a quiet machine
+    seed = load_spec(target / "seed.yaml")
+    texts = json.loads((target / "config.json").read_text())["search"]["budgets"]
+    budgets = [parse_budget(text, resources_of(seed, predict)) for text in texts]
+    check_reachable(seed, budgets, predict)
     seed_state = read_state_dict(target / "seed.pt")
     settings = []
     for name, make in BASELINES.items():
         try:
-            found = make(searcher.seed_spec, searcher.budgets, predict, seed_state)
+            found = make(seed, budgets, predict, seed_state)
         except BaselineUnavailable:
             found = None
         settings.append(f"{name} {found.knob if found else '-'}")
@@ -131,7 +130,7 @@ def plan(run: Path) -> None:
 
 def train(run: Path) -> None:
     target = run.with_name(run.name + "-measured")
-    searcher_for(target, MeasuredLatency(run, target, measure=False)).run_baselines()
+    baselines_for_run(target, predict_ms=MeasuredLatency(run, target, measure=False))
 
 
 def time_all(run: Path) -> None:

@@ -1,9 +1,9 @@
 """Proposals per hour on 1 and 2 local workers, the loop's own overhead, and a search
 through a local Ray cluster that must end as the local one did.
 
-    python scripts/bench_workers.py                          # everything, ~15 min on 2 cores
-    python scripts/bench_workers.py --rounds 5 --groups 22   # more rounds, every group
-    python scripts/bench_workers.py --skip-ray --skip-search # throughput only
+    python benchmarks/bench_workers.py                          # everything, ~15 min on 2 cores
+    python benchmarks/bench_workers.py --rounds 5 --groups 22   # more rounds, every group
+    python benchmarks/bench_workers.py --skip-ray --skip-search # throughput only
 
 1. Throughput: one iteration's proposals of a real network (default MobileNetV3-Large,
    Fashion-MNIST at 32 px, T steps, the default 2,000-image holdout): each group cut by
@@ -38,14 +38,16 @@ from pathlib import Path
 
 import torch
 
-from netadapt.driver import DEFAULT_SPEC, SearchConfig, start_search
+from netadapt.config import SearchConfig
+from netadapt.driver import start_search
 from netadapt.executors import Executor, ProcessExecutor
 from netadapt.jobs import DataSource, ProposalJob, ProposalResult, Training
 from netadapt.model import build_model
+from netadapt.resources import default_spec
 from netadapt.rundir import RunDir
 from netadapt.spec import WIDTH_STEP, load_spec
 
-ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = default_spec()
 
 
 def iteration_jobs(spec_path: Path, groups: int, steps: int, holdout: int
@@ -107,12 +109,10 @@ def throughput(args: argparse.Namespace) -> None:
 
 
 def start_ray_cluster() -> None:
+    """A local cluster whose workers run this environment's python (netadapt installed)."""
     ray = Path(sys.executable).parent / "ray"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     subprocess.run([str(ray), "start", "--head", "--num-cpus", "2", "--include-dashboard",
-                    "false", "--disable-usage-stats"], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+                    "false", "--disable-usage-stats"], check=True, stdout=subprocess.DEVNULL)
 
 
 def stop_ray_cluster() -> None:
@@ -143,11 +143,11 @@ def search(args: argparse.Namespace) -> None:
             executor = ProcessExecutor(2, threads=1) if workers == 2 else Executor()
         try:
             with executor:
-                result = start_search(config, out / name, progress=False, executor=executor)
+                result = start_search(config, out / name, executor=executor)
         finally:
             if name == "ray":
                 stop_ray_cluster()
-        records = [r for r in RunDir(out / name).records() if r["type"] == "proposal"]
+        records = [r for r in RunDir.open(out / name).records() if r["type"] == "proposal"]
         job_seconds = sum(r["seconds"] for r in records)
         overhead = result.loop_seconds - job_seconds / workers
         rows.append((name, len(records), result.loop_seconds,
@@ -160,7 +160,7 @@ def search(args: argparse.Namespace) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, count, seconds, rate, overhead, seen in rows:
         same = all((out / name / f).read_bytes() == (reference / f).read_bytes()
-                   for f in ("best.yaml",)) and _same_weights(out / name, reference)
+                   for f in ("best.yaml",)) and same_weights(out / name, reference)
         print(f"| {name} | {count} | {seconds:.1f} | {rate:.0f} | {overhead:.1f} "
               f"({100 * overhead / seconds:.1f}%) | {seen} | {same} |")
     print("overhead: loop wall time minus the jobs' own seconds / workers (serial: the "
@@ -169,7 +169,7 @@ def search(args: argparse.Namespace) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _same_weights(a: Path, b: Path) -> bool:
+def same_weights(a: Path, b: Path) -> bool:
     x, y = torch.load(a / "best.pt"), torch.load(b / "best.pt")
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 

@@ -1,6 +1,6 @@
 """Latency-table benchmark: fidelity, composition error, prediction rate, profiling cost.
 
-    .venv/bin/python scripts/bench_latency.py [--device local-ref] [--variants 100]
+    .venv/bin/python benchmarks/bench_latency.py [--device local-ref] [--variants 100]
         [--input-size 224 --input-size 192]  # fidelity at these sizes (full grids)
         [--profile-cost]  # also time a fresh full table for Large (minutes)
 
@@ -22,16 +22,20 @@ from pathlib import Path
 import numpy as np
 
 from netadapt.latency import entry_keys, load_device, load_table
-from netadapt.latency import profile as prof
+from netadapt.latency.build import profile
+from netadapt.latency.calibrate import random_variants
+from netadapt.latency.coverage import required_keys
 from netadapt.latency.graphs import (
     entry_model,
     input_shape,
     network_input_shape,
     network_model,
 )
-from netadapt.latency.table import _composed, at_size, required_keys, tables_dir
+from netadapt.latency.measure import fast_ms
+from netadapt.latency.table import composed, tables_dir
 from netadapt.latency.timers import make_timer
-from netadapt.spec import load_spec
+from netadapt.latency.validate import save_validation, validate
+from netadapt.spec import at_size, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = {"large": ROOT / "configs/mobilenetv3_large.yaml",
@@ -45,8 +49,8 @@ def fidelity(device: str, n: int, sizes: list[int]) -> dict[str, dict]:
     for name, path in SEEDS.items():
         for size in sizes:
             seed = at_size(load_spec(path), size)
-            summary, frame = prof.validate(table, dev, seed, n, progress=False)
-            prof.save_validation(device, summary, frame)
+            summary, frame = validate(table, dev, seed, n, progress=False)
+            save_validation(device, summary, frame)
             out[f"{name}@{size}"] = summary
     return out
 
@@ -60,7 +64,7 @@ def composition_error(device: str, points: int = 40) -> dict[str, float]:
     errors, shares = [], []
     for _name, path in SEEDS.items():
         seed = load_spec(path)
-        seed_keys = [k for _, k in entry_keys(seed) if _composed(k)]
+        seed_keys = [k for _, k in entry_keys(seed) if composed(k)]
         net_ms = None
         for _ in range(points // 2):
             anchor = rng.choice(seed_keys)
@@ -123,12 +127,12 @@ def granularity(device: str, variants: int = 6) -> dict[str, dict[str, float]]:
     for name, path in SEEDS.items():
         seed = load_spec(path)
         ops_ratio, blocks_ratio = [], []
-        for spec in [seed, *prof.random_variants(seed, variants, rng_seed=77)]:
+        for spec in [seed, *random_variants(seed, variants, rng_seed=77)]:
             net = network_model(spec)
             shape = network_input_shape(spec)
             blocks = [(entry_model(k), input_shape(k)) for _, k in entry_keys(spec)]
             ops = op_models(net)
-            ms = prof.fast_ms(timer.time([(net, shape), *blocks, *ops], 20, 2))
+            ms = fast_ms(timer.time([(net, shape), *blocks, *ops], 20, 2))
             blocks_ratio.append(ms[1:1 + len(blocks)].sum() / ms[0])
             ops_ratio.append(ms[1 + len(blocks):].sum() / ms[0])
         out[name] = {"ops_over_e2e_mean": float(np.mean(ops_ratio)),
@@ -141,7 +145,7 @@ def granularity(device: str, variants: int = 6) -> dict[str, dict[str, float]]:
 
 def prediction_rate(device: str, n: int = 10_000) -> float:
     table = load_table(device)
-    variants = prof.random_variants(load_spec(SEEDS["large"]), n, rng_seed=7)
+    variants = random_variants(load_spec(SEEDS["large"]), n, rng_seed=7)
     t0 = time.perf_counter()
     for v in variants:
         table.predict_ms(v)
@@ -175,7 +179,7 @@ def profile_cost() -> float:
         os.environ["NETADAPT_ROOT"] = tmp
         try:
             t0 = time.perf_counter()
-            prof.profile(load_device("local"), [load_spec(SEEDS["large"])], progress=True)
+            profile(load_device("local"), [load_spec(SEEDS["large"])], progress=True)
             return (time.perf_counter() - t0) / 60
         finally:
             del os.environ["NETADAPT_ROOT"]
