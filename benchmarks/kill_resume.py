@@ -166,7 +166,8 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def proposals(run: Path) -> list[tuple[int, str]]:
-    return [(r["iteration"], r["group"]) for r in journal(run) if r["type"] == "proposal"]
+    return [(r["iteration"], r["group"], r["rung"]) for r in journal(run)
+                 if r["type"] == "proposal"]
 
 
 def compare(run: Path, reference: Path) -> list[str]:

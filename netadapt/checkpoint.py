@@ -79,3 +79,36 @@ class Checkpoint:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class MemoryCheckpoint(Checkpoint):
+    """A phase's progress kept in memory, as bytes (what a file checkpoint would hold):
+    how a raced proposal's fine-tune stops after one rung and continues in the next,
+    possibly in another process, exactly as if it had never stopped."""
+
+    path: Path = Path()  # unused: nothing is written
+    data: bytes | None = field(default=None, repr=False)
+
+    def load(self, settings: dict[str, Any]) -> dict[str, Any] | None:
+        """The progress held, or None when there is none. Progress saved under other
+        settings is an error here, not a fresh start: the model it would continue holds
+        no weights of its own yet."""
+        if self.data is None:
+            return None
+        state = torch.load(io.BytesIO(self.data), map_location="cpu", weights_only=True)
+        if state.get("key") != {**self.key, **settings}:
+            raise ValueError(f"progress saved with {state.get('key')}, continued with "
+                             f"{ {**self.key, **settings} }")
+        return state
+
+    def due(self, step: int, steps: int) -> bool:
+        return step >= steps  # the trainer saves where it stops, wherever that is
+
+    def save(self, state: dict[str, Any], settings: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save({**state, "key": {**self.key, **settings}}, buffer)
+        self.data = buffer.getvalue()
+
+    def remove(self) -> None:
+        self.data = None

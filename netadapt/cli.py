@@ -81,7 +81,11 @@ _ScheduleOpt = Annotated[str | None, typer.Option(
 _StepOpt = Annotated[float | None, typer.Option(
     help="First reduction per iteration, as a fraction of the seed's value")]
 _ShortTermStepsOpt = Annotated[int | None, typer.Option(
-    help="T: fine-tuning steps per proposal")]
+    help="T: fine-tuning steps of a chosen proposal")]
+_RacingOpt = Annotated[bool | None, typer.Option(
+    "--racing/--no-racing", help="Race each iteration's proposals: score all with "
+    "inherited weights and re-estimated BN, give the best third more steps, ... only the "
+    "last ones get all T [default: racing]; --no-racing: every proposal gets all T")]
 _LongTermStepsOpt = Annotated[int | None, typer.Option(
     help="Fine-tuning steps of the final network")]
 _DeployStepsOpt = Annotated[int | None, typer.Option(
@@ -132,6 +136,7 @@ def search(
     schedule: _ScheduleOpt = None,
     step: _StepOpt = None,
     short_term_steps: _ShortTermStepsOpt = None,
+    racing: _RacingOpt = None,
     long_term_steps: _LongTermStepsOpt = None,
     deploy_steps: _DeployStepsOpt = None,
     seed_steps: _SeedStepsOpt = None,
@@ -169,7 +174,8 @@ def search(
         config = config_from_options(budget or [], preset, compare, dict(
             spec=str(spec) if spec else None, weights=weights, device=device, data=data,
             criterion=criterion, schedule=schedule, step=step,
-            short_term_steps=short_term_steps, long_term_steps=long_term_steps,
+            short_term_steps=short_term_steps, racing=racing,
+            long_term_steps=long_term_steps,
             deploy_steps=deploy_steps, seed_steps=seed_steps, resolution=resolution,
             input_size=input_size, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed,
             torch_device=torch_device, threads=threads))

@@ -32,6 +32,9 @@ class SearchConfig:
     schedule: str = "constant"
     step: float = 0.06  # fraction of the seed's value removed per iteration
     short_term_steps: int = 20
+    # race each iteration's proposals (successive halving, racing.py): most get a few of
+    # the short_term_steps; the chosen one all of them
+    racing: bool = True
     long_term_steps: int = 500
     # Training at the spec's (deployed) input size after a search at a smaller
     # --resolution, for the result and every baseline alike; 0: none (a network trained at
@@ -104,7 +107,8 @@ class SearchConfig:
         unknown = set(data) - names
         if unknown:
             raise NetadaptError(f"run config has unknown fields {sorted(unknown)}")
-        return cls(**{**data, "budgets": tuple(data["budgets"])})
+        # a run made before racing existed evaluated every proposal fully: resume it so
+        return cls(**{"racing": False, **data, "budgets": tuple(data["budgets"])})
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +72,9 @@ class Training:
 @dataclass(frozen=True)
 class ProposalJob:
     """One proposal: the parent with ``group`` cut to the child's width, fine-tuned with
-    the iteration's seed (every proposal of an iteration sees the same batches)."""
+    the iteration's seed (every proposal of an iteration sees the same batches). Raced,
+    a job trains one rung: up to ``until`` of the T steps, continuing from ``progress``
+    (the proposal's fine-tune as the previous rung left it) when that is given."""
 
     iteration: int
     group: str
@@ -81,6 +83,8 @@ class ProposalJob:
     seed: int
     training: Training
     data: DataSource
+    until: int | None = None  # None: all T (training.steps) steps
+    progress: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ class ProposalResult:
     # job's overhead: building the child, slicing the parent's weights)
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    # the fine-tune's state where it stopped (model, optimizer, step), to continue in the
+    # next rung; None when it ran all T steps or none
+    progress: bytes | None = field(default=None, repr=False)
 
 
 _WORKER_DEVICE: str | None = None  # a GPU assigned to this worker process
@@ -126,7 +133,9 @@ def recalibrated(model: torch.nn.Module, data: Data, batch_size: int, seed: int,
 
 
 def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> ProposalResult:
-    """Inherit the parent's largest-norm filters, fine-tune, re-estimate BN, score."""
+    """Inherit the parent's largest-norm filters (or continue the proposal's own
+    fine-tune), fine-tune, re-estimate BN, score."""
+    from .checkpoint import MemoryCheckpoint
     from .model import build_model
     from .prune import inherit_weights
     from .scoring import score_model
@@ -139,10 +148,14 @@ def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> Pro
     device = _WORKER_DEVICE if settings.device == "cuda" and _WORKER_DEVICE else settings.device
     data = job.data.load()
     model = build_model(job.child, init=False)  # the inherited weights replace it all
-    model.load_state_dict(inherit_weights(job.parent, parent_state, job.child))
+    if job.progress is None:
+        model.load_state_dict(inherit_weights(job.parent, parent_state, job.child))
+    stops = job.until is not None and 0 < job.until < settings.steps
+    progress = MemoryCheckpoint(data=job.progress) if stops or job.progress else None
     trained = time.perf_counter()
     finetune(model, data, steps=settings.steps, lr=settings.lr,
-             batch_size=settings.batch_size, seed=job.seed, device=device)
+             batch_size=settings.batch_size, seed=job.seed, device=device,
+             checkpoint=progress, until=job.until)
     evaluated = time.perf_counter()
     recalibrated(model, data, settings.batch_size, job.seed, device)
     score, correct, _ = score_model(model, data.holdout, data.num_classes,
@@ -152,4 +165,5 @@ def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> Pro
                           {k: v.cpu() for k, v in model.state_dict().items()},
                           done - started, worker_name(),
                           cpu_seconds=time.process_time() - cpu_started,
-                          train_seconds=evaluated - trained, eval_seconds=done - evaluated)
+                          train_seconds=evaluated - trained, eval_seconds=done - evaluated,
+                          progress=progress.data if stops and progress else None)

@@ -122,7 +122,7 @@ class ProgressBars(Observer):
         if self._proposals is not None:
             self._proposals.update()
             self._proposals.set_postfix_str(f"iter {event.iteration} {event.group} "
-                                            f"acc {event.accuracy:.3f}")
+                                            f"{event.steps} steps acc {event.accuracy:.3f}")
 
     def iteration(self, event: Iteration) -> None:
         if self._overall is None or self._budget is None:

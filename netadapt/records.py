@@ -56,8 +56,9 @@ def of_type(records: Iterable[dict[str, Any]], cls: type[R]) -> list[R]:
 
 @dataclass(frozen=True)
 class ProposalRecord(Record):
-    """A finished proposal: which group went to which width, its resources and its
-    holdout accuracy; where (worker) and how long (seconds, attempts) it ran."""
+    """A finished proposal (of one rung, with racing): which group went to which width,
+    its resources, its holdout accuracy after ``steps`` short-term steps; where (worker)
+    and how long (seconds, attempts) it ran."""
 
     TYPE: ClassVar[str] = "proposal"
     iteration: int
@@ -72,19 +73,21 @@ class ProposalRecord(Record):
     seconds: float | None = None  # the job's own time (fine-tune + scoring)
     worker: str | None = None  # host:pid that ran it
     attempts: int = 1
+    rung: int = 0  # of the iteration's race (racing.py); 0 without racing
+    steps: int | None = None  # short-term steps it had when scored
 
     @classmethod
     def of(cls, p: Proposal, **facts: Any) -> ProposalRecord:
         r = p.resources
         return cls(p.iteration, p.group, p.width_from, p.width_to, r["latency_ms"],
-                   r["params"], r["macs"], p.accuracy, **facts)
+                   r["params"], r["macs"], p.accuracy, rung=p.rung, steps=p.steps, **facts)
 
     def event(self, parent: NetworkSpec) -> Proposal:
         """The search's Proposal, its spec re-derived from the parent's."""
         return Proposal(self.iteration, self.group, self.width_from, self.width_to,
                         parent.with_group_width(self.group, self.width_to),
                         {"latency_ms": self.latency_ms, "params": self.params,
-                         "macs": self.macs}, self.accuracy)
+                         "macs": self.macs}, self.accuracy, rung=self.rung, steps=self.steps)
 
 
 @dataclass(frozen=True)

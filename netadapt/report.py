@@ -8,6 +8,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -16,6 +17,9 @@ from .files import write_bytes_atomic
 from .records import BaselineRecord, SeedRecord, of_type
 from .rundir import RunDir
 from .search import Budget
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def plot_history(history: pd.DataFrame, path: Path, budgets: Sequence[Budget] = ()) -> None:
@@ -30,9 +34,7 @@ def plot_history(history: pd.DataFrame, path: Path, budgets: Sequence[Budget] = 
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     kinds = {k: history[history["type"] == k] for k in ("proposal", "iteration", "seed", "final")}
-    if not kinds["proposal"].empty:
-        ax.scatter(kinds["proposal"]["latency_ms"], kinds["proposal"]["accuracy"], s=8,
-                   color="0.75", label="proposals (short-term fine-tuned)")
+    _plot_proposals(ax, kinds["proposal"])
     curve = pd.concat([kinds["seed"], kinds["iteration"]])
     if not curve.empty:
         ax.plot(curve["latency_ms"], curve["accuracy"], "o-", color="tab:blue", ms=4,
@@ -61,6 +63,23 @@ def plot_history(history: pd.DataFrame, path: Path, budgets: Sequence[Budget] = 
     fig.savefig(buffer, format="png")
     plt.close(fig)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def _plot_proposals(ax: Axes, proposals: pd.DataFrame) -> None:
+    """Each proposal at its last score: after all T short-term steps, or (raced) where it
+    stopped."""
+    if proposals.empty:
+        return
+    if "rung" in proposals and proposals["rung"].max() > 0:
+        proposals = proposals.sort_values("rung", kind="stable")
+        proposals = proposals.groupby(["iteration", "group"]).tail(1)
+    steps = proposals["steps"] if "steps" in proposals else pd.Series(dtype=float)
+    full = steps.isna() | (steps == steps.max())
+    ax.scatter(proposals.loc[full, "latency_ms"], proposals.loc[full, "accuracy"], s=8,
+               color="0.6", label="proposals (short-term fine-tuned)")
+    if not full.all():
+        ax.scatter(proposals.loc[~full, "latency_ms"], proposals.loc[~full, "accuracy"], s=8,
+                   marker="x", color="0.8", label="proposals stopped by the race")
 
 
 def plot_run(run: Path, budgets: Sequence[Budget] = ()) -> None:

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .cost import count_macs, count_params
 from .errors import NetadaptError
+from .racing import Racing, Rung, full_rung
 from .spec import WIDTH_STEP, NetworkSpec
 
 RESOURCES = ("latency_ms", "params", "macs")
@@ -137,6 +139,8 @@ class Proposal:
     spec: NetworkSpec = field(repr=False, compare=False)
     resources: dict[str, float] = field(compare=False)
     accuracy: float
+    rung: int = 0  # the rung of the iteration's race it was scored in (0 without racing)
+    steps: int | None = None  # short-term steps it had when scored
     # the evaluation's whole result as evaluate_many returned it (weights, per-image
     # correctness, timings), for the caller to save; None for a proposal read back from
     # the journal
@@ -166,19 +170,30 @@ class Start:
 
 
 Event = Proposal | Iteration
+
+
+class Child(NamedTuple):
+    """A proposal to evaluate in a rung: its spec, its group, and its result in the
+    previous rung (None in the first), whose weights it continues from."""
+
+    spec: NetworkSpec
+    group: str
+    previous: Proposal | None = None
+
+
 Evaluate = Callable[[int, NetworkSpec, str], float]  # (iteration, child spec, group) -> acc
-# (iteration, [(child spec, group), ...]) -> (group, accuracy, result) of each, as each
-# finishes; the result (anything) travels with the proposal's record
+# (iteration, rung, children) -> (group, accuracy, result) of each, as each finishes; the
+# result (anything) travels with the proposal's record
 Evaluated = tuple[str, float, object]
-EvaluateMany = Callable[[int, Sequence[tuple[NetworkSpec, str]]], Iterable[Evaluated]]
+EvaluateMany = Callable[[int, Rung, Sequence[Child]], Iterable[Evaluated]]
 
 
 def one_by_one(evaluate: Evaluate) -> EvaluateMany:
     """An EvaluateMany that evaluates the proposals one after another (no result)."""
-    def evaluate_many(iteration: int, children: Sequence[tuple[NetworkSpec, str]]
+    def evaluate_many(iteration: int, rung: Rung, children: Sequence[Child]
                       ) -> Iterator[Evaluated]:
-        for child, group in children:
-            yield group, evaluate(iteration, child, group), None
+        for child in children:
+            yield child.group, evaluate(iteration, child.spec, child.group), None
     return evaluate_many
 
 
@@ -248,6 +263,8 @@ def netadapt(
     criterion: str = "accuracy",
     history: Sequence[Event] = (),
     max_iterations: int = 1000,
+    steps: int = 0,
+    racing: Racing | None = None,
 ) -> Iterator[Event]:
     """Run NetAdapt from ``start`` until every budget is met; yield each new record.
 
@@ -258,6 +275,10 @@ def netadapt(
     are not re-evaluated. When no single group can meet an iteration's target, the step is
     halved (recorded as the iteration's ``reduction``). Raises BudgetError when no
     single-group change can reduce the driving resource any further.
+
+    ``steps`` is T, the short-term fine-tuning steps a chosen proposal has had. With
+    ``racing``, an iteration's proposals race in rungs (racing.py) and it chooses among
+    those that reached T; without, each is evaluated once, with all T steps.
     """
     if criterion not in CRITERIA:
         raise BudgetError(f"unknown criterion {criterion!r}; use accuracy (NetAdapt) or "
@@ -266,7 +287,8 @@ def netadapt(
         raise BudgetError("no budget given; e.g. --budget 20ms")
     measures = _measures(predict_ms)
     done_iterations = {e.iteration: e for e in history if isinstance(e, Iteration)}
-    done_proposals = {(e.iteration, e.group): e for e in history if isinstance(e, Proposal)}
+    done_proposals = {(e.iteration, e.group, e.rung): e for e in history
+                      if isinstance(e, Proposal)}
     spec, accuracy, resources = start.spec, start.accuracy, dict(start.resources)
     for iteration in range(1, max_iterations + 1):
         pending = unmet(resources, budgets)
@@ -281,23 +303,63 @@ def netadapt(
         scheduled = schedule.reduction(iteration, start.resources[resource])
         target, reduction, candidates = _candidates(spec, resources, driver, scheduled,
                                                     measures[resource])
-        found = {g: done_proposals[(iteration, g)] for g, *_ in candidates
-                 if (iteration, g) in done_proposals}
-        todo = {g: (width, child) for g, width, child, _ in candidates if g not in found}
-        for group, child_accuracy, result in evaluate_many(
-                iteration, [(c, g) for g, (_, c) in todo.items()]):
-            width, child = todo[group]
-            found[group] = Proposal(iteration, group, spec.group(group).width, width, child,
-                                    resources_of(child, predict_ms), child_accuracy, result)
-            yield found[group]
-        # candidates' order, whatever order the results came in: ties rank the same
-        proposals = [found[group] for group, *_ in candidates]
+        race = _Race(iteration, spec, resources, candidates, predict_ms, done_proposals)
+        proposals = yield from race.run(evaluate_many, racing, steps, criterion, accuracy,
+                                        resource)
         ranked = _rank(proposals, criterion, accuracy, resources, resource)
         (best, score), runner_up = ranked[0], (ranked[1][0].group if len(ranked) > 1 else None)
         yield Iteration(iteration, {resource: target}, best, score, reduction, scheduled,
                         runner_up)
         spec, accuracy, resources = best.spec, best.accuracy, dict(best.resources)
     raise BudgetError(f"budgets not met after {max_iterations} iterations")
+
+
+@dataclass
+class _Race:
+    """One iteration's proposals, evaluated rung by rung (one rung without racing)."""
+
+    iteration: int
+    parent: NetworkSpec
+    resources: dict[str, float]
+    candidates: list[tuple[str, int, NetworkSpec, float]]
+    predict_ms: Callable[[NetworkSpec], float]
+    done: dict[tuple[int, str, int], Proposal]  # from the journal: not evaluated again
+
+    def run(self, evaluate_many: EvaluateMany, racing: Racing | None, steps: int,
+            criterion: str, accuracy: float, resource: str
+            ) -> Generator[Proposal, None, list[Proposal]]:
+        """Yield every new proposal result; return those of the final rung, in the
+        candidates' order (whatever order results came in: ties rank the same)."""
+        children = [Child(child, group) for group, _, child, _ in self.candidates]
+        start, index, dropped = 0, 0, True
+        while True:
+            rung = full_rung(steps) if racing is None else \
+                racing.rung(index, start, len(children), steps, dropped)
+            results = yield from self._rung(evaluate_many, rung, children)
+            if rung.final:
+                return results
+            assert racing is not None
+            ranked = [p for p, _ in _rank(results, criterion, accuracy, self.resources,
+                                          resource)]
+            kept = {p.group for p in racing.survivors(ranked)}
+            dropped = len(kept) < len(results)
+            children = [Child(p.spec, p.group, p) for p in results if p.group in kept]
+            start, index = rung.until, index + 1
+
+    def _rung(self, evaluate_many: EvaluateMany, rung: Rung, children: list[Child]
+              ) -> Generator[Proposal, None, list[Proposal]]:
+        widths = {group: width for group, width, _, _ in self.candidates}
+        found = {c.group: self.done[(self.iteration, c.group, rung.index)] for c in children
+                 if (self.iteration, c.group, rung.index) in self.done}
+        todo = [c for c in children if c.group not in found]
+        for group, child_accuracy, result in evaluate_many(self.iteration, rung, todo):
+            child = next(c for c in todo if c.group == group)
+            found[group] = Proposal(self.iteration, group, self.parent.group(group).width,
+                                    widths[group], child.spec,
+                                    resources_of(child.spec, self.predict_ms), child_accuracy,
+                                    rung=rung.index, steps=rung.until, result=result)
+            yield found[group]
+        return [found[c.group] for c in children]
 
 
 def _measures(predict_ms: Callable[[NetworkSpec], float]

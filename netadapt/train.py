@@ -46,7 +46,7 @@ def finetune(model: nn.Module, data: Data, steps: int, *, lr: float = 0.02,
              weight_decay: float = 4e-5, schedule: str = "cosine", warmup_steps: int = 0,
              label_smoothing: float = 0.0, amp: bool = True,
              progress: Progress | None = None,
-             checkpoint: Checkpoint | None = None) -> nn.Module:
+             checkpoint: Checkpoint | None = None, until: int | None = None) -> nn.Module:
     """Train ``model`` in place for ``steps`` steps on ``data.train``; return it in eval mode.
 
     SGD (momentum 0.9, Nesterov) or AdamW; the LR follows ``schedule`` after a linear
@@ -55,6 +55,8 @@ def finetune(model: nn.Module, data: Data, steps: int, *, lr: float = 0.02,
     With a ``checkpoint``, progress is saved there now and then and after the last step,
     and a call finding a checkpoint of the same settings continues from it: the result
     is bit-identical to an uninterrupted call (on CPU; netadapt/checkpoint.py says why).
+    ``until``: stop after that many of the ``steps`` (the schedule stays the ``steps``-step
+    one) and save progress there, so that a later call with the same checkpoint continues.
     """
     _check_options(steps, lr, batch_size, optimizer, schedule, label_smoothing)
     device = _device(device)
@@ -79,7 +81,8 @@ def finetune(model: nn.Module, data: Data, steps: int, *, lr: float = 0.02,
     with _bn_momentum(model, bn_momentum), torch.random.fork_rng(devices=rng_devices), \
             _fast_layout(model, device) as layout:
         model.train()
-        for step in range(start, steps):
+        stop = steps if until is None else min(until, steps)
+        for step in range(start, stop):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, steps, lr, schedule, warmup_steps)
             x, y = next(batches)
@@ -90,7 +93,7 @@ def finetune(model: nn.Module, data: Data, steps: int, *, lr: float = 0.02,
                 loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing,
                                        ignore_index=IGNORE_INDEX if y.dim() == 3 else -100)
             _backward_step(loss, opt, scaler)
-            if checkpoint is not None and checkpoint.due(step + 1, steps):
+            if checkpoint is not None and (step + 1 == stop or checkpoint.due(step + 1, steps)):
                 checkpoint.save({"step": step + 1, "model": model.state_dict(),
                                  "optimizer": opt.state_dict(),
                                  "scaler": scaler.state_dict() if scaler is not None else None},

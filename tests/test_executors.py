@@ -172,7 +172,8 @@ def test_resume_with_workers_after_kill_dash_nine_trains_no_proposal_twice(setup
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL  # the kill landed ...
     assert not (run / "best.yaml").exists()  # ... before the run finished
-    before = [(r["iteration"], r["group"]) for r in journal(run) if r["type"] == "proposal"]
+    before = [(r["iteration"], r["group"], r["rung"]) for r in journal(run)
+              if r["type"] == "proposal"]
     workers = {int(r["worker"].split(":")[1]) for r in journal(run) if r["type"] == "proposal"}
     assert workers and os.getpid() not in workers
     deadline = time.time() + 30
@@ -182,7 +183,8 @@ def test_resume_with_workers_after_kill_dash_nine_trains_no_proposal_twice(setup
     subprocess.run([sys.executable, str(script), "resume", str(run)], env=env, check=True,
                    timeout=300)
     assert_same_result(run, tmp_path / "serial")
-    after = [(r["iteration"], r["group"]) for r in journal(run) if r["type"] == "proposal"]
+    after = [(r["iteration"], r["group"], r["rung"]) for r in journal(run)
+              if r["type"] == "proposal"]
     assert after[:len(before)] == before and len(set(after)) == len(after)
 
 

@@ -99,7 +99,8 @@ def assert_same_result(run: Path, full: Path, baselines: list[BaselineRecord]) -
     for baseline in (r for r in baselines if r.trained):
         assert same_weights(run / f"baselines/{baseline.name}.pt",
                             full / f"baselines/{baseline.name}.pt")
-    proposals = [(r["iteration"], r["group"]) for r in journal(run) if r["type"] == "proposal"]
+    proposals = [(r["iteration"], r["group"], r["rung"]) for r in journal(run)
+                 if r["type"] == "proposal"]
     assert len(proposals) == len(set(proposals))  # none trained (and recorded) twice
     assert len(proposals) == sum(r["type"] == "proposal" for r in journal(full))
 

@@ -192,8 +192,8 @@ def test_proposals_finishing_in_any_order_lead_to_the_same_choices(tiny_spec):
     budgets = [Budget("latency_ms", fake_ms(tiny_spec) * 0.6)]
     in_order = run(tiny_spec, budgets)
 
-    def last_first(iteration, children):  # as parallel workers may finish them
-        return reversed(list(one_by_one(evaluate)(iteration, children)))
+    def last_first(iteration, rung, children):  # as parallel workers may finish them
+        return reversed(list(one_by_one(evaluate)(iteration, rung, children)))
 
     shuffled = list(netadapt(start_of(tiny_spec), budgets, fake_ms, last_first))
     assert [e for e in shuffled if isinstance(e, Iteration)] == \

@@ -1,0 +1,126 @@
+"""Racing an iteration's proposals (successive halving): the rung schedule, who survives,
+the loop's choices and resume, and a survivor's fine-tune continuing to the bit."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from netadapt.racing import Racing, Rung
+from netadapt.search import Budget, Iteration, Proposal, Start, netadapt, resources_of
+
+from .conftest import fake_accuracy, fake_ms
+
+T = 20
+
+
+def no_noise(a: Proposal, b: Proposal) -> tuple[float, float]:
+    return a.accuracy - b.accuracy, 0.0
+
+
+def test_twelve_proposals_race_zero_then_a_third_then_all_steps():
+    racing = Racing(no_noise)
+    assert racing.rung(0, 0, 12, T) == Rung(0, 0, 0, False)  # inherited weights, BN only
+    assert racing.rung(1, 0, 4, T) == Rung(1, 0, 7, False)  # T / 3 for the best third
+    assert racing.rung(2, 7, 2, T) == Rung(2, 7, T, True)  # the last ones get all T
+    assert racing.rung(1, 0, 10, T) == Rung(1, 0, 2, False)  # two more cuts: T / 9
+    assert racing.rung(0, 0, 1, T) == Rung(0, 0, T, True)  # nothing to race
+    assert racing.rung(1, 0, 5, T, dropped=False) == Rung(1, 0, T, True)  # no shrinking
+
+
+def proposals(*accuracies: float) -> list[Proposal]:
+    return [Proposal(1, f"g{i}", 16, 8, None, {}, a) for i, a in enumerate(accuracies)]
+
+
+def test_the_best_third_survive_and_so_does_anything_within_noise_of_the_leader():
+    ranked = proposals(0.80, 0.79, 0.78, 0.70, 0.60, 0.50)
+    assert [p.group for p in Racing(no_noise).survivors(ranked)] == ["g0", "g1"]
+
+    def noisy(a, b):  # SE 0.011: margins up to 2.16 points are noise
+        return a.accuracy - b.accuracy, 0.011
+    assert [p.group for p in Racing(noisy).survivors(ranked)] == ["g0", "g1", "g2"]
+
+
+def steps_of(group: str, until: int) -> float:
+    """A fake short-term accuracy: rises with steps, at a rate that depends on the group,
+    so that zero-step order and T-step order differ for some proposals."""
+    digest = int(hashlib.sha256(group.encode()).hexdigest()[:6], 16) / 0xFFFFFF
+    return 0.5 + 0.3 * digest * until / T + 0.05 * (1 - digest)
+
+
+def race(spec, history=(), log=None):
+    start = Start(spec, fake_accuracy(spec), resources_of(spec, fake_ms))
+    budget = Budget("latency_ms", start.resources["latency_ms"] * 0.6)
+
+    def evaluate_many(iteration, rung, children):
+        for child in children:
+            if log is not None:
+                log.append((iteration, child.group, rung.index, rung.start, rung.until))
+            yield child.group, steps_of(child.group, rung.until) + fake_accuracy(child.spec), None
+
+    return list(netadapt(start, [budget], fake_ms, evaluate_many, history=history, steps=T,
+                         racing=Racing(no_noise)))
+
+
+def test_racing_chooses_among_proposals_that_had_all_steps_for_a_third_of_the_cost(tiny_spec):
+    log: list = []
+    events = race(tiny_spec, log=log)
+    iterations = [e for e in events if isinstance(e, Iteration)]
+    assert iterations
+    for it in iterations:
+        assert it.chosen.steps == T  # the winner had exactly T steps
+        finals = [e for e in events if isinstance(e, Proposal)
+                  and e.iteration == it.iteration and e.steps == T]
+        assert it.chosen.accuracy == max(p.accuracy for p in finals)
+    spent = sum(until - start for *_, start, until in log)
+    full = T * sum(1 for *_, index, _, _ in log if index == 0)
+    assert spent <= full / 2  # tiny: 4-5 proposals an iteration, so no deep race
+    # every survivor continues where it stopped
+    for iteration, group, index, start, _ in log:
+        if index:
+            previous = [u for i, g, k, _, u in log if (i, g, k) == (iteration, group, index - 1)]
+            assert previous == [start]
+
+
+def test_a_race_cut_mid_rung_resumes_without_evaluating_anything_twice(tiny_spec):
+    full = race(tiny_spec)
+    proposals_seen = [e for e in full if isinstance(e, Proposal)]
+    cut = len(proposals_seen) // 2 + 1  # inside some rung of some iteration
+    history = []
+    for e in full:
+        if isinstance(e, Proposal) and len([h for h in history if isinstance(h, Proposal)]) == cut:
+            break
+        history.append(e)
+    log: list = []
+    rest = race(tiny_spec, history=history, log=log)
+    done = {(p.iteration, p.group, p.rung) for p in history if isinstance(p, Proposal)}
+    assert not done & {(i, g, k) for i, g, k, _, _ in log}
+    assert [e for e in history + rest if isinstance(e, Iteration)] == \
+        [e for e in full if isinstance(e, Iteration)]
+
+
+def test_a_survivor_continues_its_fine_tune_to_the_same_bits(tiny_spec, tmp_path):
+    """Trained to step 2 in one job and continued to T in another (as a rung does, maybe
+    on another worker), a proposal ends with exactly the weights and score of one job
+    trained to T: the race decides who gets T steps, never what T steps give."""
+    from netadapt.jobs import DataSource, ProposalJob, Training, run_proposal
+    from netadapt.model import build_model
+
+    from .conftest import write_idx
+
+    data = DataSource(str(write_idx(tmp_path / "data")), 16, 3, 40, 0)
+    parent = tiny_spec
+    group = parent.groups[1]
+    child = parent.with_group_width(group.name, group.width - 8)
+    state = build_model(parent).state_dict()
+    job = ProposalJob(1, group.name, parent, child, 1234, Training(5, 0.02, 16), data)
+    whole = run_proposal(job, state)
+    first = run_proposal(ProposalJob(**{**job.__dict__, "until": 2}), state)
+    assert first.progress is not None
+    rest = run_proposal(ProposalJob(**{**job.__dict__, "until": 5,
+                                       "progress": first.progress}), state)
+    assert rest.accuracy == whole.accuracy and rest.progress is None
+    assert all(torch.equal(rest.state[k], whole.state[k]) for k in whole.state)
+    zero = run_proposal(ProposalJob(**{**job.__dict__, "until": 0}), state)
+    assert zero.progress is None  # nothing trained: the next rung inherits again
