@@ -64,12 +64,15 @@ class Racing:
     def rung(self, index: int, start: int, survivors: int, steps: int,
              dropped: bool = True) -> Rung:
         """The next rung for ``survivors`` proposals that have had ``start`` of the T =
-        ``steps`` short-term steps. When the previous rung dropped none (all within noise
-        of each other), more rungs would only cost more scoring: the next one is final."""
-        if index == 0 and survivors > 1 and steps > 0:
-            return Rung(0, 0, 0, False)
-        if survivors <= self.eta or not dropped:
+        ``steps`` short-term steps. Eta or fewer proposals do not race: a zero-step rung
+        would keep only one of them (replayed on a default run, dropping one of two that
+        way cost up to 8 points of holdout accuracy). When the previous rung dropped none
+        (all within noise of each other), more rungs would only cost more scoring: the next
+        one is final."""
+        if survivors <= self.eta or not dropped:  # a race of eta or fewer: one rung
             return Rung(index, start, steps, True)
+        if index == 0 and steps > 0:
+            return Rung(0, 0, 0, False)
         cuts = math.ceil(math.log(survivors) / math.log(self.eta) - 1e-9) - 1
         until = max(start + 1, round(steps / self.eta ** cuts))
         return Rung(index, start, min(until, steps), until >= steps)

@@ -306,7 +306,7 @@ def netadapt(
         race = _Race(iteration, spec, resources, candidates, predict_ms, done_proposals)
         proposals = yield from race.run(evaluate_many, racing, steps, criterion, accuracy,
                                         resource)
-        ranked = _rank(proposals, criterion, accuracy, resources, resource)
+        ranked = rank(proposals, criterion, accuracy, resources, resource)
         (best, score), runner_up = ranked[0], (ranked[1][0].group if len(ranked) > 1 else None)
         yield Iteration(iteration, {resource: target}, best, score, reduction, scheduled,
                         runner_up)
@@ -339,7 +339,7 @@ class _Race:
             if rung.final:
                 return results
             assert racing is not None
-            ranked = [p for p, _ in _rank(results, criterion, accuracy, self.resources,
+            ranked = [p for p, _ in rank(results, criterion, accuracy, self.resources,
                                           resource)]
             kept = {p.group for p in racing.survivors(ranked)}
             dropped = len(kept) < len(results)
@@ -387,7 +387,7 @@ def _candidates(spec: NetworkSpec, resources: dict[str, float], driver: Budget,
         f"scheduled step; the unmet budget is {driver}")
 
 
-def _rank(proposals: list[Proposal], criterion: str, accuracy: float,
+def rank(proposals: list[Proposal], criterion: str, accuracy: float,
           resources: dict[str, float], resource: str) -> list[tuple[Proposal, float]]:
     """Proposals with their scores, best first: highest accuracy (NetAdapt), or highest
     dAcc / |dRes| (MobileNetV3); ties go to the lower resource."""

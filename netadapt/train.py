@@ -44,8 +44,7 @@ def finetune(model: nn.Module, data: Data, steps: int, *, lr: float = 0.02,
              batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu",
              bn_momentum: float | None = FINETUNE_BN_MOMENTUM, optimizer: str = "sgd",
              weight_decay: float = 4e-5, schedule: str = "cosine", warmup_steps: int = 0,
-             label_smoothing: float = 0.0, amp: bool = True,
-             progress: Progress | None = None,
+             label_smoothing: float = 0.0, amp: bool = True, progress: Progress | None = None,
              checkpoint: Checkpoint | None = None, until: int | None = None) -> nn.Module:
     """Train ``model`` in place for ``steps`` steps on ``data.train``; return it in eval mode.
 

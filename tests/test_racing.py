@@ -26,6 +26,7 @@ def test_twelve_proposals_race_zero_then_a_third_then_all_steps():
     assert racing.rung(2, 7, 2, T) == Rung(2, 7, T, True)  # the last ones get all T
     assert racing.rung(1, 0, 10, T) == Rung(1, 0, 2, False)  # two more cuts: T / 9
     assert racing.rung(0, 0, 1, T) == Rung(0, 0, T, True)  # nothing to race
+    assert racing.rung(0, 0, 3, T) == Rung(0, 0, T, True)  # eta or fewer: no race
     assert racing.rung(1, 0, 5, T, dropped=False) == Rung(1, 0, T, True)  # no shrinking
 
 

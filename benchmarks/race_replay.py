@@ -1,0 +1,140 @@
+"""How racing would have chosen, replayed on a search run that evaluated every proposal
+fully (--no-racing): per iteration, which proposal each racing setting picks, the
+training steps it spends, and its regret (the full-T holdout accuracy of full
+evaluation's pick minus that of racing's pick), on the same parents, batches and holdout.
+
+    python benchmarks/race_replay.py RUN [--eta 2 3] [--z 0 1 1.96]
+
+A raced proposal's score after k steps is what its first k steps of the T-step
+fine-tune give (the race continues that fine-tune bit for bit), so each iteration's
+proposals are re-trained here only up to the rungs' step counts (0 = inherited weights,
+BN re-estimated) with the run's own iteration seed; their T-step scores and per-image
+correctness are the run's. z is the noise rule's: a proposal whose paired margin behind
+the rung's leader is at most z SE is kept beyond the top 1/eta (z = 0: only exact ties).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from netadapt.config import SearchConfig
+from netadapt.context import SearchContext, open_context
+from netadapt.jobs import ProposalJob, Training, run_proposal
+from netadapt.loop import correct_name
+from netadapt.model import read_state_dict
+from netadapt.racing import Racing
+from netadapt.rundir import RunDir, iteration_name, proposal_name
+from netadapt.search import Iteration, Proposal, rank
+from netadapt.spec import spec_from_dict
+from netadapt.train import paired_margin
+
+
+class Scores:
+    """Each proposal's (holdout accuracy, per-image correctness) after k steps."""
+
+    def __init__(self, ctx: SearchContext, it: Iteration, proposals: list[Proposal]) -> None:
+        self.ctx, self.it = ctx, it
+        self.by_group = {p.group: p for p in proposals}
+        if it.iteration == 1:
+            self.parent, state = ctx.seed_spec, read_state_dict(ctx.run.path / "seed.pt")
+        else:
+            name = iteration_name(it.iteration - 1)
+            self.parent = ctx.run.read_spec(f"{name}.yaml")
+            state = read_state_dict(ctx.run.path / f"{name}.pt")
+        self.state = state
+        self.cache: dict[tuple[str, int], tuple[float, torch.Tensor]] = {}
+
+    def __call__(self, group: str, steps: int) -> tuple[float, torch.Tensor]:
+        cfg, T = self.ctx.config, self.ctx.config.short_term_steps
+        if (group, steps) not in self.cache:
+            p = self.by_group[group]
+            if steps == T:  # the run's own result
+                correct = read_state_dict(self.ctx.run.path / correct_name(
+                    proposal_name(p.iteration, group)))["correct"]
+                self.cache[(group, steps)] = (p.accuracy, correct)
+            else:
+                job = ProposalJob(p.iteration, group, self.parent, p.spec,
+                                  self.ctx.seed_for(p.iteration),
+                                  Training(T, cfg.lr, cfg.batch_size, self.ctx.torch_device,
+                                           cfg.threads), self.ctx.data_source, until=steps)
+                result = run_proposal(job, self.state)
+                self.cache[(group, steps)] = (result.accuracy, result.correct)
+        return self.cache[(group, steps)]
+
+
+def race(scores: Scores, proposals: list[Proposal], eta: int, z: float, criterion: str,
+         parent_accuracy: float, parent_resources: dict[str, float], resource: str
+         ) -> tuple[str, int]:
+    """The group racing picks and the training steps it spends."""
+    T = scores.ctx.config.short_term_steps
+
+    def at(p: Proposal, steps: int) -> Proposal:
+        return Proposal(p.iteration, p.group, p.width_from, p.width_to, p.spec, p.resources,
+                        scores(p.group, steps)[0], steps=steps)
+
+    def paired(a: Proposal, b: Proposal) -> tuple[float, float]:
+        assert a.steps is not None and b.steps is not None
+        return paired_margin(scores(a.group, a.steps)[1], scores(b.group, b.steps)[1])
+
+    racing = Racing(paired, eta=eta, z=z)
+    alive, start, index, dropped, spent = list(proposals), 0, 0, True, 0
+    while True:
+        rung = racing.rung(index, start, len(alive), T, dropped)
+        spent += len(alive) * (rung.until - start)
+        scored = [at(p, rung.until) for p in alive]
+        ranked = [p for p, _ in rank(scored, criterion, parent_accuracy, parent_resources,
+                                     resource)]
+        if rung.final:
+            return ranked[0].group, spent
+        kept = {p.group for p in racing.survivors(ranked)}
+        dropped = len(kept) < len(alive)
+        alive = [p for p in alive if p.group in kept]
+        start, index = rung.until, index + 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--eta", type=int, nargs="+", default=[3])
+    parser.add_argument("--z", type=float, nargs="+", default=[0.0, 1.0, 1.96])
+    args = parser.parse_args()
+    run = RunDir.open(args.run)
+    config = SearchConfig.from_json(run.config["search"])
+    ctx = open_context(config, run, spec_from_dict(run.config["seed_spec"]))
+    events = run.events(ctx.seed_spec)
+    seed = run.seed_record()
+    assert seed is not None
+    accuracy = seed.accuracy
+    resources = {"latency_ms": seed.latency_ms, "params": seed.params, "macs": seed.macs}
+    rows, T = [], config.short_term_steps
+    for it in (e for e in events if isinstance(e, Iteration)):
+        proposals = [e for e in events if isinstance(e, Proposal) and e.iteration == it.iteration]
+        scores = Scores(ctx, it, proposals)
+        resource = next(iter(it.target))
+        best_T, full_steps = max(p.accuracy for p in proposals), len(proposals) * T
+        for eta in args.eta:
+            for z in args.z:
+                pick, spent = race(scores, proposals, eta, z, config.criterion, accuracy,
+                                   resources, resource)
+                rows.append({"iteration": it.iteration, "proposals": len(proposals),
+                             "eta": eta, "z": z, "full_pick": it.chosen.group, "pick": pick,
+                             "same": pick == it.chosen.group,
+                             "regret": round(best_T - scores.by_group[pick].accuracy, 4),
+                             "steps": spent, "full_steps": full_steps})
+        accuracy, resources = it.chosen.accuracy, it.chosen.resources
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False))
+    print("\nover the run's iterations:")
+    summary = table.groupby(["eta", "z"]).agg(
+        iterations=("same", "size"), same=("same", "sum"), mean_regret=("regret", "mean"),
+        max_regret=("regret", "max"), steps=("steps", "sum"), full_steps=("full_steps", "sum"))
+    summary["steps_share"] = (summary["steps"] / summary["full_steps"]).round(3)
+    print(summary.to_string())
+
+
+if __name__ == "__main__":
+    main()
