@@ -168,17 +168,18 @@ BASELINES = {"width_multiplier": width_multiplier, "uniform_pruning": uniform_pr
 
 
 
-def run_baselines(ctx: SearchContext) -> list[BaselineRecord]:
-    """Every baseline at the run's budgets, from the same seed weights, each trained
-    exactly as many steps as the search's winner got from the seed (its iterations'
-    short-term steps + the long-term steps), on the same batches, then finished as the
-    winner was. Finished baselines (journal records) are not trained again."""
+def run_baselines(ctx: SearchContext, names: Sequence[str] = ()) -> list[BaselineRecord]:
+    """The baselines ``names`` (default: all) at the run's budgets, from the same seed
+    weights, each trained exactly as many steps as the search's winner got from the seed
+    (its iterations' short-term steps + the long-term steps), on the same batches, then
+    finished as the winner was. Finished baselines (journal records) are not trained
+    again."""
     from .model import read_state_dict
 
     done = {r.name for r in ctx.run.baseline_records()}
     seed_state = read_state_dict(ctx.run.path / "seed.pt")
     for name, make in BASELINES.items():
-        if name in done:
+        if name in done or (names and name not in names):
             continue
         try:
             found = make(ctx.seed_spec, ctx.budgets, ctx.predict_ms, seed_state)

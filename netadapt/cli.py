@@ -198,11 +198,16 @@ def _print_result(result: Any) -> None:
     typer.echo(f"{'MACs (M)':<16}{seed.macs / 1e6:>12.2f}{final.macs / 1e6:>12.2f}")
     typer.echo(f"{f'holdout {metric} @{final.holdout_px}':<16}{seed.accuracy:>12.4f}"
                f"{final.accuracy:>12.4f}")
-    typer.echo(f"{f'test {metric}':<16}{final.seed_test_accuracy:>12.4f}"
-               f"{final.test_accuracy:>12.4f}")
-    typer.echo(f"{'  at input px':<16}{str(final.seed_test_px):>12}"
-               f"{str(final.test_px):>12}  (the result's: its exported ONNX file, run "
-               f"by onnxruntime, after {final.deploy_steps} steps at that size)")
+    deployed = final.seed_deploy_test_accuracy is not None
+    seed_test, seed_px = ((final.seed_deploy_test_accuracy, final.seed_deploy_px) if deployed
+                          else (final.seed_test_accuracy, final.seed_test_px))
+    typer.echo(f"{f'test {metric}':<16}{seed_test:>12.4f}{final.test_accuracy:>12.4f}")
+    typer.echo(f"{'  at input px':<16}{seed_px!s:>12}{final.test_px!s:>12}  (exported ONNX "
+               f"file{'s' if deployed else ''}, run by onnxruntime, after "
+               f"{final.deploy_steps} steps at that size)")
+    if deployed:
+        typer.echo(f"{f'  seed @{final.seed_test_px}':<16}{final.seed_test_accuracy:>12.4f}"
+                   f"{'':>12}  (the seed as trained, at the search's size)")
     # which device and table predicted the latencies: a phone ESTIMATE must say so
     typer.echo(f"latency: {result.latency_table}")
     typer.echo(f"{result.iterations} iterations; budgets met: {final.budgets_met}; "

@@ -23,7 +23,7 @@ from .errors import NetadaptError
 from .jobs import DataSource
 from .observer import Observer, StepCallback
 from .records import BaselineRecord, FinalRecord, Record, SeedRecord, timed
-from .rundir import RunDir
+from .rundir import SEED_DEPLOYED, RunDir
 from .search import Budget, check_reachable, resolve_budgets
 from .spec import NetworkSpec
 
@@ -109,7 +109,7 @@ def phases_of(record: PhaseRecord) -> list[str]:
     if isinstance(record, SeedRecord):
         return ["seed"]
     if isinstance(record, FinalRecord):
-        return ["long_term", deploy_phase("best")]
+        return ["long_term", deploy_phase("best"), deploy_phase(SEED_DEPLOYED)]
     return [f"baseline-{record.name}", deploy_phase(f"baselines/{record.name}")]
 
 

@@ -2,7 +2,8 @@
 or resuming one.
 
     seed (seed.py) -> proposal loop (loop.py, over search.py) -> long-term fine-tune and
-    deployed-size finish (finish.py) -> baselines (baseline.py, with --compare)
+    deployed-size finish (finish.py) -> the width multiplier (baseline.py; with --compare
+    every baseline)
 
 Each phase is a function of the run's SearchContext (context.py) and journals its record;
 resuming replays the journal: finished phases are skipped, finished proposals are not
@@ -25,6 +26,8 @@ from .records import BaselineRecord, FinalRecord, RunTimes, SeedRecord, of_type
 from .rundir import RunDir
 from .search import Iteration, Start
 from .spec import load_spec, spec_from_dict
+
+DEFAULT_BASELINE = "width_multiplier"  # trained in every run: the simplest alternative
 
 
 @dataclass
@@ -70,7 +73,8 @@ def run_search(ctx: SearchContext, executor: Executor) -> SearchResult:
         new, loop_seconds = run_loop(ctx, executor, start, history)
         iterations += new
         final = long_term(ctx, iterations)
-    baselines = run_baselines(ctx) if ctx.config.compare else []
+    # the simplest alternative always sits beside the result; --compare adds the others
+    baselines = run_baselines(ctx, () if ctx.config.compare else (DEFAULT_BASELINE,))
     ctx.run.write_csv()
     ctx.journal_changed()
     return SearchResult(ctx.run.path, seed, final, len(iterations), time.time() - started,

@@ -15,7 +15,7 @@ from .context import DEPLOY_SEED, LONG_TERM_SEED, SearchContext, deploy_phase
 from .export import deployment_metadata
 from .model import build_model, read_state_dict
 from .records import FinalRecord
-from .rundir import iteration_name
+from .rundir import SEED_DEPLOYED, iteration_name
 from .search import Iteration, resources_of, unmet
 from .spec import NetworkSpec
 
@@ -56,9 +56,20 @@ def long_term(ctx: SearchContext, iterations: list[Iteration]) -> FinalRecord:
         # the training this network got from the seed: what every baseline gets too
         steps=len(iterations) * cfg.short_term_steps + cfg.long_term_steps,
         **finished, seed_test_accuracy=seed_test, seed_test_px=ctx.data.resolution,
-        budgets_met=not unmet(resources, ctx.budgets))
+        budgets_met=not unmet(resources, ctx.budgets), **_seed_deployed(ctx, seed_model))
     ctx.finish_phase(record)
     return record
+
+
+def _seed_deployed(ctx: SearchContext, seed_model: torch.nn.Module) -> dict[str, Any]:
+    """The seed given the result's training at the deployed size, exported and scored
+    there: what the search bought is measured against it at the size that ships (none
+    when the search ran at the deployed size: the seed's test accuracy is already there)."""
+    if not deploy_steps(ctx, ctx.seed_spec, ctx.data):
+        return {}
+    finished = finish_network(ctx, seed_model, ctx.seed_spec, SEED_DEPLOYED, ctx.data)
+    return {"seed_deploy_test_accuracy": finished["test_accuracy"],
+            "seed_deploy_px": finished["test_px"]}
 
 
 def deploy_steps(ctx: SearchContext, spec: NetworkSpec, data: Data) -> int:

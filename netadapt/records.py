@@ -169,6 +169,10 @@ class FinalRecord(Record):
     seed_test_accuracy: float
     seed_test_px: int | None = None
     budgets_met: bool
+    # the seed after the same training at the deployed size (when the search ran at a
+    # smaller proxy size): its exported file's test accuracy at that size
+    seed_deploy_test_accuracy: float | None = None
+    seed_deploy_px: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,7 @@ import torch
 
 from .files import write_bytes_atomic
 from .records import BaselineRecord, SeedRecord, of_type
-from .rundir import RunDir
+from .rundir import SEED_DEPLOYED, RunDir
 from .search import Budget
 
 if TYPE_CHECKING:
@@ -96,19 +96,24 @@ def comparison(path: Path) -> pd.DataFrame:
     run = RunDir.open(path)
     final, records = run.require_final(), run.records()
     seed = of_type(records, SeedRecord)[0]
-    rows = [{"network": "seed", "setting": "", "spec": "seed.yaml", **seed.to_dict(),
-             "steps": 0, "holdout_px": final.holdout_px,
-             "test_accuracy": final.seed_test_accuracy, "test_px": final.seed_test_px},
-            {"network": "netadapt", "setting": f"{final.iteration} iterations",
-             "spec": "best.yaml", **final.to_dict()}]
-    ours = _test_correct(path / "best.test_correct.pt")
+    seed_row = {"network": "seed", "setting": "", "spec": "seed.yaml", **seed.to_dict(),
+                "steps": 0, "holdout_px": final.holdout_px,
+                "test_accuracy": final.seed_test_accuracy, "test_px": final.seed_test_px}
+    if final.seed_deploy_test_accuracy is not None:  # at the deployed size, trained alike
+        seed_row.update(setting="unpruned", deploy_steps=final.deploy_steps,
+                        test_accuracy=final.seed_deploy_test_accuracy,
+                        test_px=final.seed_deploy_px, correct=f"{SEED_DEPLOYED}.test_correct.pt")
+    rows = [seed_row, {"network": "netadapt", "setting": f"{final.iteration} iterations",
+                       "spec": "best.yaml", **final.to_dict()}]
     for r in of_type(records, BaselineRecord):
-        row = {"network": r.name, "setting": r.knob or r.note or "",
-               "spec": f"baselines/{r.name}.yaml" if r.trained else "", **r.to_dict()}
-        theirs = _test_correct(path / f"baselines/{r.name}.test_correct.pt")
+        rows.append({"network": r.name, "setting": r.knob or r.note or "",
+                     "spec": f"baselines/{r.name}.yaml" if r.trained else "", **r.to_dict(),
+                     "correct": f"baselines/{r.name}.test_correct.pt"})
+    ours = _test_correct(path / "best.test_correct.pt")
+    for row in rows:
+        theirs = _test_correct(path / row["correct"]) if "correct" in row else None
         if ours is not None and theirs is not None and ours.shape == theirs.shape:
             row["margin"], row["margin_se"] = paired_margin(ours, theirs)
-        rows.append(row)
     columns = ["network", "setting", "latency_ms", "params", "macs", "steps", "deploy_steps",
                "accuracy", "holdout_px", "test_accuracy", "test_px", "margin", "margin_se",
                "spec"]

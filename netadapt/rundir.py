@@ -10,6 +10,8 @@
       checkpoints/PHASE.pt   progress of a running long phase (seed, long-term, deploy,
                              baseline training); removed once the phase is recorded
       best.yaml, best.pt     the result, after the long-term fine-tune
+      seed_deployed.*        the seed after the same training at the deployed size
+      baselines/NAME.*       the width multiplier (every baseline with --compare)
       accuracy_vs_latency.png
 
 A kill at any moment loses at most the record being written: files are replaced
@@ -237,6 +239,9 @@ class RunDir:
             shutil.rmtree(target, ignore_errors=True)
         else:
             target.unlink(missing_ok=True)
+
+
+SEED_DEPLOYED = "seed_deployed"  # the seed trained at the deployed size, for comparison
 
 
 def iteration_name(iteration: int) -> str:
