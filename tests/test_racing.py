@@ -125,3 +125,48 @@ def test_a_survivor_continues_its_fine_tune_to_the_same_bits(tiny_spec, tmp_path
     assert all(torch.equal(rest.state[k], whole.state[k]) for k in whole.state)
     zero = run_proposal(ProposalJob(**{**job.__dict__, "until": 0}), state)
     assert zero.progress is None  # nothing trained: the next rung inherits again
+
+
+def test_a_raced_search_interrupted_in_a_later_rung_resumes_from_saved_progress(tmp_path):
+    """Scores that tie four of five proposals keep them past the zero-step rung, so a
+    rung of T/3 steps leaves each survivor's progress on disk; interrupted in the next
+    rung and resumed in a new session, the search continues from those files (nothing in
+    memory) and ends with the uninterrupted run's bits."""
+    import dataclasses
+
+    from netadapt.driver import resume_search, start_search
+    from netadapt.executors import Executor
+    from netadapt.jobs import run_proposal
+
+    from .conftest import fake_ms, same_weights, tiny_search
+
+    config = tiny_search(tmp_path, 0.96, step=0.03, short_term_steps=3, long_term_steps=2,
+                         deploy_steps=0)
+    calls = {"left": None}
+
+    def tied(job, parent_state):  # every group but one ties, at every rung
+        if calls["left"] is not None:
+            if calls["left"] == 0:
+                raise KeyboardInterrupt
+            calls["left"] -= 1
+        result = run_proposal(job, parent_state)
+        worse = job.group == "blocks[2].exp"
+        return dataclasses.replace(result, accuracy=0.4 if worse else 0.5,
+                                   correct=torch.full_like(result.correct, not worse))
+
+    full = start_search(config, tmp_path / "full", predict_ms=fake_ms, executor=Executor(tied))
+    records = [r for r in (tmp_path / "full" / "history.jsonl").read_text().splitlines()
+               if '"proposal"' in r]
+    assert any('"steps": 1' in r for r in records)  # a rung stopped short of T ran
+    calls["left"] = sum('"iteration": 1' in r for r in records) - 2  # inside the last rung
+    try:
+        start_search(config, tmp_path / "cut", predict_ms=fake_ms, executor=Executor(tied))
+    except KeyboardInterrupt:
+        pass
+    assert list((tmp_path / "cut" / "proposals" / "iter_001").glob("*.rung1.progress.pt"))
+    calls["left"] = None
+    resumed = resume_search(tmp_path / "cut", predict_ms=fake_ms, executor=Executor(tied))
+    assert (tmp_path / "cut" / "best.yaml").read_text() == \
+        (tmp_path / "full" / "best.yaml").read_text()
+    assert same_weights(tmp_path / "cut" / "best.pt", tmp_path / "full" / "best.pt")
+    assert full.iterations == resumed.iterations
