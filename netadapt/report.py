@@ -208,8 +208,10 @@ def verdict(table: pd.DataFrame, metric: str = "top-1") -> str:
     For segmentation (``metric`` mIoU) the networks are compared on test mIoU and the
     paired margin is of per-image pixel accuracy (mIoU has no per-image terms)."""
     ours = float(table.loc[table["network"] == "netadapt", "test_accuracy"].iloc[0])
-    others = table[~table["network"].isin(["seed", "netadapt"])].dropna(
-        subset=["test_accuracy"])
+    baselines = table[~table["network"].isin(["seed", "netadapt"])]
+    if baselines.empty:
+        return "no baseline in this run: `netadapt baseline RUN_DIR` trains them"
+    others = baselines.dropna(subset=["test_accuracy"])
     if others.empty:
         return "no baseline could meet the budgets"
     best = others.loc[others["test_accuracy"].idxmax()]
