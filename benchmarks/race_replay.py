@@ -16,6 +16,7 @@ the rung's leader is at most z SE is kept beyond the top 1/eta (z = 0: only exac
 from __future__ import annotations
 
 import argparse
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -26,9 +27,9 @@ from netadapt.context import SearchContext, open_context
 from netadapt.jobs import ProposalJob, Training, run_proposal
 from netadapt.loop import correct_name
 from netadapt.model import read_state_dict
-from netadapt.racing import Racing
+from netadapt.racing import Racing, Rung
 from netadapt.rundir import RunDir, iteration_name, proposal_name
-from netadapt.search import Iteration, Proposal, rank
+from netadapt.search import Child, Evaluated, Iteration, Proposal, Race, rank
 from netadapt.spec import spec_from_dict
 from netadapt.train import paired_margin
 
@@ -69,31 +70,38 @@ class Scores:
 def race(scores: Scores, proposals: list[Proposal], eta: int, z: float, criterion: str,
          parent_accuracy: float, parent_resources: dict[str, float], resource: str
          ) -> tuple[str, int]:
-    """The group racing picks and the training steps it spends."""
+    """The group racing picks and the training steps it spends: the search's own race
+    (search.Race), its proposals scored from ``scores``."""
     T = scores.ctx.config.short_term_steps
+    spent = 0
 
-    def at(p: Proposal, steps: int) -> Proposal:
-        return Proposal(p.iteration, p.group, p.width_from, p.width_to, p.spec, p.resources,
-                        scores(p.group, steps)[0], steps=steps)
+    def evaluate_many(iteration: int, rung: Rung, children: Sequence[Child]
+                      ) -> Iterator[Evaluated]:
+        nonlocal spent
+        spent += len(children) * (rung.until - rung.start)
+        for child in children:
+            yield child.group, scores(child.group, rung.until)[0], None
 
     def paired(a: Proposal, b: Proposal) -> tuple[float, float]:
         assert a.steps is not None and b.steps is not None
         return paired_margin(scores(a.group, a.steps)[1], scores(b.group, b.steps)[1])
 
-    racing = Racing(paired, eta=eta, z=z)
-    alive, start, index, dropped, spent = list(proposals), 0, 0, True, 0
+    candidates = [(p.group, p.width_to, p.spec, p.resources[resource]) for p in proposals]
+    running = Race(scores.it.iteration, scores.parent, parent_resources, candidates,
+                   scores.ctx.predict_ms, {}).run(evaluate_many, Racing(paired, eta, z), T,
+                                                   criterion, parent_accuracy, resource)
+    finals = yield_all(running)
+    best = rank(finals, criterion, parent_accuracy, parent_resources, resource)[0][0]
+    return best.group, spent
+
+
+def yield_all(generator: Generator[Proposal, None, list[Proposal]]) -> list[Proposal]:
+    """Run a generator to its end; its return value."""
     while True:
-        rung = racing.rung(index, start, len(alive), T, dropped)
-        spent += len(alive) * (rung.until - start)
-        scored = [at(p, rung.until) for p in alive]
-        ranked = [p for p, _ in rank(scored, criterion, parent_accuracy, parent_resources,
-                                     resource)]
-        if rung.final:
-            return ranked[0].group, spent
-        kept = {p.group for p in racing.survivors(ranked)}
-        dropped = len(kept) < len(alive)
-        alive = [p for p in alive if p.group in kept]
-        start, index = rung.until, index + 1
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
 
 
 def main() -> None:

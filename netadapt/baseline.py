@@ -18,21 +18,20 @@ so the comparison is fair.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import NetadaptError
 from .records import BaselineRecord
-from .search import Budget, resources_of, unmet
+from .search import Budget, Predict, resources_of, unmet
 from .spec import WIDTH_STEP, NetworkSpec
 
 if TYPE_CHECKING:
     from .context import SearchContext
     from .observer import Observer
 
-Predict = Callable[[NetworkSpec], float]
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ class MemoryCheckpoint(Checkpoint):
 
     path: Path = Path()  # unused: nothing is written
     data: bytes | None = field(default=None, repr=False)
+    keep: bool = True  # False: only continue from ``data``; progress is not kept again
 
     def load(self, settings: dict[str, Any]) -> dict[str, Any] | None:
         """The progress held, or None when there is none. Progress saved under other
@@ -106,6 +107,8 @@ class MemoryCheckpoint(Checkpoint):
         return step >= steps  # the trainer saves where it stops, wherever that is
 
     def save(self, state: dict[str, Any], settings: dict[str, Any]) -> None:
+        if not self.keep:  # serializing model and optimizer costs; nobody reads it here
+            return
         buffer = io.BytesIO()
         torch.save({**state, "key": {**self.key, **settings}}, buffer)
         self.data = buffer.getvalue()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,13 +23,12 @@ from .jobs import DataSource
 from .observer import Observer, StepCallback
 from .records import BaselineRecord, FinalRecord, Record, SeedRecord, timed
 from .rundir import SEED_DEPLOYED, RunDir
-from .search import Budget, check_reachable, resolve_budgets
+from .search import Budget, Predict, check_reachable, resolve_budgets
 from .spec import NetworkSpec
 
 if TYPE_CHECKING:
     from .data import Data
 
-Predict = Callable[[NetworkSpec], float]
 # the "iteration" whose seed the long-term fine-tunes (and the baselines) share
 LONG_TERM_SEED = -1
 DEPLOY_SEED = -2  # the "iteration" whose seed every deployed-size phase shares
@@ -151,11 +149,12 @@ def open_context(config: SearchConfig, run: RunDir, seed_spec: NetworkSpec,
     seed_spec = dataclasses.replace(seed_spec, num_classes=data.num_classes)
     budgets = resolve_budgets(config.budgets, seed_spec, latency.predict_ms)
     check_reachable(seed_spec, budgets, latency.predict_ms)
+    ctx = SearchContext(config, run, seed_spec, source, data, latency, budgets, torch_device,
+                        clock, observer or Observer())
     if "data" not in run.config:
         run.update_config({"data": data.description, "latency_table": latency.label,
                            # what "accuracy" holds, and what a paired margin is of
-                           "metric": "mIoU" if segmentation else "top-1",
+                           "metric": ctx.metric,
                            "margin_of": "per-image pixel accuracy" if segmentation
                            else "per-image correctness"})
-    return SearchContext(config, run, seed_spec, source, data, latency, budgets, torch_device,
-                         clock, observer or Observer())
+    return ctx

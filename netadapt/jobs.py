@@ -151,7 +151,8 @@ def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> Pro
     if job.progress is None:
         model.load_state_dict(inherit_weights(job.parent, parent_state, job.child))
     stops = job.until is not None and 0 < job.until < settings.steps
-    progress = MemoryCheckpoint(data=job.progress) if stops or job.progress else None
+    progress = MemoryCheckpoint(data=job.progress, keep=stops) if stops or job.progress \
+        else None
     trained = time.perf_counter()
     finetune(model, data, steps=settings.steps, lr=settings.lr,
              batch_size=settings.batch_size, seed=job.seed, device=device,

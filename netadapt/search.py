@@ -38,6 +38,9 @@ CRITERIA = ("accuracy", "slope")
 MAX_HALVINGS = 8
 
 
+Predict = Callable[[NetworkSpec], float]  # a latency predictor: spec -> milliseconds
+
+
 class BudgetError(NetadaptError):
     """A budget that cannot be parsed or cannot be reached."""
 
@@ -303,7 +306,7 @@ def netadapt(
         scheduled = schedule.reduction(iteration, start.resources[resource])
         target, reduction, candidates = _candidates(spec, resources, driver, scheduled,
                                                     measures[resource])
-        race = _Race(iteration, spec, resources, candidates, predict_ms, done_proposals)
+        race = Race(iteration, spec, resources, candidates, predict_ms, done_proposals)
         proposals = yield from race.run(evaluate_many, racing, steps, criterion, accuracy,
                                         resource)
         ranked = rank(proposals, criterion, accuracy, resources, resource)
@@ -315,8 +318,9 @@ def netadapt(
 
 
 @dataclass
-class _Race:
-    """One iteration's proposals, evaluated rung by rung (one rung without racing)."""
+class Race:
+    """One iteration's proposals, evaluated rung by rung (one rung without racing).
+    ``candidates`` are ``propose``'s (group, width, child spec, value)."""
 
     iteration: int
     parent: NetworkSpec
