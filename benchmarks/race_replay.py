@@ -3,7 +3,7 @@ fully (--no-racing): per iteration, which proposal each racing setting picks, th
 training steps it spends, and its regret (the full-T holdout accuracy of full
 evaluation's pick minus that of racing's pick), on the same parents, batches and holdout.
 
-    python benchmarks/race_replay.py RUN [--eta 2 3] [--z 0 1 1.96]
+    python benchmarks/race_replay.py RUN [--eta 2 3] [--z 0 1 1.96] [--finalists 1 3]
 
 A raced proposal's score after k steps is what its first k steps of the T-step
 fine-tune give (the race continues that fine-tune bit for bit), so each iteration's
@@ -11,11 +11,13 @@ proposals are re-trained here only up to the rungs' step counts (0 = inherited w
 BN re-estimated) with the run's own iteration seed; their T-step scores and per-image
 correctness are the run's. z is the noise rule's: a proposal whose paired margin behind
 the rung's leader is at most z SE is kept beyond the top 1/eta (z = 0: only exact ties).
+finalists: how many proposals the rungs cut down to before the last gets all T steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
@@ -66,8 +68,13 @@ class Scores:
                 self.cache[(group, steps)] = (result.accuracy, result.correct)
         return self.cache[(group, steps)]
 
+    def paired(self, a: Proposal, b: Proposal) -> tuple[float, float]:
+        """a's holdout margin over b at the steps each has had, paired on the images."""
+        assert a.steps is not None and b.steps is not None
+        return paired_margin(self(a.group, a.steps)[1], self(b.group, b.steps)[1])
 
-def race(scores: Scores, proposals: list[Proposal], eta: int, z: float, criterion: str,
+
+def race(scores: Scores, proposals: list[Proposal], racing: Racing, criterion: str,
          parent_accuracy: float, parent_resources: dict[str, float], resource: str
          ) -> tuple[str, int]:
     """The group racing picks and the training steps it spends: the search's own race
@@ -82,13 +89,9 @@ def race(scores: Scores, proposals: list[Proposal], eta: int, z: float, criterio
         for child in children:
             yield child.group, scores(child.group, rung.until)[0], None
 
-    def paired(a: Proposal, b: Proposal) -> tuple[float, float]:
-        assert a.steps is not None and b.steps is not None
-        return paired_margin(scores(a.group, a.steps)[1], scores(b.group, b.steps)[1])
-
     candidates = [(p.group, p.width_to, p.spec, p.resources[resource]) for p in proposals]
     running = Race(scores.it.iteration, scores.parent, parent_resources, candidates,
-                   scores.ctx.predict_ms, {}).run(evaluate_many, Racing(paired, eta, z), T,
+                   scores.ctx.predict_ms, {}).run(evaluate_many, racing, T,
                                                    criterion, parent_accuracy, resource)
     finals = yield_all(running)
     best = rank(finals, criterion, parent_accuracy, parent_resources, resource)[0][0]
@@ -109,6 +112,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--eta", type=int, nargs="+", default=[3])
     parser.add_argument("--z", type=float, nargs="+", default=[0.0, 1.0, 1.96])
+    parser.add_argument("--finalists", type=int, nargs="+", default=[1])
     args = parser.parse_args()
     run = RunDir.open(args.run)
     config = SearchConfig.from_json(run.config["search"])
@@ -124,20 +128,21 @@ def main() -> None:
         scores = Scores(ctx, it, proposals)
         resource = next(iter(it.target))
         best_T, full_steps = max(p.accuracy for p in proposals), len(proposals) * T
-        for eta in args.eta:
-            for z in args.z:
-                pick, spent = race(scores, proposals, eta, z, config.criterion, accuracy,
-                                   resources, resource)
-                rows.append({"iteration": it.iteration, "proposals": len(proposals),
-                             "eta": eta, "z": z, "full_pick": it.chosen.group, "pick": pick,
-                             "same": pick == it.chosen.group,
-                             "regret": round(best_T - scores.by_group[pick].accuracy, 4),
-                             "steps": spent, "full_steps": full_steps})
+
+        for eta, z, finalists in itertools.product(args.eta, args.z, args.finalists):
+            pick, spent = race(scores, proposals, Racing(scores.paired, eta, z, finalists),
+                               config.criterion, accuracy, resources, resource)
+            rows.append({"iteration": it.iteration, "proposals": len(proposals),
+                         "eta": eta, "z": z, "finalists": finalists,
+                         "full_pick": it.chosen.group, "pick": pick,
+                         "same": pick == it.chosen.group,
+                         "regret": round(best_T - scores.by_group[pick].accuracy, 4),
+                         "steps": spent, "full_steps": full_steps})
         accuracy, resources = it.chosen.accuracy, it.chosen.resources
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     print("\nover the run's iterations:")
-    summary = table.groupby(["eta", "z"]).agg(
+    summary = table.groupby(["eta", "z", "finalists"]).agg(
         iterations=("same", "size"), same=("same", "sum"), mean_regret=("regret", "mean"),
         max_regret=("regret", "max"), steps=("steps", "sum"), full_steps=("full_steps", "sum"))
     summary["steps_share"] = (summary["steps"] / summary["full_steps"]).round(3)

@@ -2,18 +2,18 @@
 steps each proposal gets before the iteration chooses. Decisions only; nothing here
 trains.
 
-    rung 0   every proposal: inherited weights, BN re-estimated, no fine-tuning
-             (EagleEye's adaptive-BN score); keep the best 1/eta
+    rung 0   more than eta proposals: inherited weights, BN re-estimated, no
+             fine-tuning (EagleEye's adaptive-BN score); keep the best 1/eta
     rung k   the survivors continue from their own weights, up to T / eta^j steps, where
-             j more cuts are still needed; keep the best 1/eta ...
-    final    the survivors reach T steps; the iteration chooses among them only
+             j more cuts are still needed to leave ``finalists``; keep the best 1/eta ...
+    final    the finalists reach T steps; the iteration chooses among them only
 
 A survivor continues its own T-step fine-tune (same learning-rate schedule, same batches,
 its optimizer state carried over), so whatever wins was trained exactly as full
 evaluation would have trained it; racing only decides which proposals get that far.
 A proposal whose holdout accuracy is within noise of the rung's leader is kept even when
-it ranks below the top 1/eta: "within noise" means the paired 95% interval of the
-leader's margin over it (on the same holdout images) includes zero.
+it ranks below the top 1/eta: "within noise" means its paired margin behind the leader
+(on the same holdout images) is under Z standard errors.
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from .search import Proposal
 
 ETA = 3  # keep the best third at each rung (the successive-halving default)
-Z95 = 1.96
+# Proposals that all get T steps: one, as in successive halving. A field of eta or fewer
+# is cut at T / eta steps, never at zero: the zero-step score alone dropped the T-step
+# winner of a two-proposal race by 8 points (docs/benchmarks.md, Racing).
+FINALISTS = 1
+# Within one standard error of the leader is noise. Replayed on a default run
+# (docs/benchmarks.md, Racing), z = 1.96 cost 46% of full evaluation's steps and z = 1
+# 39%, for the same mean regret within 0.02 points; z = 0 (rank alone) 32%.
+Z = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,22 +66,25 @@ class Racing:
 
     paired: Paired
     eta: int = ETA
-    z: float = Z95
+    z: float = Z
+    finalists: int = FINALISTS
 
     def rung(self, index: int, start: int, survivors: int, steps: int,
              dropped: bool = True) -> Rung:
         """The next rung for ``survivors`` proposals that have had ``start`` of the T =
-        ``steps`` short-term steps. Eta or fewer proposals do not race: a zero-step rung
-        would keep only one of them (replayed on a default run, dropping one of two that
-        way cost up to 8 points of holdout accuracy). When the previous rung dropped none
-        (all within noise of each other), more rungs would only cost more scoring: the next
-        one is final."""
-        if survivors <= self.eta or not dropped:  # a race of eta or fewer: one rung
+        ``steps`` short-term steps. Only a field of more than eta starts with the
+        zero-step rung. When the previous rung dropped none (all within noise of each
+        other), more rungs would only cost more scoring: the next one is final."""
+        if survivors <= self.finalists or not dropped:
             return Rung(index, start, steps, True)
-        if index == 0 and steps > 0:
+        if index == 0 and steps > 0 and survivors > self.eta:
             return Rung(0, 0, 0, False)
-        cuts = math.ceil(math.log(survivors) / math.log(self.eta) - 1e-9) - 1
-        until = max(start + 1, round(steps / self.eta ** cuts))
+        cuts = math.ceil(math.log(survivors / self.finalists) / math.log(self.eta) - 1e-9)
+        until = round(steps / self.eta ** cuts)
+        while until <= start and cuts > 0:  # a rung kept more than its 1/eta (noise)
+            cuts -= 1
+            until = round(steps / self.eta ** cuts)
+        until = max(start + 1, until)
         return Rung(index, start, min(until, steps), until >= steps)
 
     def survivors(self, ranked: Sequence[Proposal]) -> list[Proposal]:
