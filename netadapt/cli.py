@@ -372,6 +372,11 @@ def _estimate(dev: Any, source_name: str) -> None:
         typer.echo(f"  size left out: max |error| {errs.max():.1%}, median "
                    f"{float(np.median(errs)):.1%} (each size's ratios predicted by a fit "
                    f"without that size)")
+    if fit.held_out:
+        typer.echo(f"  {'held out (never fitted)':<40}{'published':>10}{'predicted':>16}")
+        for p, ms, err in zip(fit.held_out, fit.held_out_ms, fit.held_out_errors):
+            typer.echo(f"  {p.label:<40}{p.ms:>7.1f} ms{ms:>8.1f} ({err:+5.1%})")
+        typer.echo(f"  held out: max |error| {np.abs(fit.held_out_errors).max():.1%}")
 
 
 # the options of `netadapt profile`

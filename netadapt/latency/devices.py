@@ -49,6 +49,8 @@ class Device:
     protocol: Protocol
     options: dict[str, Any] = field(default_factory=dict)  # the runner's own section
     published: dict[str, float] = field(default_factory=dict)  # spec path -> ms, for estimates
+    # published latencies an estimate is checked against, never fitted to (same labels)
+    held_out: dict[str, float] = field(default_factory=dict)
     # network label -> {input size: ms}: how latency falls with the input size (estimates)
     size_sweep: dict[str, dict[int, float]] = field(default_factory=dict)
     path: Path | None = None
@@ -123,8 +125,17 @@ def load_device(name: str, root: Path | None = None) -> Device:
         runtime=dict(data.get("runtime") or {}),
         protocol=Protocol(**proto),
         options=dict(data.get(runner) or {}),
-        published={str(k): float(v) for k, v in (data.get("published") or {}).items()},
+        published=_latencies(path, data, "published"),
+        held_out=_latencies(path, data, "held_out"),
         size_sweep={str(k): dict(v) if isinstance(v, dict) else v
                     for k, v in (data.get("size_sweep") or {}).items()},
         path=path,
     )
+
+
+def _latencies(path: Path, data: dict[str, Any], key: str) -> dict[str, float]:
+    """A profile's ``key:`` section of published latencies (network label -> ms)."""
+    try:
+        return {str(k): float(v) for k, v in (data.get(key) or {}).items()}
+    except (AttributeError, TypeError, ValueError):
+        raise LatencyError(f"{path}: {key}: write {{SPEC.yaml [xMULT] [@SIZE]: ms}}") from None

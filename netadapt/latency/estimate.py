@@ -7,13 +7,28 @@ kind of work on a phone's big core, with coefficients fitted to the device's pub
 end-to-end latencies:
 
     entry_ms = a x MMACs                  (convs and FC layers: compute)
-             + b x depthwise MMACs        (a depthwise MAC costs more than a dense one:
-                                           no reuse of its inputs across channels)
-             + c x conv positions (M)     (each conv's output positions, whatever its
-                                           width: per-position loop and memory overhead,
-                                           what narrow networks pay beyond their MACs)
-             + d x conv weights (M)       (paid once per inference whatever the input
-                                           size: what a smaller input does not save)
+             + b x SE elements (M)        (the expanded map an SE block pools and
+                                           rescales: elementwise passes over memory)
+             + c x op positions (M)       (each op that sweeps a feature map, whatever
+                                           its width: the convs, an h-swish (TFLite fuses
+                                           ReLU into the conv, not h-swish), an SE block's
+                                           pool and rescale, a residual add, the last
+                                           conv's pool: per-position loop and memory
+                                           overhead, what narrow networks pay beyond MACs)
+             + d x feature-map weights (M) (the weights of the convs on feature maps, paid
+                                           once per inference whatever the input size: a
+                                           GEMM packs them on every call; what a smaller
+                                           input does not save)
+             + e x spilled elements (M)   (the input and output of each conv whose tensors
+                                           exceed the phone's L2 (CACHE_BYTES): re-read
+                                           from DRAM instead of the cache; what a smaller
+                                           input saves beyond its positions)
+
+The SE blocks' two 1x1 convs and LR-ASPP's gate run on pooled 1x1 features: matrix-vector
+products that read each weight once, unpacked, like the head's FC layers, so they cost
+their MACs, not d per weight. (Priced per weight like a feature-map conv, they would cost
+Large 3.0 ms at every input size, a quarter of its published 96 px latency, and the
+estimate would be 14-17% slow at 96-128 px: docs/latency.md, "The pixel ESTIMATE".)
 
 Two kinds of published figures fit it. The device's own network at its fitted size
 (``published:``: the MobileNetV3 width sweep at 224 px) fixes the absolute costs; a size
@@ -22,13 +37,16 @@ measured with an older TFLite, so only each network's latency *relative to its o
 224 px* is used) fixes how latency falls with the input size, which the width sweep
 alone cannot tell (every term there scales with the positions alike). Non-negative
 coefficients, fitted on relative error, validated by leave-one-out on every published
-point and by leaving each size of the sweep out (benchmarks/pixel_estimate.py compares every
-model of up to four of TERMS; README "Devices" has the comparison).
+point and by leaving each size of the sweep out; ``held_out:`` latencies (the device's
+network at other input sizes) are never fitted, only checked (benchmarks/pixel_estimate.py
+compares the candidate models of up to five terms; docs/latency.md has the comparison).
 
-The terms are linear in the entries' widths where the table composes entries
-(T(c,e,o) = T(c,e,o0) + T(c0,e,o) - T(c0,e,o0) for blocks without residual), so
-composition is exact; heads are written for every class count in CLASSES, so a 10-class
-head is priced directly, not composed.
+Where the table composes entries (T(c,e,o) = T(c,e,o0) + T(c0,e,o) - T(c0,e,o0) for
+blocks without residual), every term is exact: each is a sum over the block's ops of
+what that op's own widths give, the input width reaching only the expansion conv (its
+MACs, weights, tensors), the output width only the projection, and positions no width;
+heads are written for every class count in CLASSES, so a 10-class head is priced
+directly, not composed.
 """
 
 from __future__ import annotations
@@ -46,23 +64,29 @@ import pandas as pd
 from ..cost import conv_output_size
 from ..errors import LatencyError
 from ..resources import shipped_dir
-from ..spec import NetworkSpec, load_spec, make_divisible
+from ..spec import NetworkSpec, at_size, load_spec, make_divisible
 from .coverage import CLASSES
 from .devices import Device
 from .graphs import BLANK, EntryKey, classifier_key
 from .table import COLUMNS, FORMAT, LatencyTable, keys_of, load_table, read_table_files, write_table
 from .terms import keys_terms, network_terms, term_values
 
-PHONE_TERMS = ("mmacs", "depthwise_mmacs", "conv_m_positions", "conv_weights_m")
 SOURCE = "Howard et al. 2019 (MobileNetV3), TFLite float, single big core, batch 1"
 SIZE_SWEEP_SOURCE = ("TensorFlow slim MobileNetV2 checkpoints table (Pixel 1, TFLite float, "
                      "big core): ratios to each network's own largest size")
+HELD_OUT_SOURCE = ("Howard et al. 2019 (MobileNetV3), appendix table: the same networks at "
+                   "other input sizes, never fitted")
+
+
+PHONE_TERMS = ("mmacs", "se_m_elements", "op_m_positions", "map_weights_m",
+               "spilled_m_elements")
 
 
 @dataclass(frozen=True)
 class Published:
-    """One published end-to-end latency: ``configs/x.yaml`` or ``configs/x.yaml x0.5``
-    (a width multiplier, NetworkSpec.scaled: the TensorFlow reference's rule)."""
+    """One published end-to-end latency: ``configs/x.yaml``, ``configs/x.yaml x0.5`` (a
+    width multiplier, NetworkSpec.scaled: the TensorFlow reference's rule) or either at
+    another input size, ``configs/x.yaml @128``."""
 
     label: str
     spec: NetworkSpec
@@ -71,19 +95,23 @@ class Published:
 
 def published_points(published: dict[str, float], root: Path | None = None
                      ) -> list[Published]:
-    """The device profile's ``published:`` entries, each with its spec (paths relative
-    relative to the shipped files: ``configs/...``)."""
+    """The device profile's ``published:`` (or ``held_out:``) entries, each with its spec
+    (paths relative to the shipped files: ``configs/...``)."""
     points = []
     for label, ms in published.items():
-        path, _, mult = label.partition(" x")
+        rest, _, size = label.partition(" @")
+        path, _, mult = rest.partition(" x")
         file = Path(path) if Path(path).is_absolute() else (root or shipped_dir()) / path
         try:
             spec = load_spec(file)
             if mult:
                 spec = spec.scaled(float(mult))
+            if size:
+                spec = at_size(spec, int(size))
         except ValueError:
-            raise LatencyError(f"published: {label!r}: write SPEC.yaml or 'SPEC.yaml xMULT' "
-                               f"(e.g. 'configs/mobilenetv3_large.yaml x0.5')") from None
+            raise LatencyError(f"published: {label!r}: write SPEC.yaml, 'SPEC.yaml xMULT' "
+                               f"or either with ' @SIZE' (e.g. "
+                               f"'configs/mobilenetv3_large.yaml x0.5 @128')") from None
         points.append(Published(label, spec, float(ms)))
     return points
 
@@ -172,6 +200,8 @@ class EstimateFit:
     sweep: list[SizePoint] = field(default_factory=list)
     sweep_fitted: np.ndarray = field(default_factory=lambda: np.zeros(0))  # ratios
     sweep_loso: np.ndarray = field(default_factory=lambda: np.zeros(0))  # size left out
+    held_out: list[Published] = field(default_factory=list)  # never fitted, only checked
+    held_out_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def fit_errors(self) -> np.ndarray:
@@ -187,6 +217,11 @@ class EstimateFit:
     def sweep_loso_errors(self) -> np.ndarray:
         """Each size's ratio predicted by a fit without that size, against the published."""
         return self.sweep_loso / np.array([p.ratio for p in self.sweep]) - 1
+
+    @property
+    def held_out_errors(self) -> np.ndarray:
+        """Each held-out point's relative error under the fit (which never saw it)."""
+        return self.held_out_ms / np.array([p.ms for p in self.held_out]) - 1
 
     @property
     def _published(self) -> np.ndarray:
@@ -215,6 +250,12 @@ class EstimateFit:
                             "fitted_ratio": float(f), "leave_size_out_ratio": float(lo)}
                            for p, f, lo in zip(self.sweep, self.sweep_fitted, self.sweep_loso)],
                 "leave_size_out_max_abs_error": float(np.abs(self.sweep_loso_errors).max())}
+        if self.held_out:
+            out["held_out"] = {
+                "source": HELD_OUT_SOURCE,
+                "points": [{"network": p.label, "published_ms": p.ms, "predicted_ms": float(m)}
+                           for p, m in zip(self.held_out, self.held_out_ms)],
+                "max_abs_error": float(np.abs(self.held_out_errors).max())}
         return out
 
 
@@ -304,11 +345,12 @@ def leave_size_out_ratios(x: np.ndarray, ms: np.ndarray, sweep: Sweep) -> np.nda
 
 
 def fit_phone_model(points: list[Published], terms: Sequence[str] = PHONE_TERMS,
-                    source: LatencyTable | None = None,
-                    sweep: Sequence[SizePoint] = ()) -> EstimateFit:
+                    source: LatencyTable | None = None, sweep: Sequence[SizePoint] = (),
+                    held_out: Sequence[Published] = ()) -> EstimateFit:
     """Fit the terms' coefficients to the published points (and the size sweep's
-    ratios), and leave each point (each sweep size) out once to see how well the model
-    predicts what it was not fitted to."""
+    ratios), leave each point (each sweep size) out once to see how well the model
+    predicts what it was not fitted to, and predict the ``held_out`` points, which no
+    fit sees."""
     if not points:
         raise LatencyError("no published latencies to fit an estimate to")
     x = np.array([network_terms(p.spec, terms, source) for p in points])
@@ -322,6 +364,10 @@ def fit_phone_model(points: list[Published], terms: Sequence[str] = PHONE_TERMS,
     if sw is not None:
         fit.sweep, fit.sweep_fitted = list(sweep), sw.ratios(coef)
         fit.sweep_loso = leave_size_out_ratios(x, ms, sw)
+    if held_out:
+        fit.held_out = list(held_out)
+        fit.held_out_ms = np.array([network_terms(p.spec, terms, source) @ coef
+                                    for p in held_out])
     return fit
 
 
@@ -338,13 +384,14 @@ def _with_all_classes(frame: pd.DataFrame) -> pd.DataFrame:
 def estimate(source: LatencyTable, device: Device, published: dict[str, float],
              specs: dict[str, NetworkSpec], source_frame: pd.DataFrame,
              root: Path | None = None, terms: Sequence[str] = PHONE_TERMS,
-             sweep: Sequence[SizePoint] = ()) -> EstimateFit:
+             sweep: Sequence[SizePoint] = (), held_out: Sequence[Published] = ()
+             ) -> EstimateFit:
     """Write DEVICE's ESTIMATE table: every entry of ``source_frame`` (the source
     table's rows: its widths and input sizes) priced by the phone model fitted to
     ``published`` (label -> ms; ``specs`` gives each label's network) and to the size
-    ``sweep``'s ratios."""
+    ``sweep``'s ratios; the ``held_out`` points are checked, not fitted."""
     points = [Published(label, specs[label], ms) for label, ms in published.items()]
-    fit = fit_phone_model(points, terms, source, sweep)
+    fit = fit_phone_model(points, terms, source, sweep, held_out)
     frame = _with_all_classes(source_frame)
     keys = keys_of(frame)
     values = np.array([term_values(k, terms, source) for k in keys])
@@ -355,6 +402,9 @@ def estimate(source: LatencyTable, device: Device, published: dict[str, float],
     if fit.sweep:
         summary += (f"; {len(fit.sweep)} size ratios of a size sweep, each size left out "
                     f"within {np.abs(fit.sweep_loso_errors).max():.1%}")
+    if fit.held_out:
+        summary += (f"; {len(fit.held_out)} held-out latencies (never fitted) within "
+                    f"{np.abs(fit.held_out_errors).max():.1%}")
     meta = {
         "format": FORMAT, "device": device.name, "description": device.description,
         "runner": device.runner, "estimate": True, "estimate_of": source.device,
@@ -376,8 +426,8 @@ def estimate(source: LatencyTable, device: Device, published: dict[str, float],
 def estimate_from(device: Device, source: str, root: Path | None = None) -> EstimateFit:
     """``netadapt profile --device DEVICE --estimate-from SOURCE``: write DEVICE's
     ESTIMATE table from SOURCE's table (see estimate), fitted to the device profile's
-    ``published:`` latencies and ``size_sweep:``; returns the fit (its points and sweep
-    included) to report."""
+    ``published:`` latencies and ``size_sweep:`` and checked against its ``held_out:``;
+    returns the fit (its points, sweep and held-out points included) to report."""
     if not device.published:
         raise LatencyError(f"device {device.name}: no published latencies in {device.path} to "
                            f"fit an estimate to; add published: {{SPEC.yaml [xMULT]: ms}}")
@@ -385,4 +435,5 @@ def estimate_from(device: Device, source: str, root: Path | None = None) -> Esti
     frame, _ = read_table_files(source, root)
     points = published_points(dict(device.published))
     return estimate(table, device, dict(device.published), {p.label: p.spec for p in points},
-                    frame, root, sweep=size_sweep_points(device.size_sweep))
+                    frame, root, sweep=size_sweep_points(device.size_sweep),
+                    held_out=published_points(dict(device.held_out)))

@@ -71,6 +71,70 @@ def activations(key: EntryKey) -> float:
     return expanded + key.exp * ho * wo + key.out * ho * wo
 
 
+def map_weights_m(key: EntryKey, parts: Sequence[Part]) -> float:
+    """Millions of weights of the entry's convs on feature maps (stem, expansion,
+    depthwise, projection, last conv, LR-ASPP's branch conv and classifiers). Not the
+    1x1 convs on pooled features (SE, LR-ASPP's gate) nor the head's Linears:
+    matrix-vector products, which read each weight once and cost their MACs."""
+    return sum(p.weights for p in parts if p.role in ("conv", "depthwise")) / 1e6
+
+
+def op_m_positions(key: EntryKey, parts: Sequence[Part]) -> float:
+    """Millions of positions swept over feature maps by the entry's ops, as the
+    published runtime (TFLite) runs them: each conv's output positions, plus an h-swish
+    after a conv (an op of its own; ReLU is fused into the conv), an SE block's pool and
+    rescale, a residual add, the last conv's global pool, LR-ASPP's pool, gate multiply,
+    branch sum and resizes. None depends on a width."""
+    convs = sum(p.positions for p in parts if p.role in ("conv", "depthwise"))
+    row = entry_row(key)
+    at_in, at_out = key.h * key.w, row.h_out * row.w_out
+    hswish = int(key.act == "hswish")
+    extra = {
+        "stem": hswish * at_out,
+        "block": (hswish * ((at_in if key.expand else 0) + at_out)
+                  + (2 * at_out if key.se else 0) + (at_out if key.residual else 0)),
+        "last_conv": (hswish + 1) * at_in,
+        "conv": hswish * at_in,
+        "lraspp_high": 2 * at_in + at_out,
+        "upsample": at_in + at_out,
+    }.get(key.kind, 0)
+    return (convs + extra) / 1e6
+
+
+# The L2 cache of the Pixel 1's big cores (Snapdragon 821: 1 MiB shared by its two Kryo
+# big cores, no L3 below it: Kryo's published specifications, AnandTech's Snapdragon 820
+# preview): the working set a conv keeps on chip. Assumed, not fitted.
+CACHE_BYTES = 1 << 20
+FLOAT_BYTES = 4
+
+
+def conv_tensors(key: EntryKey, name: str) -> tuple[int, int]:
+    """Elements of the input and output tensors of the entry's conv ``name`` (a Part on
+    a feature map)."""
+    row = entry_row(key)
+    at_in, at_out = key.h * key.w, row.h_out * row.w_out
+    if name == "depthwise":
+        return key.exp * at_in, key.exp * at_out
+    if name == "project":
+        return key.exp * at_out, key.out * at_out
+    if name in ("expand", "cbr"):  # to the expansion (LR-ASPP: the branch) width
+        return key.c_in * at_in, key.exp * at_in
+    return key.c_in * at_in, key.out * at_out  # the stem, last conv, a seg classifier
+
+
+def spilled_m_elements(key: EntryKey, parts: Sequence[Part]) -> float:
+    """Millions of activation elements (input + output) of the entry's convs whose
+    working set exceeds CACHE_BYTES: a GEMM re-reads its input for every block of output
+    channels (a depthwise conv, every row for each kernel row), from the cache when the
+    tensors fit it, else from DRAM. What a smaller input saves beyond its positions."""
+    total = 0
+    for part in parts:
+        if part.role in ("conv", "depthwise"):
+            n = sum(conv_tensors(key, part.name))
+            total += n if n * FLOAT_BYTES > CACHE_BYTES else 0
+    return total / 1e6
+
+
 # The terms a model may use, per entry (from the entry and its counted parts): millions
 # of each, "entries" a fixed cost per entry, and SOURCE_TERM the source table's own time
 # for the entry. MACs, weights and conv positions are netadapt.cost's counts.
@@ -95,6 +159,9 @@ TERMS: dict[str, Callable[[EntryKey, Sequence[Part]], float]] = {
     "conv_weights_m": lambda k, p: _sum(p, "weights", ("conv", "depthwise", "se", "gate")) / 1e6,
     "activations_m": lambda k, p: activations(k) / 1e6,
     "entries": lambda k, p: 0.0 if k.kind == "classifier" else 1.0,
+    "map_weights_m": map_weights_m,
+    "op_m_positions": op_m_positions,
+    "spilled_m_elements": spilled_m_elements,
 }
 SOURCE_TERM = "source_ms"  # the source table's entry time (the device it was measured on)
 
