@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import NetadaptError
 from .records import BaselineRecord
 from .search import Budget, Predict, resources_of, unmet
-from .spec import WIDTH_STEP, NetworkSpec
+from .spec import WIDTH_STEP, NetworkSpec, resolution_sizes
 
 if TYPE_CHECKING:
     from .context import SearchContext
@@ -95,10 +95,9 @@ def uniform_pruning(seed: NetworkSpec, budgets: Sequence[Budget], predict_ms: Pr
 def resolution(seed: NetworkSpec, budgets: Sequence[Budget], predict_ms: Predict,
                state: dict[str, Any] | None = None) -> BaselineSpec | None:
     """The largest square input size (multiple of 16, >= 32) meeting every budget."""
-    side = min(seed.input_size)
     candidates = ((f"{size}x{size}", dataclasses.replace(
         seed, input_size=(size, size), name=f"{seed.name}_{size}px"))
-        for size in range(side - side % 16, 31, -16))
+        for size in resolution_sizes(min(seed.input_size)))
     return _first_meeting("resolution", candidates, budgets, predict_ms)
 
 
@@ -167,6 +166,32 @@ BASELINES = {"width_multiplier": width_multiplier, "uniform_pruning": uniform_pr
 
 
 
+def no_setting_note(name: str, seed: NetworkSpec, budgets: Sequence[Budget],
+                    predict_ms: Predict, device: str) -> str:
+    """Why baseline ``name`` found no setting. For the resolution baseline, which sizes
+    the latency table lacks (and the command that adds them), or what its smallest size
+    is predicted at; for the others, both possibilities in one line."""
+    if name != "resolution":
+        return "no setting meets the budgets (or the latency table lacks it)"
+    side = min(seed.input_size)
+    sizes = resolution_sizes(side)
+    if not sizes:
+        return f"no input size to try: {side} px has no multiple of 16 >= 32 at or below it"
+    missing = []
+    for size in sizes:
+        try:
+            predict_ms(dataclasses.replace(seed, input_size=(size, size)))
+        except NetadaptError:
+            missing.append(f"{size}x{size}")
+    if missing:
+        return (f"the latency table lacks {', '.join(missing)}; netadapt profile --device "
+                f"{device} --input-size {side} adds the sizes this tries")
+    smallest = dataclasses.replace(seed, input_size=(sizes[-1], sizes[-1]))
+    over = ", ".join(str(b) for b in unmet(resources_of(smallest, predict_ms), budgets))
+    return (f"no input size meets the budgets: the smallest, {sizes[-1]}x{sizes[-1]}, "
+            f"is over {over}")
+
+
 def run_baselines(ctx: SearchContext, names: Sequence[str] = ()) -> list[BaselineRecord]:
     """The baselines ``names`` (default: all) at the run's budgets, from the same seed
     weights, each trained exactly as many steps as the search's winner got from the seed
@@ -186,8 +211,8 @@ def run_baselines(ctx: SearchContext, names: Sequence[str] = ()) -> list[Baselin
             ctx.finish_phase(BaselineRecord(name=name, note=str(exc)))
             continue
         if found is None:
-            ctx.finish_phase(BaselineRecord(
-                name=name, note="no setting meets the budgets (or the latency table lacks it)"))
+            ctx.finish_phase(BaselineRecord(name=name, note=no_setting_note(
+                name, ctx.seed_spec, ctx.budgets, ctx.predict_ms, ctx.config.device)))
         else:
             ctx.finish_phase(_train_baseline(ctx, found, seed_state))
     ctx.run.write_csv()

@@ -86,6 +86,11 @@ _RacingOpt = Annotated[bool | None, typer.Option(
     "--racing/--no-racing", help="Race each iteration's proposals: score all with "
     "inherited weights and re-estimated BN, give the best third more steps, ... only the "
     "last ones get all T [default: racing]; --no-racing: every proposal gets all T")]
+_MeasuredCheckOpt = Annotated[bool | None, typer.Option(
+    "--measured-check/--no-measured-check", help="When the device can be timed (a "
+    "measured table, not an ESTIMATE): time the loop's result end to end before the "
+    "latency budget counts as met, and go on to a tighter predicted target while it is "
+    "over [default: on]")]
 _LongTermStepsOpt = Annotated[int | None, typer.Option(
     help="Fine-tuning steps of the final network")]
 _DeployStepsOpt = Annotated[int | None, typer.Option(
@@ -137,6 +142,7 @@ def search(
     step: _StepOpt = None,
     short_term_steps: _ShortTermStepsOpt = None,
     racing: _RacingOpt = None,
+    measured_check: _MeasuredCheckOpt = None,
     long_term_steps: _LongTermStepsOpt = None,
     deploy_steps: _DeployStepsOpt = None,
     seed_steps: _SeedStepsOpt = None,
@@ -174,7 +180,7 @@ def search(
         config = config_from_options(budget or [], preset, compare, dict(
             spec=str(spec) if spec else None, weights=weights, device=device, data=data,
             criterion=criterion, schedule=schedule, step=step,
-            short_term_steps=short_term_steps, racing=racing,
+            short_term_steps=short_term_steps, racing=racing, measured_check=measured_check,
             long_term_steps=long_term_steps,
             deploy_steps=deploy_steps, seed_steps=seed_steps, resolution=resolution,
             input_size=input_size, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed,
@@ -193,7 +199,12 @@ def _print_result(result: Any) -> None:
     seed, final = result.seed, result.final
     metric = "mIoU" if result.metric == "mIoU" else "acc"
     typer.echo(f"\n{'':<16}{'seed':>12}{'result':>12}")
-    typer.echo(f"{'latency (ms)':<16}{seed.latency_ms:>12.2f}{final.latency_ms:>12.2f}")
+    typer.echo(f"{'latency (ms)':<16}{seed.latency_ms:>12.2f}{final.latency_ms:>12.2f}"
+               + ("  (predicted)" if result.measured else ""))
+    if result.measured:  # both timed together on the device, at the end of the loop
+        m = result.measured
+        typer.echo(f"{'  measured (ms)':<16}{m.measured_ms / m.vs_seed:>12.2f}"
+                   f"{m.measured_ms:>12.2f}  (end to end on {m.device}, in one round-robin)")
     typer.echo(f"{'params (M)':<16}{seed.params / 1e6:>12.3f}{final.params / 1e6:>12.3f}")
     typer.echo(f"{'MACs (M)':<16}{seed.macs / 1e6:>12.2f}{final.macs / 1e6:>12.2f}")
     typer.echo(f"{f'holdout {metric} @{final.holdout_px}':<16}{seed.accuracy:>12.4f}"
@@ -208,9 +219,12 @@ def _print_result(result: Any) -> None:
     if deployed:
         typer.echo(f"{f'  seed @{final.seed_test_px}':<16}{final.seed_test_accuracy:>12.4f}"
                    f"{'':>12}  (the seed as trained, at the search's size)")
-    # which device and table predicted the latencies: a phone ESTIMATE must say so
-    typer.echo(f"latency: {result.latency_table}")
-    typer.echo(f"{result.iterations} iterations; budgets met: {final.budgets_met}; "
+    # predicted beside measured, or (a phone ESTIMATE) plainly predicted only
+    for line in result.latency_lines or [f"latency: {result.latency_table}"]:
+        typer.echo(line)
+    met, how = ((final.budgets_met and result.measured.met, "latency as measured")
+                if result.measured else (final.budgets_met, "as predicted"))
+    typer.echo(f"{result.iterations} iterations; budgets met: {met} ({how}); "
                f"{result.seconds / 60:.1f} min")
     typer.echo(result.times.summary())
     typer.echo(f"result: {result.run / 'best.yaml'} (+ best.pt); history: "
@@ -405,7 +419,8 @@ _RecalibrateOpt = Annotated[bool, typer.Option(
     "already (no entry is timed again)")]
 _MultiplierSizesOpt = Annotated[str, typer.Option(
     help="Input sizes at which to cover each --spec and its x0.35/0.5/0.75/1.0 width "
-    "multipliers (comma-separated, or 'none')")]
+    "multipliers (comma-separated, or 'none'); the sizes the resolution baseline tries "
+    "below each --input-size (multiples of 16, down to 32) are always covered")]
 _ProcessesOpt = Annotated[int | None, typer.Option(
     help="Timing processes for a local device, each timing its own chunks "
     "[default: the device profile's protocol.processes, else 1]", min=1)]
@@ -464,7 +479,9 @@ def _print_validation(what: str, summary: dict[str, Any], saved: Path) -> None:
         f"{summary['max_abs_error']:.1%}, within 5% {summary['within_5pct']:.0%}, within 10% "
         f"{summary['within_10pct']:.0%}, Spearman {summary['spearman']:.3f}; deep variants: "
         f"median {summary.get('deep_median_abs_error', 0):.1%}, max "
-        f"{summary.get('deep_max_abs_error', 0):.1%} (saved {saved})")
+        f"{summary.get('deep_max_abs_error', 0):.1%}; lopsided: median "
+        f"{summary.get('lopsided_median_abs_error', 0):.1%}, max "
+        f"{summary.get('lopsided_max_abs_error', 0):.1%} (saved {saved})")
 
 
 def _print_profile(device: str, result: Any) -> None:

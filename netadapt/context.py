@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,6 +28,7 @@ from .spec import NetworkSpec
 
 if TYPE_CHECKING:
     from .data import Data
+    from .latency.table import LatencyTable
 
 # the "iteration" whose seed the long-term fine-tunes (and the baselines) share
 LONG_TERM_SEED = -1
@@ -43,6 +44,9 @@ class Latency:
     predict_ms: Predict
     label: str  # the table's device and provenance (an ESTIMATE says so)
     sha256: str | None = None  # of the table's contents; None: an injected predictor
+    # the device's table is an ESTIMATE: nothing to time the result on (measured.py)
+    estimate: bool = False
+    table: LatencyTable | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,21 @@ def table_latency(device: str) -> Latency:
     from .latency import load_table
 
     table = load_table(device)
-    return Latency(table.predict_ms, table.label(), getattr(table, "meta", {}).get("sha256"))
+    return Latency(table.predict_ms, table.label(), getattr(table, "meta", {}).get("sha256"),
+                   table.is_estimate, table)
+
+
+def injected_latency(predict_ms: Predict, device: str) -> Latency:
+    """Latency from an injected predictor standing in for ``device``'s table; an
+    ESTIMATE table there still means no device to time the result on."""
+    import json
+
+    from .latency.table import find_table
+
+    found = find_table(device)
+    estimate = found is not None and bool(
+        json.loads(found[1].read_text(encoding="utf-8")).get("estimate", False))
+    return Latency(predict_ms, f"{device} (injected predictor)", estimate=estimate)
 
 
 def open_context(config: SearchConfig, run: RunDir, seed_spec: NetworkSpec,
@@ -138,7 +156,7 @@ def open_context(config: SearchConfig, run: RunDir, seed_spec: NetworkSpec,
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     latency = table_latency(config.device) if predict_ms is None else \
-        Latency(predict_ms, f"{config.device} (injected predictor)")
+        injected_latency(predict_ms, config.device)
     seed_spec = config.deployed(seed_spec)
     segmentation = seed_spec.task == "segmentation"
     resolution = config.resolution or (seed_spec.input_size[0] if segmentation

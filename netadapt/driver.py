@@ -1,9 +1,10 @@
 """`netadapt search` end to end: the phases of a search in order, in a new run directory
 or resuming one.
 
-    seed (seed.py) -> proposal loop (loop.py, over search.py) -> long-term fine-tune and
-    deployed-size finish (finish.py) -> the width multiplier (baseline.py; with --compare
-    every baseline)
+    seed (seed.py) -> proposal loop (loop.py, over search.py; measured.py times its
+    result on the device and sends the loop on while it is over the latency budget)
+    -> long-term fine-tune and deployed-size finish (finish.py) -> the width multiplier
+    (baseline.py; with --compare every baseline)
 
 Each phase is a function of the run's SearchContext (context.py) and journals its record;
 resuming replays the journal: finished phases are skipped, finished proposals are not
@@ -22,7 +23,14 @@ from .context import PhaseRecord, Predict, SearchContext, open_context, phases_o
 from .errors import NetadaptError
 from .executors import Executor
 from .observer import Observer
-from .records import BaselineRecord, FinalRecord, RunTimes, SeedRecord, of_type
+from .records import (
+    BaselineRecord,
+    FinalRecord,
+    MeasuredRecord,
+    RunTimes,
+    SeedRecord,
+    of_type,
+)
 from .rundir import RunDir
 from .search import Iteration, Start
 from .spec import load_spec, spec_from_dict
@@ -45,12 +53,16 @@ class SearchResult:
     metric: str = "top-1"  # what the accuracies are: top-1 or mIoU
     latency_table: str = ""  # the device and table that predicted the latencies
     times: RunTimes = field(default_factory=lambda: RunTimes(0.0, 0.0, 0.0))  # every session
+    measured: MeasuredRecord | None = None  # the result timed on the device (measured.py)
+    # the latency, predicted beside measured, or why it is predicted only: printed as is
+    latency_lines: list[str] = field(default_factory=list)
 
 
 def run_search(ctx: SearchContext, executor: Executor) -> SearchResult:
     """Every phase of the search not yet in the run's journal, in order."""
     from .baseline import run_baselines
     from .finish import long_term
+    from .measured import ready_timer, run_measured_loop, summary_lines
     from .seed import prepare_seed
 
     started = time.time()
@@ -61,6 +73,8 @@ def run_search(ctx: SearchContext, executor: Executor) -> SearchResult:
     for record in done:
         for phase in phases_of(record):
             ctx.checkpoint(phase).remove()
+    # the device the result is timed on answers, before any training
+    timing_on = ready_timer(ctx) if not finals else None
     seed = seeds[0] if seeds else prepare_seed(ctx)
     start = Start(ctx.seed_spec, seed.accuracy, {"latency_ms": seed.latency_ms,
                                                  "params": seed.params, "macs": seed.macs})
@@ -68,18 +82,19 @@ def run_search(ctx: SearchContext, executor: Executor) -> SearchResult:
     iterations = [e for e in history if isinstance(e, Iteration)]
     final, loop_seconds = (finals[0] if finals else None), 0.0
     if final is None:
-        from .loop import run_loop
-
-        new, loop_seconds = run_loop(ctx, executor, start, history)
-        iterations += new
+        # until every budget is met as predicted, and the latency one as measured
+        iterations, loop_seconds = run_measured_loop(ctx, executor, start, timing_on)
         final = long_term(ctx, iterations)
     # the simplest alternative always sits beside the result; --compare adds the others
     baselines = run_baselines(ctx, () if ctx.config.compare else (DEFAULT_BASELINE,))
     ctx.run.write_csv()
     ctx.journal_changed()
+    records = ctx.run.records()
+    checks = of_type(records, MeasuredRecord)
     return SearchResult(ctx.run.path, seed, final, len(iterations), time.time() - started,
                         baselines, loop_seconds, ctx.metric, ctx.latency.label,
-                        RunTimes.of(ctx.run.records()))
+                        RunTimes.of(records), checks[-1] if checks else None,
+                        summary_lines(ctx, final.latency_ms))
 
 
 def start_search(config: SearchConfig, out: Path, *, predict_ms: Predict | None = None,

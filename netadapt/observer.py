@@ -39,6 +39,10 @@ class Observer:
     def loop_finished(self) -> None:
         """The proposal loop ended."""
 
+    def measured(self, text: str) -> None:
+        """The loop's network was timed on the device (measured.py); ``text`` says how
+        it compares with the budget and what happens next."""
+
     def journal_changed(self, run: Path, budgets: Sequence[Budget], final: bool) -> None:
         """New records are in ``run``'s journal; ``final``: a phase ended."""
 
@@ -75,6 +79,10 @@ class Observers(Observer):
     def loop_finished(self) -> None:
         for o in self.observers:
             o.loop_finished()
+
+    def measured(self, text: str) -> None:
+        for o in self.observers:
+            o.measured(text)
 
     def journal_changed(self, run: Path, budgets: Sequence[Budget], final: bool) -> None:
         for o in self.observers:
@@ -139,6 +147,9 @@ class ProgressBars(Observer):
         for bar in (self._proposals, self._overall):
             if bar is not None:
                 bar.close()
+
+    def measured(self, text: str) -> None:
+        tqdm.write(text)
 
 
 class LivePlot(Observer):

@@ -202,6 +202,32 @@ class BaselineRecord(Record):
         return self.knob is not None
 
 
+@dataclass(frozen=True, kw_only=True)
+class MeasuredRecord(Record):
+    """The loop's network timed end to end on the run's device once the loop met every
+    budget as predicted (measured.py): beside the seed in the same round-robin, so the
+    host's drift cancels. ``met`` False with a ``next_target_ms``: the loop goes on to
+    that predicted latency; with none, it cannot (``note`` says why)."""
+
+    TYPE: ClassVar[str] = "measured"
+    SPARSE: ClassVar[bool] = True
+    round: int  # 1 for the first check of a run
+    iteration: int  # the network measured is this iteration's (0: the seed)
+    device: str
+    predicted_ms: float
+    measured_ms: float  # vs_seed x the seed's latency it is scaled by (anchor)
+    vs_seed: float  # time(network) / time(seed), median over the bursts
+    vs_seed_se: float  # that ratio's relative standard error, from the bursts' spread
+    anchor: str  # what scales vs_seed to ms: the table's calibration, or the prediction
+    raw_ms: float  # the network's fast time, median over the bursts (drift included)
+    bursts: int
+    budget_ms: float  # the latency budget on the measured scale
+    target_ms: float  # the loop's predicted latency limit that produced this network
+    met: bool
+    next_target_ms: float | None = None  # the loop's tightened limit, when not met
+    note: str | None = None
+
+
 def timed(record: dict[str, Any], lap: dict[str, float]) -> dict[str, Any]:
     """``record`` with a clock lap (clock.PhaseClock.lap) in its time fields."""
     return {**record, **{name: lap[phase] for phase, name in TIME_FIELDS.items()}}

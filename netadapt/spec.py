@@ -325,6 +325,18 @@ class NetworkSpec:
         return f"{self.name}: {len(self.blocks)} blocks, {self.task}, input {self.input_size}"
 
 
+# The input sizes the resolution baseline tries: multiples of SIZE_STEP, down to MIN_SIZE.
+SIZE_STEP = 16
+MIN_SIZE = 32
+
+
+def resolution_sizes(side: int) -> list[int]:
+    """The square input sizes the resolution baseline tries for a network deployed at
+    ``side`` px, largest first: every multiple of SIZE_STEP from ``side`` down to
+    MIN_SIZE (a profile covers them, baseline.resolution tries them)."""
+    return list(range(side - side % SIZE_STEP, MIN_SIZE - 1, -SIZE_STEP))
+
+
 def at_size(spec: NetworkSpec, size: int) -> NetworkSpec:
     """``spec`` at a square input size, named ``NAME@SIZE`` (``spec`` itself when it
     already has that size). The name carries the size because tables, journals and

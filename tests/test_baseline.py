@@ -43,6 +43,28 @@ def test_a_budget_no_setting_meets_gives_none():
     assert resolution(LARGE, [Budget("params", 10.0)], fake_ms) is None
 
 
+def test_the_resolution_baseline_says_which_sizes_the_table_lacks_or_what_is_over():
+    from netadapt.baseline import no_setting_note
+    from netadapt.errors import LatencyError
+    from netadapt.spec import at_size
+
+    at64 = at_size(LARGE, 64)
+
+    def covered_at_64_only(spec):
+        if spec.input_size != (64, 64):
+            raise LatencyError("not in the table")
+        return fake_ms(spec)
+    budget = [Budget("latency_ms", fake_ms(at64) * 0.5)]
+    assert resolution(at64, budget, covered_at_64_only) is None
+    assert no_setting_note("resolution", at64, budget, covered_at_64_only, "local") == (
+        "the latency table lacks 48x48, 32x32; netadapt profile --device local "
+        "--input-size 64 adds the sizes this tries")
+    tight = [Budget("latency_ms", 1e-3)]
+    note = no_setting_note("resolution", at64, tight, fake_ms, "local")
+    assert note.startswith("no input size meets the budgets: the smallest, 32x32, is over "
+                           "latency_ms <= 0.00 ms")
+
+
 def test_torch_pruning_steps_until_the_budget_is_met():
     pytest.importorskip("torch_pruning")
     from netadapt.baseline import torch_pruning

@@ -254,15 +254,23 @@ def test_calibration_fits_what_entries_timed_alone_pay_per_input_element_and_per
 
 
 def test_calibration_variants_reach_the_thin_networks_low_budgets_produce(tiny_spec):
-    """Half the calibration networks as the search makes them early, half deep: a
-    factor fitted to mild cuts alone mispriced thin networks by 15-40% (README)."""
+    """A third of the calibration networks as the search makes them early, a third deep
+    (a factor fitted to mild cuts alone mispriced thin networks by 15-40%, README), a
+    third lopsided: a few groups cut deep, the others untouched, as a search ends."""
     variants = calibration_variants(tiny_spec, 24)
     assert len(variants) == len({v.name for v in variants}) == 24
+    widths = {g.name: g.width for g in tiny_spec.groups}
 
     def share(v):
-        return sum(g.width for g in v.groups) / sum(g.width for g in tiny_spec.groups)
-    mild, deep = [share(v) for v in variants[:12]], [share(v) for v in variants[12:]]
+        return sum(g.width for g in v.groups) / sum(widths.values())
+    mild, deep = [share(v) for v in variants[:8]], [share(v) for v in variants[8:16]]
     assert min(mild) > 0.25 and np.mean(deep) < np.mean(mild)
+    lopsided = variants[16:]
+    assert all(v.name.endswith("_lopsided") for v in lopsided)
+    for v in lopsided:  # every group untouched or at most a quarter of its width
+        cut = [g for g in v.groups if g.width != widths[g.name]]
+        assert cut and all(g.width <= max(8, widths[g.name] // 4) for g in cut)
+    assert any(len([g for g in v.groups if g.width == widths[g.name]]) >= 3 for v in lopsided)
 
 
 def test_two_timing_processes_build_the_same_table(built, root, tiny_spec):
@@ -585,6 +593,28 @@ def test_a_table_extends_to_other_input_sizes(built, tiny_spec):
         "tiny": "grid", "tiny@48": "grid", "tiny@64": "multipliers"}
     assert len({s["signature"] for s in seeds.values()}) == 3
     assert table.predict_ms(tiny_spec) < table.predict_ms(at48) < table.predict_ms(at64)
+
+
+def test_a_table_covers_the_sizes_the_resolution_baseline_tries_below_its_grid(root,
+                                                                                tiny_spec):
+    """Deployed at 64 px, the resolution baseline tries 48 and 32 px: a profile at 64 px
+    covers the seed there (and its multipliers), so the baseline finds its setting."""
+    from netadapt.baseline import resolution
+    from netadapt.latency.build import targets_of
+    from netadapt.search import Budget
+    from netadapt.spec import at_size
+
+    at64 = at_size(tiny_spec, 64)
+    large = load_spec(CONFIGS / "mobilenetv3_large.yaml")
+    assert [(s.input_size[0], c) for s, c in targets_of([large], [64], [96])] == [
+        (64, "grid"), (96, "multipliers"), (48, "multipliers"), (32, "multipliers")]
+    build.profile(load_device("fast"), [tiny_spec], root=root, progress=False,
+                  log=lambda _: None, input_sizes=[64], multiplier_sizes=[])
+    table = load_table("fast")
+    assert table.covers(at_size(tiny_spec, 48)) and table.covers(tiny_spec)
+    budget = (Budget("latency_ms", 0.9 * table.predict_ms(at64)),)
+    found = resolution(at64, budget, table.predict_ms)
+    assert found is not None and found.knob in ("48x48", "32x32")
 
 
 def test_multiplier_coverage_is_the_seed_and_its_scaled_networks():

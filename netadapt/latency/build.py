@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LatencyError
-from ..spec import NetworkSpec, at_size, spec_from_dict
+from ..spec import NetworkSpec, at_size, resolution_sizes, spec_from_dict
 from .calibrate import SeedBursts, calibrate, calibration_variants
 from .coverage import multiplier_specs, required_keys
 from .devices import Device, Protocol
@@ -119,12 +119,15 @@ def targets_of(seeds: Sequence[NetworkSpec], input_sizes: Sequence[int] = (),
                multiplier_sizes: Sequence[int] = ()) -> list[tuple[NetworkSpec, str]]:
     """(seed at a size, coverage) for every seed: the full width grid at each of
     ``input_sizes`` (default: the seed's own size), its width multipliers at each of
-    ``multiplier_sizes`` where it has no grid."""
+    ``multiplier_sizes`` and at each size the resolution baseline tries below a grid's
+    (spec.resolution_sizes), where it has no grid."""
     targets: list[tuple[NetworkSpec, str]] = []
     for seed in seeds:
         grids = [at_size(seed, n) for n in input_sizes] or [seed]
         targets += [(spec, "grid") for spec in grids]
-        targets += [(at_size(seed, n), "multipliers") for n in multiplier_sizes
+        below = [n for g in grids for n in resolution_sizes(min(g.input_size))]
+        sizes = dict.fromkeys([*multiplier_sizes, *below])  # in order, once each
+        targets += [(at_size(seed, n), "multipliers") for n in sizes
                     if all(g.input_size != (n, n) for g in grids)]
     return targets
 

@@ -55,15 +55,38 @@ def random_variants(seed: NetworkSpec, n: int, rng_seed: int = 0,
     return variants
 
 
+def lopsided_variants(seed: NetworkSpec, n: int, rng_seed: int = 0) -> list[NetworkSpec]:
+    """Reduced variants as a search ends: each group independently, with probability
+    1/3, cut deep (to a random multiple of 8 up to a quarter of its width), the others
+    untouched; at least one group cut. Distinct from the seed and from each other."""
+    rng = random.Random(rng_seed)
+    variants: list[NetworkSpec] = []
+    seen = {seed}
+    while len(variants) < n:
+        spec = seed
+        for g in seed.groups:
+            if rng.random() < 1 / 3:
+                high = max(8, g.width // 4 // 8 * 8)
+                spec = spec.with_group_width(g.name, rng.randrange(8, high + 1, 8))
+        if spec not in seen:
+            seen.add(spec)
+            variants.append(dataclasses.replace(spec, name=f"{seed.name}_v{len(variants)}"))
+    return variants
+
+
 def mixed_variants(seed: NetworkSpec, n: int, rng_seed: int) -> list[NetworkSpec]:
-    """The networks a calibration is fitted to and a validation times: half as the
-    search makes them early (random_variants), half deep (every group likely cut, down
-    to 8 channels; named ``..._deep``), as low budgets and the baselines reach. Fitted
-    to the first half alone, a table mispredicted a width multiplier x0.41 by 15-40% at
-    64 px (README "Latency tables")."""
-    return random_variants(seed, n - n // 2, rng_seed) + [
+    """The networks a calibration is fitted to and a validation times, a third each: as
+    the search makes them early (random_variants); deep (every group likely cut, down
+    to 8 channels; named ``..._deep``), as low budgets and the baselines reach; and
+    lopsided (a few groups cut deep, the rest untouched; ``..._lopsided``), as a search
+    ends. Fitted to the first kind alone, a table mispredicted a width multiplier x0.41
+    by 15-40% at 64 px (README "Latency tables"); the search's results are lopsided."""
+    third = n // 3
+    return random_variants(seed, n - 2 * third, rng_seed) + [
         dataclasses.replace(v, name=f"{v.name}_deep")
-        for v in random_variants(seed, n // 2, rng_seed + 1, deep=True)]
+        for v in random_variants(seed, third, rng_seed + 1, deep=True)] + [
+        dataclasses.replace(v, name=f"{v.name}_lopsided")
+        for v in lopsided_variants(seed, third, rng_seed + 2)]
 
 
 def calibration_variants(seed: NetworkSpec, n: int) -> list[NetworkSpec]:

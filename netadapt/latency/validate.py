@@ -40,9 +40,10 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
              timer: Timer | None = None, rng_seed: int = 0, progress: bool = True,
              per_chunk: int = 8, rounds: int = 60) -> tuple[dict[str, Any], pd.DataFrame]:
     """Measure ``n`` random reduced variants end to end and compare them with the
-    table's predictions: (summary, one row per variant). Half are as the search makes
-    them (random_variants), half deep (``deep`` in the frame), as low budgets and the
-    baselines reach.
+    table's predictions: (summary, one row per variant). A third are as the search
+    makes them early (random_variants), a third deep (``deep`` in the frame), as low
+    budgets and the baselines reach, a third lopsided (``lopsided``), as a search ends
+    (calibrate.mixed_variants).
 
     Each chunk times the reference block, the seed and ``per_chunk`` variants
     round-robin. ``measured_ms`` = fast time(variant) / fast time(seed) in the same
@@ -73,7 +74,8 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
             rows.append({"variant": v.name, "predicted_ms": table.predict_ms(v),
                          "measured_ms": m / med[1] * anchor_ms,
                          "vs_ref_block_ms": m / med[0] * base_ms, "raw_ms": m,
-                         "seed_raw_ms": med[1], "deep": v.name.endswith("_deep")})
+                         "seed_raw_ms": med[1], "deep": v.name.endswith("_deep"),
+                         "lopsided": v.name.endswith("_lopsided")})
     frame = pd.DataFrame(rows)
     frame["error"] = frame["predicted_ms"] / frame["measured_ms"] - 1
     return summarize(frame, table, seed, n), frame
@@ -81,8 +83,8 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
 
 def summarize(frame: pd.DataFrame, table: LatencyTable, seed: NetworkSpec, n: int
               ) -> dict[str, Any]:
-    """A validation's errors (``validate``'s frame), overall, for the search-like and
-    for the deep variants, and normalised the two other ways (see validate)."""
+    """A validation's errors (``validate``'s frame), overall, for the search-like, the
+    deep and the lopsided variants, and normalised the two other ways (see validate)."""
     err = frame["error"].abs()
     raw_err = (frame["predicted_ms"] / frame["raw_ms"] - 1).abs()
     ref_err = (frame["predicted_ms"] / frame["vs_ref_block_ms"] - 1).abs()
@@ -93,8 +95,9 @@ def summarize(frame: pd.DataFrame, table: LatencyTable, seed: NetworkSpec, n: in
         "median_abs_error": float(err.median()), "max_abs_error": float(err.max()),
         "within_5pct": float((err <= 0.05).mean()), "within_10pct": float((err <= 0.10).mean()),
         "spearman": float(rank), "mean_error": float(frame["error"].mean()),
-        **{f"{part}_{k}": v for part, rows in (("search_like", ~frame["deep"]),
-                                                ("deep", frame["deep"])) if rows.any()
+        **{f"{part}_{k}": v for part, rows in (
+            ("search_like", ~frame["deep"] & ~frame["lopsided"]), ("deep", frame["deep"]),
+            ("lopsided", frame["lopsided"])) if rows.any()
            for k, v in (("median_abs_error", float(err[rows].median())),
                         ("max_abs_error", float(err[rows].max())),
                         ("within_5pct", float((err[rows] <= 0.05).mean())))},
@@ -131,26 +134,43 @@ def validate_seeds(table: LatencyTable, device: Device, seeds: Sequence[NetworkS
         yield seed, summary, save_validation(table.device, summary, frame, root, suffix)
 
 
-def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable,
-                timer: Timer | None = None, bursts: int = 5, rounds: int = 20
-                ) -> dict[str, Any]:
+def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable | None,
+                timer: Timer | None = None, bursts: int = 5, rounds: int = 20,
+                beside: NetworkSpec | None = None) -> dict[str, Any]:
     """``spec`` end to end, now: ``raw_ms`` (fast-tail time, median over bursts), and
     ``vs_seed_ms`` (relative to the table's seed of the same structure timed in the same
     round-robin, x that seed's latency at calibration: drift cancels) with that seed's
-    name as ``seed``, when the table has such a seed."""
+    name as ``seed``, when the table has such a seed. ``beside``: another network (a
+    search's own seed) timed in the same round-robin too: ``beside_ratio`` = median over
+    bursts of time(spec) / time(beside), and ``beside_ratio_se``, that median's relative
+    standard error from the bursts' interquartile range."""
     timer = timer or make_timer(device)
     timer.check()
     shape = network_input_shape(spec)
-    seeds = [s for s in table.seeds if signature(s) == signature(spec)]
-    models = [(network_model(spec), shape)] + [(network_model(s), shape) for s in seeds[:1]]
-    raw, ratios = [], []
+    seeds = [s for s in (table.seeds if table is not None else [])
+             if signature(s) == signature(spec)]
+    others = ([beside] if beside is not None else []) + seeds[:1]
+    models = [(network_model(spec), shape)] + [(network_model(s), shape) for s in others]
+    raw: list[float] = []
+    ratios: dict[int, list[float]] = {i: [] for i in range(1, len(models))}
     for _ in range(bursts):
         med = fast_ms(timer.time(models, rounds, warmup=2))
         raw.append(med[0])
-        if seeds:
-            ratios.append(med[0] / med[1])
+        for i in ratios:
+            ratios[i].append(med[0] / med[i])
     out: dict[str, Any] = {"raw_ms": float(np.median(raw))}
-    if seeds:
-        out["vs_seed_ms"] = float(np.median(ratios)) * seed_e2e_ms(table, seeds[0])
+    if beside is not None:
+        out["beside_ratio"] = float(np.median(ratios[1]))
+        out["beside_ratio_se"] = median_se(ratios[1])
+    if seeds and table is not None:
+        out["vs_seed_ms"] = float(np.median(ratios[len(models) - 1])) * seed_e2e_ms(
+            table, seeds[0])
         out["seed"] = seeds[0].name
     return out
+
+
+def median_se(values: Sequence[float]) -> float:
+    """A median's relative standard error: the interquartile range / 1.349 estimates a
+    normal's sigma, and the median's SE is 1.2533 sigma / sqrt(n)."""
+    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    return float(1.2533 * (q75 - q25) / 1.349 / np.sqrt(len(values)) / q50)

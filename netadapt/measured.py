@@ -1,0 +1,265 @@
+"""Holding the search's result to its measured latency, not only its predicted one.
+
+A search that chooses among many candidates by a latency table picks the ones the table
+underprices (the winner's curse): on Large at 64 px a result predicted at 50% of the
+seed's latency ran at 54-62% of it, while the width multiplier and uniform pruning ran
+within half a point of their predictions. So, when the run's device can be timed (its
+table is measured, not an ESTIMATE), the loop's network is timed end to end once the
+loop says every budget is met as predicted, beside the seed in the same round-robin
+(``latency.validate.measure_e2e``), before the latency budget counts as met.
+
+Over the budget, the loop goes on to a tighter predicted target, then is timed again,
+up to MAX_ROUNDS checks. The rule (``tightened``): a network predicted at P ms and
+measured at M ms, against a budget of B ms on the measured scale, says the table prices
+networks like it at P / M of what they cost; the next network must then be predicted at
+B x P / M, less a margin of twice the measured ratio's standard error (at least
+MIN_MARGIN), so that the next check is decided by the network and not by the timing
+noise. From the second check on, the secant through the last two checks is taken where
+it asks for more (the ratio rule alone under-corrects a mispricing that the further
+cuts do not shrink).
+
+Each check is a ``MeasuredRecord`` in the journal, written before the loop goes on, so a
+resumed run takes the loop's target from the last record, replays the journal's
+iterations under it, and never times a network it has timed already.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .context import SearchContext
+from .errors import LatencyError
+from .records import MeasuredRecord, of_type
+from .search import Budget, Iteration, Start, format_resource, smallest_reachable
+
+if TYPE_CHECKING:
+    from .executors import Executor
+    from .latency.devices import Device
+    from .latency.timers import Timer
+
+MAX_ROUNDS = 4  # checks of one run, the first included
+MIN_MARGIN = 0.01  # the tightened target's least margin below the budget
+MAX_SECANT_STRETCH = 4.0  # see tightened
+# Each check: 11 bursts of 30 round-robin runs of the network and the seed (and the
+# table's seed). A host's speed drifts by 25% within minutes (the Large seed: 1.58 ms at
+# calibration, 1.96 ms later); the ratio to the seed timed in the same burst does not.
+BURSTS = 11
+ROUNDS = 30
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where the run's result is timed, or (``device`` None) why it is not."""
+
+    device: Device | None
+    why_not: str = ""
+
+
+def timing(ctx: SearchContext) -> Timing:
+    """The device the run's result is timed on: the run's own, when it has a profile
+    (a local, ssh or adb runner), its table is not an ESTIMATE, a budget is on latency
+    and the check is on."""
+    from .latency import load_device
+
+    if not any(b.resource == "latency_ms" for b in ctx.budgets):
+        return Timing(None, "no latency budget")
+    if not ctx.config.measured_check:
+        return Timing(None, "measured check off (--no-measured-check)")
+    try:
+        device = load_device(ctx.config.device)
+    except LatencyError:
+        return Timing(None, f"no device profile {ctx.config.device!r} to time it on")
+    if ctx.latency.estimate:
+        attached = "no phone attached" if device.runner == "adb" else "no device timed"
+        return Timing(None, f"ESTIMATE; {attached}")
+    return Timing(device)
+
+
+def ready_timer(ctx: SearchContext) -> tuple[Device, Timer] | None:
+    """The run's device and its timer, checked, when a check lies ahead (None when the
+    result is not timed, or its last check closed the loop): called before any training,
+    so a missing phone, board or binary stops the run at once, in one line."""
+    from .latency.timers import make_timer
+
+    device = timing(ctx).device
+    checks = of_type(ctx.run.records(), MeasuredRecord)
+    if device is None or (checks and checks[-1].next_target_ms is None):
+        return None
+    timer = make_timer(device)
+    try:
+        timer.check()
+    except LatencyError as exc:
+        raise LatencyError(f"{exc}; the result is timed on {device.name} before its "
+                           f"latency budget counts as met: make the device reachable and "
+                           f"run `netadapt search --resume {ctx.run.path}` (or search with "
+                           f"--no-measured-check)") from None
+    return device, timer
+
+
+def run_measured_loop(ctx: SearchContext, executor: Executor, start: Start,
+                      timing_on: tuple[Device, Timer] | None) -> tuple[list[Iteration], float]:
+    """The proposal loop (loop.run_loop) until every budget is met as predicted and,
+    with ``timing_on`` (ready_timer's), the latency budget as measured (see the module's
+    docstring). Returns every iteration of the run, journaled ones included, and this
+    session's loop wall time in seconds."""
+    from .loop import run_loop
+
+    checks = of_type(ctx.run.records(), MeasuredRecord)
+    seconds = 0.0
+    for _ in range(MAX_ROUNDS + 1):  # each pass adds a check or returns
+        history = ctx.run.events(ctx.seed_spec)
+        new, took = run_loop(loop_context(ctx, checks), executor, start, history)
+        seconds += took
+        iterations = [e for e in history if isinstance(e, Iteration)] + new
+        if timing_on is None:
+            return iterations, seconds
+        if not checks or checks[-1].iteration != len(iterations):
+            checks.append(check(ctx, *timing_on, start, iterations, checks))
+        if checks[-1].next_target_ms is None:
+            return iterations, seconds
+    raise AssertionError("a tightened target added no iteration")  # L' < P: cannot happen
+
+
+def loop_context(ctx: SearchContext, checks: Sequence[MeasuredRecord]) -> SearchContext:
+    """The context the loop runs under: the run's, with every latency budget lowered to
+    the last check's target (the tightened one, or the one its network met)."""
+    if not checks:
+        return ctx
+    last = checks[-1]
+    limit = last.target_ms if last.next_target_ms is None else last.next_target_ms
+    return dataclasses.replace(ctx, budgets=tuple(
+        Budget(b.resource, min(b.limit, limit)) if b.resource == "latency_ms" else b
+        for b in ctx.budgets))
+
+
+def check(ctx: SearchContext, device: Device, timer: Timer, start: Start,
+          iterations: list[Iteration], checks: Sequence[MeasuredRecord]) -> MeasuredRecord:
+    """Time the loop's network beside the seed, compare it with the latency budget on
+    the measured scale, decide the next target, and journal the check."""
+    from .latency import measure_e2e
+
+    spec = iterations[-1].chosen.spec if iterations else ctx.seed_spec
+    predicted = ctx.predict_ms(spec)
+    target = min(b.limit for b in loop_context(ctx, checks).budgets
+                 if b.resource == "latency_ms")
+    round_ = len(checks) + 1
+    with ctx.clock.phase("evaluate"):
+        got = measure_e2e(spec, device, ctx.latency.table, timer, bursts=BURSTS,
+                          rounds=ROUNDS, beside=ctx.seed_spec)
+    ratio = got["beside_ratio"]
+    calibrated = "vs_seed_ms" in got
+    measured = got["vs_seed_ms"] if calibrated else ratio * start.resources["latency_ms"]
+    budget = measured_budget(ctx, start, measured / ratio)
+    met = measured <= budget
+    next_target, note = (None, None) if met else _next(
+        ctx, checks, predicted, ratio, budget / (measured / ratio), got["beside_ratio_se"])
+    record = MeasuredRecord(
+        round=round_, iteration=len(iterations), device=device.name,
+        predicted_ms=predicted, measured_ms=measured, vs_seed=ratio,
+        vs_seed_se=got["beside_ratio_se"],
+        anchor=f"{got['seed']} at calibration" if calibrated else "seed predicted",
+        raw_ms=got["raw_ms"], bursts=BURSTS, budget_ms=budget, target_ms=target,
+        met=met, next_target_ms=next_target, note=note)
+    ctx.journal(record)
+    ctx.run.write_csv()
+    ctx.observer.measured(check_line(record))
+    return record
+
+
+def measured_budget(ctx: SearchContext, start: Start, seed_measured_ms: float) -> float:
+    """The tightest latency budget on the measured scale: a percentage is of the seed
+    timed beside the network (``seed_measured_ms``), as it was of the seed's predicted
+    latency; a budget in ms is itself."""
+    seed_predicted = start.resources["latency_ms"]
+    limits = [b.limit * seed_measured_ms / seed_predicted if text.strip().endswith("%")
+              else b.limit
+              for text, b in zip(ctx.config.budgets, ctx.budgets)
+              if b.resource == "latency_ms"]
+    return min(limits)
+
+
+def _next(ctx: SearchContext, checks: Sequence[MeasuredRecord], predicted: float,
+          vs_seed: float, budget: float, se: float) -> tuple[float | None, str | None]:
+    """The loop's next predicted target after a check of a network predicted at
+    ``predicted`` ms that ran at ``vs_seed`` of the seed, over a ``budget`` that is also
+    a ratio to the seed; or (None) why there is none."""
+    goal = budget * (1 - max(MIN_MARGIN, 2 * se))
+    target = tightened(predicted, vs_seed, goal, checks[-1] if checks else None)
+    floor = smallest_reachable(ctx.seed_spec, ctx.predict_ms)["latency_ms"]
+    if len(checks) + 1 >= MAX_ROUNDS:
+        return None, (f"still over the budget after {len(checks) + 1} checks (the most a "
+                      f"run makes): the table underprices networks like this one; "
+                      f"re-profile the device (netadapt profile --device "
+                      f"{ctx.config.device} --fresh) or raise the budget")
+    if target < floor:
+        return None, (f"a network predicted at {target:.3f} ms would be needed, below the "
+                      f"smallest this search can produce ({floor:.3f} ms); raise the budget")
+    return target, None
+
+
+def tightened(predicted: float, vs_seed: float, goal: float,
+              previous: MeasuredRecord | None) -> float:
+    """Where the next network must be predicted for it to run at ``goal`` (a ratio to
+    the seed timed beside it), after a network predicted at ``predicted`` ms ran at
+    ``vs_seed``.
+
+    The ratio rule: the table prices networks like this one at predicted / measured of
+    what they cost, so predicted x goal / vs_seed. With an earlier check of a network
+    predicted higher (``previous``), the secant through the two checks (what the
+    measured ratio lost per predicted ms between them, extrapolated to the goal) is
+    taken where it asks for more: the mispricing the first stop carries does not shrink
+    with the further cuts, so the measured ratio falls slower than the prediction and
+    the ratio rule alone under-corrects (Large at 64 px took 4 checks). The secant goes
+    at most MAX_SECANT_STRETCH times as far below ``predicted`` as the ratio rule."""
+    ratio_target = predicted * goal / vs_seed
+    if previous is None or previous.predicted_ms <= predicted:
+        return ratio_target
+    slope = (previous.vs_seed - vs_seed) / (previous.predicted_ms - predicted)
+    if slope <= 0:  # noise, or latency not monotone in the prediction: no line to follow
+        return ratio_target
+    secant = predicted - (vs_seed - goal) / slope
+    stretch = predicted - MAX_SECANT_STRETCH * (predicted - ratio_target)
+    return min(ratio_target, max(secant, stretch))
+
+
+def check_line(r: MeasuredRecord) -> str:
+    """One line on a check: the network, predicted beside measured, and what follows."""
+    head = (f"measured check {r.round}: iteration {r.iteration}'s network "
+            f"{r.predicted_ms:.3f} ms predicted, {r.measured_ms:.3f} ms measured on "
+            f"{r.device} ({100 * r.vs_seed:.1f}% of the seed timed beside it), budget "
+            f"{r.budget_ms:.3f} ms")
+    if r.met:
+        return f"{head}: met"
+    if r.next_target_ms is not None:
+        return (f"{head}: OVER; the loop goes on to a predicted "
+                f"{r.next_target_ms:.3f} ms")
+    return f"{head}: OVER; {r.note}"
+
+
+def summary_lines(ctx: SearchContext, result_ms: float) -> list[str]:
+    """What the search's summary says about its latency: the table that predicted it,
+    then the result predicted beside measured, or, plainly and once, that it is
+    predicted only and why."""
+    where = timing(ctx)
+    checks = of_type(ctx.run.records(), MeasuredRecord)
+    lines = [f"latency: {ctx.latency.label}"]
+    if where.device is None or not checks:
+        why = where.why_not or "not measured"
+        return lines + [f"  result: {format_resource('latency_ms', result_ms)} predicted "
+                        f"on {ctx.config.device}, not measured ({why})"]
+    last = checks[-1]
+    verdict = "met" if last.met else "NOT met"
+    lines.append(f"  result: {last.predicted_ms:.3f} ms predicted, {last.measured_ms:.3f} ms "
+                 f"measured on {last.device} ({100 * last.vs_seed:.1f}% of the seed timed "
+                 f"beside it, scaled by the {last.anchor}); budget {last.budget_ms:.3f} ms "
+                 f"{verdict}, measured")
+    if len(checks) > 1:
+        first = checks[0]
+        lines.append(f"  the loop first stopped at {first.predicted_ms:.3f} ms predicted, "
+                     f"{first.measured_ms:.3f} ms measured; went on to {len(checks)} checks")
+    if last.note:
+        lines.append(f"  {last.note}")
+    return lines
