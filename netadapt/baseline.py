@@ -13,12 +13,19 @@ Each gives a plain spec; :func:`run_baselines` inherits the seed's largest-L2 fi
 and fine-tunes it as long as the search's winner, on the same batches, then finishes it as
 the winner was finished (deployed-size training, export, the ONNX file's test accuracy),
 so the comparison is fair.
+
+On a device that can be timed (``measured.timing``), each setting is also held to the
+latency budget as measured, as the search's result is: timed beside the seed, and while
+it is over, the next smaller setting of the same knob (:func:`held_to_measured`); all but
+the resolution baseline, whose seed measure_e2e would time at the smaller input.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +37,9 @@ from .spec import WIDTH_STEP, NetworkSpec, resolution_sizes
 
 if TYPE_CHECKING:
     from .context import SearchContext
+    from .latency.devices import Device
+    from .latency.timers import Timer
+    from .measured import Timed
     from .observer import Observer
 
 
@@ -163,7 +173,8 @@ def torch_pruning(seed: NetworkSpec, budgets: Sequence[Budget], predict_ms: Pred
 
 BASELINES = {"width_multiplier": width_multiplier, "uniform_pruning": uniform_pruning,
              "resolution": resolution, "torch_pruning": torch_pruning}
-
+Make = Callable[..., BaselineSpec | None]  # one of BASELINES
+MAX_BASELINE_CHECKS = 12  # settings of one baseline timed, the predicted choice included
 
 
 def no_setting_note(name: str, seed: NetworkSpec, budgets: Sequence[Budget],
@@ -198,10 +209,13 @@ def run_baselines(ctx: SearchContext, names: Sequence[str] = ()) -> list[Baselin
     (its iterations' short-term steps + the long-term steps), on the same batches, then
     finished as the winner was. Finished baselines (journal records) are not trained
     again."""
+    from .measured import checked_timer, timing
     from .model import read_state_dict
 
     done = {r.name for r in ctx.run.baseline_records()}
     seed_state = read_state_dict(ctx.run.path / "seed.pt")
+    device = timing(ctx).device
+    timing_on: tuple[Device, Timer] | None = None
     for name, make in BASELINES.items():
         if name in done or (names and name not in names):
             continue
@@ -214,14 +228,83 @@ def run_baselines(ctx: SearchContext, names: Sequence[str] = ()) -> list[Baselin
             ctx.finish_phase(BaselineRecord(name=name, note=no_setting_note(
                 name, ctx.seed_spec, ctx.budgets, ctx.predict_ms, ctx.config.device)))
         else:
-            ctx.finish_phase(_train_baseline(ctx, found, seed_state))
+            held: dict[str, Any] = {}
+            # held to the measured latency, as the result is; not the resolution one:
+            # measure_e2e times the seed beside it at the network's input shape
+            if device is not None and name != "resolution":
+                timing_on = timing_on or checked_timer(ctx, device, f"baseline {name} is")
+                found, held = held_to_measured(ctx, make, found, seed_state, timing_on)
+            ctx.finish_phase(_train_baseline(ctx, found, seed_state, held))
     ctx.run.write_csv()
     ctx.journal_changed()
     return ctx.run.baseline_records()
 
 
-def _train_baseline(ctx: SearchContext, found: BaselineSpec, seed_state: dict[str, Any]
-                    ) -> BaselineRecord:
+def held_to_measured(ctx: SearchContext, make: Make, found: BaselineSpec,
+                     seed_state: dict[str, Any], timing_on: tuple[Device, Timer]
+                     ) -> tuple[BaselineSpec, dict[str, Any]]:
+    """Baseline ``found`` (its predicted choice) held to the latency budget as measured:
+    timed beside the seed as the search's result is (measured.time_beside_seed), and
+    while it is over, the next smaller setting of its knob (the first predicted below it:
+    the next multiplier or fraction; Torch-Pruning pruned again from the seed to its next
+    step), up to MAX_BASELINE_CHECKS timings. The setting, and its record's measured
+    fields. What was found is written to baselines/NAME.measured.json before training, so
+    a resumed run walks to the same setting without timing again (its checkpoints fit it)."""
+    from .files import write_text_atomic
+    from .measured import time_beside_seed
+    from .search import Start
+
+    saved = ctx.run.path / "baselines" / f"{found.name}.measured.json"
+    if saved.is_file():
+        fields = json.loads(saved.read_text(encoding="utf-8"))
+        walked: BaselineSpec | None = found
+        for _ in range(int(fields["measured_checks"]) - 1):
+            if walked is not None:
+                walked = _smaller(ctx, make, walked, seed_state)
+        if walked is not None and walked.knob == fields.pop("knob"):
+            return walked, fields
+    start = Start(ctx.seed_spec, 0.0, resources_of(ctx.seed_spec, ctx.predict_ms))
+    device, timer = timing_on
+    for checks in range(1, MAX_BASELINE_CHECKS + 1):
+        t = time_beside_seed(ctx, device, timer, found.spec, start)
+        smaller = None if t.met or checks == MAX_BASELINE_CHECKS else _smaller(
+            ctx, make, found, seed_state)
+        ctx.observer.measured(_check_line(found, t, device.name, smaller))
+        if smaller is None:
+            break
+        found = smaller
+    fields = {"measured_ms": t.measured_ms, "measured_vs_seed": t.vs_seed,
+              "measured_budget_ms": t.budget_ms, "measured_checks": checks}
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(saved, json.dumps({"knob": found.knob, **fields}, indent=1))
+    return found, fields
+
+
+def _smaller(ctx: SearchContext, make: Make, found: BaselineSpec,
+             seed_state: dict[str, Any]) -> BaselineSpec | None:
+    """The next setting of ``found``'s knob: the first (largest) one predicted below it
+    that meets every budget."""
+    below = math.nextafter(found.resources["latency_ms"], 0.0)
+    budgets = [Budget(b.resource, min(b.limit, below)) if b.resource == "latency_ms" else b
+               for b in ctx.budgets]
+    return make(ctx.seed_spec, budgets, ctx.predict_ms, seed_state)
+
+
+def _check_line(found: BaselineSpec, t: Timed, device: str,
+                smaller: BaselineSpec | None) -> str:
+    head = (f"measured check: baseline {found.name} {found.knob} "
+            f"{found.resources['latency_ms']:.3f} ms predicted, {t.measured_ms:.3f} ms "
+            f"measured on {device} ({100 * t.vs_seed:.1f}% of the seed timed beside it), "
+            f"budget {t.budget_ms:.3f} ms")
+    if t.met:
+        return f"{head}: met"
+    if smaller is not None:
+        return f"{head}: OVER; next {smaller.knob}"
+    return f"{head}: OVER; kept (no smaller setting, or {MAX_BASELINE_CHECKS} timed)"
+
+
+def _train_baseline(ctx: SearchContext, found: BaselineSpec, seed_state: dict[str, Any],
+                    held: dict[str, Any] | None = None) -> BaselineRecord:
     """Train and finish one baseline network; its record."""
     from .context import LONG_TERM_SEED
     from .finish import finish_network
@@ -249,6 +332,7 @@ def _train_baseline(ctx: SearchContext, found: BaselineSpec, seed_state: dict[st
     r = found.resources
     return BaselineRecord(name=found.name, knob=found.knob, latency_ms=r["latency_ms"],
                           params=r["params"], macs=r["macs"], steps=steps,
+                          **(held or {}),
                           **finish_network(ctx, model, found.spec, f"baselines/{found.name}",
                                            data))
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .executors import Executor
     from .latency.devices import Device
     from .latency.timers import Timer
+    from .spec import NetworkSpec
 
 MAX_ROUNDS = 4  # checks of one run, the first included
 MIN_MARGIN = 0.01  # the tightened target's least margin below the budget
@@ -82,17 +83,23 @@ def ready_timer(ctx: SearchContext) -> tuple[Device, Timer] | None:
     """The run's device and its timer, checked, when a check lies ahead (None when the
     result is not timed, or its last check closed the loop): called before any training,
     so a missing phone, board or binary stops the run at once, in one line."""
-    from .latency.timers import make_timer
-
     device = timing(ctx).device
     checks = of_type(ctx.run.records(), MeasuredRecord)
     if device is None or (checks and checks[-1].next_target_ms is None):
         return None
+    return checked_timer(ctx, device, "the result is")
+
+
+def checked_timer(ctx: SearchContext, device: Device, what: str) -> tuple[Device, Timer]:
+    """``device``'s timer, checked: a device that does not answer stops the run in one
+    line that says how to go on (``what``: what is timed on it, "the result is")."""
+    from .latency.timers import make_timer
+
     timer = make_timer(device)
     try:
         timer.check()
     except LatencyError as exc:
-        raise LatencyError(f"{exc}; the result is timed on {device.name} before its "
+        raise LatencyError(f"{exc}; {what} timed on {device.name} before its "
                            f"latency budget counts as met: make the device reachable and "
                            f"run `netadapt search --resume {ctx.run.path}` (or search with "
                            f"--no-measured-check)") from None
@@ -139,34 +146,65 @@ def check(ctx: SearchContext, device: Device, timer: Timer, start: Start,
           iterations: list[Iteration], checks: Sequence[MeasuredRecord]) -> MeasuredRecord:
     """Time the loop's network beside the seed, compare it with the latency budget on
     the measured scale, decide the next target, and journal the check."""
-    from .latency import measure_e2e
-
     spec = iterations[-1].chosen.spec if iterations else ctx.seed_spec
     predicted = ctx.predict_ms(spec)
     target = min(b.limit for b in loop_context(ctx, checks).budgets
                  if b.resource == "latency_ms")
     round_ = len(checks) + 1
+    t = time_beside_seed(ctx, device, timer, spec, start)
+    next_target, note = (None, None) if t.met else _next(
+        ctx, checks, predicted, t.vs_seed, t.budget_ms / t.seed_ms, t.vs_seed_se)
+    record = MeasuredRecord(
+        round=round_, iteration=len(iterations), device=device.name,
+        predicted_ms=predicted, measured_ms=t.measured_ms, vs_seed=t.vs_seed,
+        vs_seed_se=t.vs_seed_se, anchor=t.anchor, raw_ms=t.raw_ms, bursts=BURSTS,
+        budget_ms=t.budget_ms, target_ms=target, met=t.met, next_target_ms=next_target,
+        note=note)
+    ctx.journal(record)
+    ctx.run.write_csv()
+    ctx.observer.measured(check_line(record))
+    return record
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A network timed end to end beside the seed, on the measured scale."""
+
+    measured_ms: float  # vs_seed x the seed's latency it is scaled by (anchor)
+    vs_seed: float  # time(network) / time(seed), median over the bursts
+    vs_seed_se: float  # that median's relative standard error
+    raw_ms: float
+    anchor: str
+    budget_ms: float  # the tightest latency budget on the measured scale
+
+    @property
+    def seed_ms(self) -> float:
+        """The seed timed beside the network, on the same scale."""
+        return self.measured_ms / self.vs_seed
+
+    @property
+    def met(self) -> bool:
+        return self.measured_ms <= self.budget_ms
+
+
+def time_beside_seed(ctx: SearchContext, device: Device, timer: Timer, spec: NetworkSpec,
+                     start: Start) -> Timed:
+    """``spec`` timed end to end beside the seed (BURSTS bursts of ROUNDS round-robin
+    runs), scaled to ms by the table's calibration of its seed (else by the seed's
+    predicted latency), with the latency budget on the same scale (measured_budget).
+    The search's check and the baselines' (baseline.py) time alike."""
+    from .latency import measure_e2e
+
     with ctx.clock.phase("evaluate"):
         got = measure_e2e(spec, device, ctx.latency.table, timer, bursts=BURSTS,
                           rounds=ROUNDS, beside=ctx.seed_spec)
     ratio = got["beside_ratio"]
     calibrated = "vs_seed_ms" in got
     measured = got["vs_seed_ms"] if calibrated else ratio * start.resources["latency_ms"]
-    budget = measured_budget(ctx, start, measured / ratio)
-    met = measured <= budget
-    next_target, note = (None, None) if met else _next(
-        ctx, checks, predicted, ratio, budget / (measured / ratio), got["beside_ratio_se"])
-    record = MeasuredRecord(
-        round=round_, iteration=len(iterations), device=device.name,
-        predicted_ms=predicted, measured_ms=measured, vs_seed=ratio,
-        vs_seed_se=got["beside_ratio_se"],
-        anchor=f"{got['seed']} at calibration" if calibrated else "seed predicted",
-        raw_ms=got["raw_ms"], bursts=BURSTS, budget_ms=budget, target_ms=target,
-        met=met, next_target_ms=next_target, note=note)
-    ctx.journal(record)
-    ctx.run.write_csv()
-    ctx.observer.measured(check_line(record))
-    return record
+    return Timed(measured_ms=measured, vs_seed=ratio, vs_seed_se=got["beside_ratio_se"],
+                 raw_ms=got["raw_ms"],
+                 anchor=f"{got['seed']} at calibration" if calibrated else "seed predicted",
+                 budget_ms=measured_budget(ctx, start, measured / ratio))
 
 
 def measured_budget(ctx: SearchContext, start: Start, seed_measured_ms: float) -> float:

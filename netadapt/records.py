@@ -196,6 +196,13 @@ class BaselineRecord(Record):
     test_accuracy: float | None = None
     test_pixel_accuracy: float | None = None
     test_px: str | None = None
+    # held to the measured latency (measured.py, on a device that can be timed): the
+    # setting, timed end to end beside the seed, and the budget on that scale; None: the
+    # predicted choice stands (an ESTIMATE, the check off, or a run made before)
+    measured_ms: float | None = None
+    measured_vs_seed: float | None = None  # time(network) / time(seed), same round-robin
+    measured_budget_ms: float | None = None
+    measured_checks: int | None = None  # settings timed, largest first, this one last
 
     @property
     def trained(self) -> bool:

@@ -24,7 +24,7 @@ import yaml
 from netadapt import measured
 from netadapt.config import SearchConfig
 from netadapt.driver import resume_search, start_search
-from netadapt.records import MeasuredRecord, of_type
+from netadapt.records import BaselineRecord, MeasuredRecord, of_type
 from netadapt.spec import at_size, load_spec, spec_from_dict
 
 from .conftest import TINY, fake_ms, journal, same_weights, tiny_search
@@ -199,10 +199,70 @@ def test_an_estimate_device_says_its_latency_is_predicted_not_measured(tmp_path)
     assert sum("not measured" in line for line in result.latency_lines) == 1
 
 
+def width_baseline(run: Path) -> BaselineRecord:
+    return next(r for r in of_type(journal(run), BaselineRecord)
+                if r.name == "width_multiplier")
+
+
+def predicted_width_choice(run: Path, seed_ms: float, predict_ms):
+    """The width multiplier chosen by the predictor alone, at the runs' 80% budget."""
+    from netadapt.baseline import width_multiplier
+    from netadapt.search import Budget
+
+    return width_multiplier(load_spec(run / "seed.yaml"),
+                            [Budget("latency_ms", 0.8 * seed_ms)], predict_ms)
+
+
+def test_the_width_multiplier_is_held_to_the_measured_budget_too(full):
+    """The underpricing predictor chose a multiplier that runs over the budget; the
+    baseline is the next smaller ones until one runs within it, as the result is."""
+    _, _, result = full
+    record = width_baseline(result.run)
+    predicted = predicted_width_choice(result.run, result.seed.latency_ms,
+                                       underpricing_of(full))
+    assert predicted is not None and record.trained and record.measured_checks is not None
+    assert float(record.knob[1:]) < float(predicted.knob[1:])  # smaller than predicted
+    assert record.measured_checks >= 2
+    assert record.measured_ms is not None and record.measured_budget_ms is not None
+    assert record.measured_ms <= record.measured_budget_ms  # within, as measured
+    assert record.measured_vs_seed is not None and record.measured_budget_ms == \
+        pytest.approx(0.8 * record.measured_ms / record.measured_vs_seed)
+    assert load_spec(result.run / "baselines" / "width_multiplier.yaml").name.endswith(
+        record.knob)
+
+
+def test_a_kill_before_the_baselines_record_resumes_to_its_setting_without_timing(
+        full, tmp_path):
+    """Killed after the width multiplier was timed and trained, before its record: the
+    resumed run walks to the setting found (no timing) and trains that one."""
+    _, _, result = full
+    record = width_baseline(result.run)
+    run = tmp_path / "killed"
+    shutil.copytree(result.run, run)
+    lines = (run / "history.jsonl").read_text().splitlines(keepends=True)
+    (run / "history.jsonl").write_text("".join(
+        line for line in lines if json.loads(line)["type"] != "baseline"))
+
+    def no_timing(*_args, **_kwargs):
+        raise AssertionError("timed again")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(measured, "time_beside_seed", no_timing)
+        resume_search(run, predict_ms=underpricing_of(full))
+    again = width_baseline(run)
+    assert again.knob == record.knob and again.measured_ms == record.measured_ms
+    assert again.measured_checks == record.measured_checks
+
+
 def test_the_check_can_be_turned_off(table, tmp_path):
     config = measured_search(tmp_path, measured_check=False)
     result = start_search(config, tmp_path / "run", predict_ms=underpricing(table))
     assert not checks(result.run) and result.measured is None
+    # the baseline's setting is the predicted choice, not timed
+    record = width_baseline(result.run)
+    predicted = predicted_width_choice(result.run, result.seed.latency_ms,
+                                       underpricing(table))
+    assert predicted is not None and record.knob == predicted.knob
+    assert record.measured_ms is None and record.measured_checks is None
     assert "measured check off (--no-measured-check)" in result.latency_lines[1]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["search"][
         "measured_check"] is False
