@@ -126,8 +126,9 @@ def search(args: argparse.Namespace) -> None:
     config = SearchConfig(budgets=(args.budget,), spec=str(args.search_spec), step=0.05,
                           short_term_steps=args.steps, long_term_steps=0, deploy_steps=0,
                           seed_steps=args.seed_steps, holdout=args.holdout,
-                          torch_device="cpu", threads=1)
+                          torch_device="cpu", threads=1, racing=args.racing)
     print(f"\n== search: {args.search_spec.name}, budget {args.budget}, T={args.steps}, "
+          f"{'racing' if args.racing else 'every proposal all T steps'}, "
           f"seed {args.seed_steps} steps (cached after the first run) -> {out}")
     modes: list[tuple[str, int]] = [("serial", 1), ("workers2", 2)]
     if not args.skip_ray:
@@ -185,6 +186,8 @@ def main() -> None:
     parser.add_argument("--search-spec", type=Path,
                         default=DEFAULT_SPEC.parent / "mobilenetv3_small.yaml")
     parser.add_argument("--budget", default="85%")
+    parser.add_argument("--racing", action=argparse.BooleanOptionalAction, default=True,
+                        help="race each iteration's proposals, as a search does by default")
     parser.add_argument("--seed-steps", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-workers"))
     parser.add_argument("--keep", action="store_true", help="keep the search runs")
