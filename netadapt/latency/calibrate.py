@@ -40,34 +40,38 @@ def random_variants(seed: NetworkSpec, n: int, rng_seed: int = 0,
     its width. ``deep``: with probability 4/5, to any multiple of 8 up to its width
     (what low budgets and uniform baselines reach). Distinct from the seed and from
     each other."""
-    rng = random.Random(rng_seed)
-    variants: list[NetworkSpec] = []
-    seen = {seed}
-    while len(variants) < n:
-        spec = seed
-        for g in seed.groups:
-            if rng.random() < (0.8 if deep else 0.5):
-                low = 8 if deep else max(8, (g.width // 4 + 7) // 8 * 8)
-                spec = spec.with_group_width(g.name, rng.randrange(low, g.width + 1, 8))
-        if spec not in seen:
-            seen.add(spec)
-            variants.append(dataclasses.replace(spec, name=f"{seed.name}_v{len(variants)}"))
-    return variants
+    def cut(rng: random.Random, width: int) -> int | None:
+        if rng.random() >= (0.8 if deep else 0.5):
+            return None
+        low = 8 if deep else max(8, (width // 4 + 7) // 8 * 8)
+        return rng.randrange(low, width + 1, 8)
+    return _variants(seed, n, rng_seed, cut)
 
 
 def lopsided_variants(seed: NetworkSpec, n: int, rng_seed: int = 0) -> list[NetworkSpec]:
     """Reduced variants as a search ends: each group independently, with probability
     1/3, cut deep (to a random multiple of 8 up to a quarter of its width), the others
     untouched; at least one group cut. Distinct from the seed and from each other."""
+    def cut(rng: random.Random, width: int) -> int | None:
+        if rng.random() >= 1 / 3:
+            return None
+        return rng.randrange(8, max(8, width // 4 // 8 * 8) + 1, 8)
+    return _variants(seed, n, rng_seed, cut)
+
+
+def _variants(seed: NetworkSpec, n: int, rng_seed: int,
+              cut: Callable[[random.Random, int], int | None]) -> list[NetworkSpec]:
+    """``n`` distinct variants of ``seed`` (none the seed itself), each group's width
+    drawn by ``cut`` (None: left as it is), in the order the draws make them."""
     rng = random.Random(rng_seed)
     variants: list[NetworkSpec] = []
     seen = {seed}
     while len(variants) < n:
         spec = seed
         for g in seed.groups:
-            if rng.random() < 1 / 3:
-                high = max(8, g.width // 4 // 8 * 8)
-                spec = spec.with_group_width(g.name, rng.randrange(8, high + 1, 8))
+            width = cut(rng, g.width)
+            if width is not None:
+                spec = spec.with_group_width(g.name, width)
         if spec not in seen:
             seen.add(spec)
             variants.append(dataclasses.replace(spec, name=f"{seed.name}_v{len(variants)}"))
