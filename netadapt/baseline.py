@@ -15,9 +15,9 @@ the winner was finished (deployed-size training, export, the ONNX file's test ac
 so the comparison is fair.
 
 On a device that can be timed (``measured.timing``), each setting is also held to the
-latency budget as measured, as the search's result is: timed beside the seed, and while
-it is over, the next smaller setting of the same knob (:func:`held_to_measured`); all but
-the resolution baseline, whose seed measure_e2e would time at the smaller input.
+latency budget as measured, as the search's result is: timed beside the seed (each at
+its own input size), and while it is over, the next smaller setting of the same knob
+(:func:`held_to_measured`).
 """
 
 from __future__ import annotations
@@ -229,9 +229,7 @@ def run_baselines(ctx: SearchContext, names: Sequence[str] = ()) -> list[Baselin
                 name, ctx.seed_spec, ctx.budgets, ctx.predict_ms, ctx.config.device)))
         else:
             held: dict[str, Any] = {}
-            # held to the measured latency, as the result is; not the resolution one:
-            # measure_e2e times the seed beside it at the network's input shape
-            if device is not None and name != "resolution":
+            if device is not None:  # held to the measured latency, as the result is
                 timing_on = timing_on or checked_timer(ctx, device, f"baseline {name} is")
                 found, held = held_to_measured(ctx, make, found, seed_state, timing_on)
             ctx.finish_phase(_train_baseline(ctx, found, seed_state, held))

@@ -369,3 +369,15 @@ def test_the_tightened_target_follows_the_ratio_then_the_secant_through_two_chec
     step = 0.551 - 0.551 * goal / 0.531
     assert measured.tightened(0.551, 0.531, goal, a_check(0.682, 0.532)) == pytest.approx(
         0.551 - measured.MAX_SECANT_STRETCH * step)
+
+
+def test_a_network_is_timed_beside_a_seed_of_another_input_size_at_its_own():
+    """The resolution baseline's network (a smaller input) is timed beside the full-size
+    seed, each fed its own input: four times the pixels take longer."""
+    from netadapt.latency import load_device
+    from netadapt.latency.validate import measure_e2e
+
+    seed = at_size(spec_from_dict(TINY), SIZE)
+    small = at_size(seed, SIZE // 2)
+    got = measure_e2e(small, load_device("local"), None, bursts=3, rounds=10, beside=seed)
+    assert 0 < got["beside_ratio"] < 1

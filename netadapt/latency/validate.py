@@ -146,11 +146,10 @@ def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable | None,
     standard error from the bursts' interquartile range."""
     timer = timer or make_timer(device)
     timer.check()
-    shape = network_input_shape(spec)
     seeds = [s for s in (table.seeds if table is not None else [])
              if signature(s) == signature(spec)]
     others = ([beside] if beside is not None else []) + seeds[:1]
-    models = [(network_model(spec), shape)] + [(network_model(s), shape) for s in others]
+    models = [(network_model(s), network_input_shape(s)) for s in [spec, *others]]
     raw: list[float] = []
     ratios: dict[int, list[float]] = {i: [] for i in range(1, len(models))}
     for _ in range(bursts):
