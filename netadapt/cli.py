@@ -7,6 +7,7 @@ own errors become a one-line message and exit code 1 (typer uses 2 for usage err
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -162,8 +163,9 @@ def search(
     ray: _RayOpt = None,
 ) -> None:
     """Run NetAdapt: shrink the seed step by step until every budget is met."""
+    given = dict(locals())  # first: every option, by the name SearchConfig gives it
     from . import driver
-    from .config import config_from_options
+    from .config import SearchConfig, config_from_options
     from .executors import make_executor
     from .observer import LivePlot, Observers, ProgressBars
 
@@ -177,14 +179,10 @@ def search(
         with _resumable(resume), executor:
             result = driver.resume_search(resume, executor=executor, observer=observer)
     else:
-        config = config_from_options(budget or [], preset, compare, dict(
-            spec=str(spec) if spec else None, weights=weights, device=device, data=data,
-            criterion=criterion, schedule=schedule, step=step,
-            short_term_steps=short_term_steps, racing=racing, measured_check=measured_check,
-            long_term_steps=long_term_steps,
-            deploy_steps=deploy_steps, seed_steps=seed_steps, resolution=resolution,
-            input_size=input_size, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed,
-            torch_device=torch_device, threads=threads))
+        fields = {f.name for f in dataclasses.fields(SearchConfig)} - {"budgets", "compare"}
+        options = {k: v for k, v in given.items() if k in fields}
+        config = config_from_options(budget or [], preset, compare,
+                                     {**options, "spec": str(spec) if spec else None})
         out = out or config.default_run_dir()
         typer.echo(f"run directory: {out}")
         with _resumable(out), executor:
