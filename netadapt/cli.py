@@ -415,6 +415,10 @@ _ClockOpt = Annotated[str | None, typer.Option(
 _RecalibrateOpt = Annotated[bool, typer.Option(
     help="Calibrate every --spec at its sizes again, even where the table covers it "
     "already (no entry is timed again)")]
+_RetimeOpt = Annotated[bool, typer.Option(
+    help="Time again every entry each --spec needs at its sizes, then calibrate it "
+    "again; the table's other entries stay (for entries timed on a busy or another "
+    "machine; a seed sharing entries keeps its calibration)")]
 _MultiplierSizesOpt = Annotated[str, typer.Option(
     help="Input sizes at which to cover each --spec and its x0.35/0.5/0.75/1.0 width "
     "multipliers (comma-separated, or 'none'); the sizes the resolution baseline tries "
@@ -434,6 +438,7 @@ def profile(
     input_size: _InputSizesOpt = None,
     clock: _ClockOpt = None,
     recalibrate: _RecalibrateOpt = False,
+    retime: _RetimeOpt = False,
     multiplier_sizes: _MultiplierSizesOpt = "96,128,160,192,224,256",
     processes: _ProcessesOpt = None,
 ) -> None:
@@ -463,7 +468,7 @@ def profile(
         return
     try:
         result = build_table(dev, seeds, fresh=fresh, input_sizes=sizes,
-                             multiplier_sizes=extra, recalibrate=recalibrate)
+                             multiplier_sizes=extra, recalibrate=recalibrate, retime=retime)
     except KeyboardInterrupt:
         typer.secho(f"interrupted: measured entries are saved in {journal_path(device)}; "
                     f"run the same command to continue", fg=typer.colors.YELLOW, err=True)

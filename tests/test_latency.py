@@ -661,3 +661,26 @@ def test_recalibrate_times_no_entry_and_records_the_clock(built, tiny_spec):
                            log=lambda _: None, recalibrate=True)
     assert result.measured == 0 and [c["seed"] for c in result.calibration] == ["tiny"]
     assert load_table("fast").meta["seeds"][0]["clock"] == "wall"
+
+
+def test_retime_times_a_specs_entries_again_and_keeps_the_others(root, tiny_spec):
+    """--retime: every entry the spec needs at its sizes is timed again and replaces the
+    table's value; entries only other seeds or sizes need keep theirs."""
+    from netadapt.spec import at_size
+
+    device = load_device("fast")
+    build.profile(device, [tiny_spec], root=root, progress=False, log=lambda _: None,
+                  input_sizes=[32, 48], multiplier_sizes=[])
+    before = load_table("fast")
+    result = build.profile(device, [tiny_spec], root=root, progress=False,
+                           log=lambda _: None, input_sizes=[48], multiplier_sizes=[],
+                           retime=True)
+    after = load_table("fast")
+    again = (required_keys(at_size(tiny_spec, 48))
+             | required_keys(at_size(tiny_spec, 32), "multipliers"))
+    kept = required_keys(tiny_spec) - again
+    assert kept and result.measured >= len(again)
+    assert len(after) >= len(before)  # the x0.35-x0.75 networks at 32 px may add a few
+    assert all(after.entry_ms(k) == before.entry_ms(k) for k in kept)
+    assert sum(after.entry_ms(k) != before.entry_ms(k) for k in again) > len(again) // 2
+    assert "tiny@48" in [c["seed"] for c in result.calibration]

@@ -145,10 +145,12 @@ def _reference(old_meta: dict[str, Any], state: dict[str, Any], seed: NetworkSpe
 
 def plan(device: Device, seeds: list[NetworkSpec], timer: Timer, root: Path | None = None,
          fresh: bool = False, targets: list[tuple[NetworkSpec, str]] | None = None,
-         recalibrate: bool = False) -> _Plan:
+         recalibrate: bool = False, retime: bool = False) -> _Plan:
     """Step 1: what the finished table must hold, and what is left to time (the table
     and the journal of an interrupted run count as done). ``targets`` (see targets_of)
-    default to each seed's full grid at its own size."""
+    default to each seed's full grid at its own size. ``retime``: every entry the
+    targets need is timed again (the table's own value of it does not count as done),
+    and the targets are calibrated again; the table's other entries stay."""
     targets = targets if targets is not None else targets_of(seeds)
     folder = table_paths(device.name, root)[0].parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -165,7 +167,7 @@ def plan(device: Device, seeds: list[NetworkSpec], timer: Timer, root: Path | No
     rank = {"multipliers": 0, "grid": 1}  # a grid covers the multipliers too
     new = {spec.name: (spec, coverage) for spec, coverage in targets
            if spec.name not in covered or rank[coverage] > rank[covered[spec.name][1]]
-           or recalibrate}
+           or recalibrate or retime}
     covered.update(new)
     have = set(entries_of(old)) if len(old) else set()
     needed: set[EntryKey] = set()
@@ -179,7 +181,11 @@ def plan(device: Device, seeds: list[NetworkSpec], timer: Timer, root: Path | No
         attempts[k] = attempts.get(k, 0) + 1
         if spread <= proto.max_spread or attempts[k] >= proto.attempts:
             finished.add(k)
-    pending = sorted(needed - have - finished)
+    stale: set[EntryKey] = set()
+    if retime:
+        for spec, coverage in new.values():
+            stale |= required_keys(spec, coverage)
+    pending = sorted((needed - have | stale) - finished)
     random.Random(0).shuffle(pending)  # spread every layer's entries over the whole run
     return _Plan(folder, journal, old, old_meta, ref, new,
                  {name: spec for name, (spec, _) in covered.items()}, needed, have, finished,
@@ -301,8 +307,8 @@ def _best_attempts(journal: pd.DataFrame, base_ms: float) -> pd.DataFrame:
 
 
 def assemble(work: _Plan) -> tuple[pd.DataFrame, float]:
-    """Step 3: the table's rows (the old table + the best attempt of every new entry,
-    scaled to the reference's base ms) and that base."""
+    """Step 3: the table's rows (the best attempt of every entry timed in this run,
+    scaled to the reference's base ms, and the old table's other rows) and that base."""
     journal_rows = work.journal.attempts()
     if "reference" in work.old_meta:
         base_ms = float(work.old_meta["reference"]["base_ms"])
@@ -312,8 +318,8 @@ def assemble(work: _Plan) -> tuple[pd.DataFrame, float]:
         raise LatencyError("nothing measured")
     new = _best_attempts(journal_rows, base_ms)
     old = work.old
-    if len(old):
-        new = new[~new.set_index(KEY_COLUMNS).index.isin(old.set_index(KEY_COLUMNS).index)]
+    if len(old):  # an entry timed again (--retime) replaces the table's value
+        old = old[~old.set_index(KEY_COLUMNS).index.isin(new.set_index(KEY_COLUMNS).index)]
     frame = pd.concat([old[COLUMNS], new], ignore_index=True) if len(old) else new
     return frame.sort_values(KEY_COLUMNS, kind="stable").reset_index(drop=True), base_ms
 
@@ -367,7 +373,8 @@ def _table_meta(device: Device, work: _Plan, timer: Timer, base_ms: float,
 def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
             fresh: bool = False, progress: bool = True, log: Log = print,
             timer: Timer | None = None, input_sizes: Sequence[int] = (),
-            multiplier_sizes: Sequence[int] = (), recalibrate: bool = False) -> ProfileResult:
+            multiplier_sizes: Sequence[int] = (), recalibrate: bool = False,
+            retime: bool = False) -> ProfileResult:
     """Build or extend DEVICE's table so that it covers every seed (see targets_of for
     the sizes), then calibrate: plan, measure_entries, assemble, calibrate_seeds, then
     the table is written and the journal removed. An interrupted run (even by
@@ -375,14 +382,16 @@ def profile(device: Device, seeds: list[NetworkSpec], root: Path | None = None,
     timer = timer or make_timer(device)
     timer.check()  # fail at once: no phone, no host, no perf_test
     work = plan(device, seeds, timer, root, fresh,
-                targets_of(seeds, input_sizes, multiplier_sizes), recalibrate)
+                targets_of(seeds, input_sizes, multiplier_sizes), recalibrate, retime)
     proto = device.protocol
     result = ProfileResult(device.name)
     start = time.perf_counter()
     if work.pending:
+        again = len(work.have.intersection(work.pending))
         log(f"{device.name}: {len(work.have) + len(work.finished)} of {len(work.needed)} "
-            f"entries in the table or journal; measuring {len(work.pending)} "
-            f"(reference: {work.ref.label()})")
+            f"entries in the table or journal; measuring {len(work.pending)}"
+            + (f", {again} of them again (--retime)" if again else "")
+            + f" (reference: {work.ref.label()})")
     ref_model = (entry_model(work.ref), input_shape(work.ref))
     seed_ratios = SeedBursts(work.journal.add_ratio, timer, ref_model,
                              {name: spec for name, (spec, _) in work.targets.items()},
