@@ -151,6 +151,7 @@ def check(ctx: SearchContext, device: Device, timer: Timer, start: Start,
     target = min(b.limit for b in loop_context(ctx, checks).budgets
                  if b.resource == "latency_ms")
     round_ = len(checks) + 1
+    expected = expected_vs_seed(predicted, start.resources["latency_ms"], checks)
     t = time_beside_seed(ctx, device, timer, spec, start)
     next_target, note = (None, None) if t.met else _next(
         ctx, checks, predicted, t.vs_seed, t.budget_ms / t.seed_ms, t.vs_seed_se)
@@ -159,7 +160,7 @@ def check(ctx: SearchContext, device: Device, timer: Timer, start: Start,
         predicted_ms=predicted, measured_ms=t.measured_ms, vs_seed=t.vs_seed,
         vs_seed_se=t.vs_seed_se, anchor=t.anchor, raw_ms=t.raw_ms, bursts=BURSTS,
         budget_ms=t.budget_ms, target_ms=target, met=t.met, next_target_ms=next_target,
-        note=note)
+        note=note, expected_vs_seed=expected)
     ctx.journal(record)
     ctx.run.write_csv()
     ctx.observer.measured(check_line(record))
@@ -263,18 +264,46 @@ def tightened(predicted: float, vs_seed: float, goal: float,
     return min(ratio_target, max(secant, stretch))
 
 
+def expected_vs_seed(predicted: float, seed_predicted: float,
+                     checks: Sequence[MeasuredRecord]) -> float:
+    """The ratio to the seed a network predicted at ``predicted`` ms should run at, said
+    before it is timed: at the first check the table's (``predicted`` / the seed's
+    predicted ms); after, the run's earlier checks corrected for the table's mispricing,
+    as ``tightened`` corrects for it: the last check's ratio scaled by the predictions,
+    or the secant through the last two checks where that expects more."""
+    if not checks:
+        return predicted / seed_predicted
+    last = checks[-1]
+    expected = last.vs_seed * predicted / last.predicted_ms
+    if len(checks) > 1 and checks[-2].predicted_ms > last.predicted_ms:
+        before = checks[-2]
+        slope = (before.vs_seed - last.vs_seed) / (before.predicted_ms - last.predicted_ms)
+        if slope > 0:
+            expected = max(expected, last.vs_seed + slope * (predicted - last.predicted_ms))
+    return expected
+
+
 def check_line(r: MeasuredRecord) -> str:
     """One line on a check: the network, predicted beside measured, and what follows."""
     head = (f"measured check {r.round}: iteration {r.iteration}'s network "
-            f"{r.predicted_ms:.3f} ms predicted, {r.measured_ms:.3f} ms measured on "
-            f"{r.device} ({100 * r.vs_seed:.1f}% of the seed timed beside it), budget "
-            f"{r.budget_ms:.3f} ms")
+            f"{r.predicted_ms:.3f} ms predicted{_expected(r)}, {r.measured_ms:.3f} ms "
+            f"measured on {r.device} ({100 * r.vs_seed:.1f}% of the seed timed beside it), "
+            f"budget {r.budget_ms:.3f} ms")
     if r.met:
         return f"{head}: met"
     if r.next_target_ms is not None:
         return (f"{head}: OVER; the loop goes on to a predicted "
                 f"{r.next_target_ms:.3f} ms")
     return f"{head}: OVER; {r.note}"
+
+
+def _expected(r: MeasuredRecord) -> str:
+    """What was expected of a check's network before it was timed, as a share of the
+    seed: the table's, or (from the second check) the run's earlier checks'."""
+    if r.expected_vs_seed is None:
+        return ""
+    by = "by the table" if r.round == 1 else "after the run's earlier checks"
+    return f" (expected {100 * r.expected_vs_seed:.1f}% of the seed {by})"
 
 
 def summary_lines(ctx: SearchContext, result_ms: float) -> list[str]:
@@ -290,7 +319,8 @@ def summary_lines(ctx: SearchContext, result_ms: float) -> list[str]:
                         f"on {ctx.config.device}, not measured ({why})"]
     last = checks[-1]
     verdict = "met" if last.met else "NOT met"
-    lines.append(f"  result: {last.predicted_ms:.3f} ms predicted, {last.measured_ms:.3f} ms "
+    lines.append(f"  result: {last.predicted_ms:.3f} ms predicted{_expected(last)}, "
+                 f"{last.measured_ms:.3f} ms "
                  f"measured on {last.device} ({100 * last.vs_seed:.1f}% of the seed timed "
                  f"beside it, scaled by the {last.anchor}); budget {last.budget_ms:.3f} ms "
                  f"{verdict}, measured")

@@ -233,6 +233,9 @@ class MeasuredRecord(Record):
     met: bool
     next_target_ms: float | None = None  # the loop's tightened limit, when not met
     note: str | None = None
+    # the ratio to the seed expected before timing: the table's at the first check, the
+    # earlier checks' correction after (measured.expected_vs_seed); None in older runs
+    expected_vs_seed: float | None = None
 
 
 def timed(record: dict[str, Any], lap: dict[str, float]) -> dict[str, Any]:

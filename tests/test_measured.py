@@ -126,6 +126,10 @@ def test_every_check_is_a_record_and_each_tightened_target_is_the_next_loops(ful
         assert before.next_target_ms <= before.predicted_ms * before.budget_ms \
             / before.measured_ms * 0.9 + 1e-9
         assert after.predicted_ms <= after.target_ms and after.iteration > before.iteration
+    assert records[0].expected_vs_seed == pytest.approx(records[0].predicted_ms / seed_ms)
+    for i, r in enumerate(records[1:], 1):  # said before timing, from the checks before
+        assert r.expected_vs_seed == pytest.approx(
+            measured.expected_vs_seed(r.predicted_ms, seed_ms, records[:i]))
     for r in records:  # a percentage of the seed timed beside it; the ratio x the anchor
         assert r.budget_ms == pytest.approx(0.8 * r.measured_ms / r.vs_seed)
         assert r.measured_ms == pytest.approx(r.vs_seed * seed_ms)
@@ -313,8 +317,9 @@ def test_the_search_command_prints_predicted_beside_measured(table, tmp_path):
     row = next(x for x in lines if x.startswith("  measured (ms)"))
     assert f"{last.measured_ms:.2f}" in row and f"{last.measured_ms / last.vs_seed:.2f}" in row
     assert f"latency: {DEVICE} (" in result.output
-    assert f"  result: {last.predicted_ms:.3f} ms predicted, {last.measured_ms:.3f} ms " \
-        f"measured on {DEVICE}" in result.output
+    assert f"  result: {last.predicted_ms:.3f} ms predicted (expected " \
+        f"{100 * last.expected_vs_seed:.1f}% of the seed " in result.output
+    assert f"), {last.measured_ms:.3f} ms measured on {DEVICE}" in result.output
     assert f"budgets met: {last.met} (latency as measured)" in result.output
     assert f"measured check 1: iteration {checks(tmp_path / 'run')[0].iteration}" \
         in result.output
@@ -369,6 +374,23 @@ def test_the_tightened_target_follows_the_ratio_then_the_secant_through_two_chec
     step = 0.551 - 0.551 * goal / 0.531
     assert measured.tightened(0.551, 0.531, goal, a_check(0.682, 0.532)) == pytest.approx(
         0.551 - measured.MAX_SECANT_STRETCH * step)
+
+
+def test_what_a_network_is_expected_at_follows_the_earlier_checks():
+    """Large at 64 px, 50% (this machine, 2026-12-07, warm timing): checks at 0.624 ms
+    predicted (58.0% of the seed measured), then 0.529 (50.9%), then 0.505 ms, which
+    ran at 49.8%. The table expected 39.8% of the seed (1.27 ms) of the last; the first
+    check alone 46.4%; the secant through both 49.1%."""
+    assert measured.expected_vs_seed(0.505, 1.27, []) == pytest.approx(0.505 / 1.27)
+    first, second = a_check(0.624, 0.580), a_check(0.529, 0.509)
+    assert measured.expected_vs_seed(0.505, 1.27, [first]) == pytest.approx(
+        0.580 * 0.505 / 0.624)
+    secant = 0.509 + (0.580 - 0.509) / (0.624 - 0.529) * (0.505 - 0.529)
+    assert measured.expected_vs_seed(0.505, 1.27, [first, second]) == pytest.approx(secant)
+    assert abs(secant / 0.498 - 1) < 0.03
+    # measured no lower after a cut: no line, the ratio rule
+    assert measured.expected_vs_seed(0.505, 1.27, [first, a_check(0.529, 0.6)]) == \
+        pytest.approx(0.6 * 0.505 / 0.529)
 
 
 def test_a_network_is_timed_beside_a_seed_of_another_input_size_at_its_own():
