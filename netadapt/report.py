@@ -167,8 +167,7 @@ def compare_run(path: Path, measure: bool) -> Comparison:
 
 def measure_here_ms(specs: Sequence[object], bursts: int = 5, rounds: int = 20) -> list[float]:
     """End-to-end latency of each spec on this machine's CPU (the ``local`` device
-    profile), all timed from cold caches in one round-robin so host drift hits them
-    alike; the median
+    profile), all timed in one round-robin so host drift hits them alike; the median
     over ``bursts`` bursts of ``rounds`` runs each."""
     import numpy as np
 
@@ -180,9 +179,7 @@ def measure_here_ms(specs: Sequence[object], bursts: int = 5, rounds: int = 20) 
     timer.check()
     models = [(network_model(s), input_shape(entry_keys(s)[0][1]))  # type: ignore[arg-type]
               for s in specs]
-    cold = range(len(models))  # whole networks: see measure.time_round_robin
-    medians = [np.median(timer.time(models, rounds, warmup=2, cold=cold), axis=1)
-               for _ in range(bursts)]
+    medians = [np.median(timer.time(models, rounds, warmup=2), axis=1) for _ in range(bursts)]
     return [float(v) for v in np.median(np.stack(medians), axis=0)]
 
 

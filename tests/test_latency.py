@@ -30,7 +30,7 @@ from netadapt.latency.calibrate import (
 )
 from netadapt.latency.coverage import required_keys
 from netadapt.latency.estimate import estimate
-from netadapt.latency.graphs import entry_model, input_shape, network_input_shape, network_model
+from netadapt.latency.graphs import entry_model, input_shape, network_model
 from netadapt.latency.journal import JOURNAL_COLUMNS, JOURNAL_FILE, ProfileJournal
 from netadapt.latency.measure import fast_ms, time_round_robin
 from netadapt.latency.table import input_elements_m, table_paths
@@ -299,12 +299,12 @@ def interrupt_profile(root: Path, spec) -> list[dict]:
     class Interrupting(LocalTimer):
         calls = 0
 
-        def time(self, models, rounds, warmup, cold=()):
+        def time(self, models, rounds, warmup):
             if len(models) > 2:  # a chunk of entries, not a burst of the seed
                 Interrupting.calls += 1
                 if Interrupting.calls == 3:
                     raise KeyboardInterrupt
-            return super().time(models, rounds, warmup, cold)
+            return super().time(models, rounds, warmup)
 
     with pytest.raises(KeyboardInterrupt):
         build.profile(device, [spec], root=root, progress=False, log=lambda _: None,
@@ -684,14 +684,3 @@ def test_retime_times_a_specs_entries_again_and_keeps_the_others(root, tiny_spec
     assert all(after.entry_ms(k) == before.entry_ms(k) for k in kept)
     assert sum(after.entry_ms(k) != before.entry_ms(k) for k in again) > len(again) // 2
     assert "tiny@48" in [c["seed"] for c in result.calibration]
-
-
-def test_a_network_timed_cold_runs_slower_than_the_same_network_warm_beside_it():
-    """settings["cold"]: those models' caches are evicted before each timed run; the
-    others are timed warm even in the same round-robin."""
-    from netadapt.spec import at_size
-
-    large = at_size(load_spec(CONFIGS / "mobilenetv3_large.yaml"), 64)
-    model = (network_model(large), network_input_shape(large))
-    ms = fast_ms(time_round_robin([model, model], {"threads": 1, "cold": [0]}, rounds=10))
-    assert ms[0] > 1.1 * ms[1]

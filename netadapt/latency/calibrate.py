@@ -149,7 +149,7 @@ class SeedBursts:
         for name, seed in self.seeds.items():
             shape = network_input_shape(seed)
             med = fast_ms(self.timer.time(
-                [self.ref_model, (network_model(seed), shape)], self.rounds, 2, cold=[1]))
+                [self.ref_model, (network_model(seed), shape)], self.rounds, 2))
             self.record(name, float(med[1] / med[0]))
 
 
@@ -168,8 +168,7 @@ def _time_bursts(seed: NetworkSpec, variants: Sequence[NetworkSpec], timer: Time
                  ref_model: Model, proto: Protocol) -> _Bursts:
     """``proto.calibration_bursts`` round-robins of the reference block, the seed and
     8 of the variants (in turn): a variant is timed beside the seed, so it is known
-    relative to the seed with the host's drift cancelled. Whole networks are timed from
-    cold caches, the reference block warm like every entry (measure.time_round_robin)."""
+    relative to the seed with the host's drift cancelled."""
     shape = network_input_shape(seed)
     seed_model = (network_model(seed), shape)
     bursts = _Bursts([], [], {})
@@ -177,8 +176,7 @@ def _time_bursts(seed: NetworkSpec, variants: Sequence[NetworkSpec], timer: Time
         idx = [(b * 8 + j) % len(variants) for j in range(min(8, len(variants)))] \
             if variants else []
         models = [ref_model, seed_model] + [(network_model(variants[i]), shape) for i in idx]
-        med = fast_ms(timer.time(models, proto.calibration_rounds, 2,
-                                 cold=range(1, len(models))))
+        med = fast_ms(timer.time(models, proto.calibration_rounds, 2))
         bursts.ratios.append(float(med[1] / med[0]))
         bursts.raw.append(float(med[1]))
         for i, m in zip(idx, med[2:]):

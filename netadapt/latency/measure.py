@@ -13,7 +13,6 @@ Script use: ``python3 measure.py JOB.json`` where the job holds ``settings``,
 
 from __future__ import annotations
 
-import glob
 import json
 import sys
 import time
@@ -52,39 +51,9 @@ def session(model: bytes | str, settings: dict[str, Any]) -> ort.InferenceSessio
     return ort.InferenceSession(model, options, providers=providers)
 
 
-def cache_bytes() -> int:
-    """Bytes written to evict this machine's caches: twice its largest cache, at least
-    64 MiB (sysfs on Linux; 64 MiB where it cannot be read)."""
-    largest = 0
-    for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
-        try:
-            text = open(index, encoding="utf-8").read().strip().upper()
-        except OSError:
-            continue
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        digits = text.rstrip("KMG")
-        largest = max(largest, int(digits) * scale if digits.isdigit() else 0)
-    return max(64 << 20, 2 * largest)
-
-
-def with_cold(settings: dict[str, Any], cold: Any) -> dict[str, Any]:
-    """The runtime settings, with the indices of the models to time cold."""
-    return {**settings, "cold": sorted(cold)} if cold else settings
-
-
 def time_round_robin(models: list[tuple[bytes | str, tuple[int, ...]]],
                      settings: dict[str, Any], rounds: int, warmup: int = 2) -> np.ndarray:
-    """Milliseconds, shape (models, rounds): round r runs every model once, in order.
-
-    ``settings["cold"]``: the indices of the models run from cold caches, every cache
-    line evicted (a buffer of cache_bytes() written) before each of their timed runs;
-    the others are then run once more, untimed, before theirs, to be timed warm.
-    A whole network is timed so: warm, its time depends on what else the round-robin
-    holds (a pruned Large at 64 px ran at 0.38-0.45 of its seed warm, by the company it
-    kept, 0.44-0.48 cold), and a phone's caches do not hold a network between runs
-    anyway."""
-    cold = set(settings.get("cold", ()))
-    evict = np.zeros(cache_bytes() if cold else 0, dtype=np.uint8)
+    """Milliseconds, shape (models, rounds): round r runs every model once, in order."""
     runs = []
     rng = np.random.default_rng(0)
     for model, shape in models:
@@ -97,10 +66,6 @@ def time_round_robin(models: list[tuple[bytes | str, tuple[int, ...]]],
     clock = CLOCKS[settings.get("clock", "wall")]
     for r in range(rounds):
         for i, (sess, feed) in enumerate(runs):
-            if i in cold:
-                np.add(evict, 1, out=evict)
-            elif cold:  # warm again what the last eviction took
-                sess.run(None, feed)
             t0 = clock()
             sess.run(None, feed)
             times[i, r] = clock() - t0

@@ -10,14 +10,13 @@ import subprocess
 import tempfile
 import weakref
 from pathlib import Path
-from collections.abc import Sequence
 from typing import IO
 
 import numpy as np
 
 from ..errors import LatencyError
 from .devices import Device
-from .measure import Model, with_cold
+from .measure import Model
 
 
 class SshTimer:
@@ -162,12 +161,11 @@ class SshTimer:
                             f"stopped (exit {code}: {line}); what was measured is kept, run "
                             f"the same command to continue")
 
-    def time(self, models: list[Model], rounds: int, warmup: int,
-             cold: Sequence[int] = ()) -> np.ndarray:
+    def time(self, models: list[Model], rounds: int, warmup: int) -> np.ndarray:
         if self._version is None:
             self.check()
         worker = self._start_worker()
-        job = {"settings": with_cold(self.device.settings, cold), "rounds": rounds, "warmup": warmup,
+        job = {"settings": self.device.settings, "rounds": rounds, "warmup": warmup,
                "shapes": [list(shape) for _, shape in models],
                "sizes": [len(model) for model, _ in models]}
         assert worker.stdin is not None and worker.stdout is not None

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Protocol as TypingProtocol
 
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 from ..errors import LatencyError
 from . import measure
 from .devices import Device
-from .measure import Model, with_cold
+from .measure import Model
 from .ssh import SshTimer
 
 
@@ -36,11 +35,8 @@ class Timer(TypingProtocol):
     def check(self) -> None:
         """Fail at once, with how to fix it, where the device cannot be timed."""
 
-    def time(self, models: list[Model], rounds: int, warmup: int,
-             cold: Sequence[int] = ()) -> np.ndarray:
-        """ms shaped (models, rounds), round r running every model once, in order;
-        the models at indices ``cold`` from cold caches (measure.time_round_robin),
-        where the device's timer can evict them."""
+    def time(self, models: list[Model], rounds: int, warmup: int) -> np.ndarray:
+        """ms shaped (models, rounds), round r running every model once, in order."""
 
     def runtime_version(self) -> str:
         """The onnxruntime version the device times with (recorded with a table)."""
@@ -69,10 +65,8 @@ class LocalTimer:
     def check(self) -> None:
         pass
 
-    def time(self, models: list[Model], rounds: int, warmup: int,
-             cold: Sequence[int] = ()) -> np.ndarray:
-        return measure.time_round_robin(list(models), with_cold(self.device.settings, cold),
-                                        rounds, warmup)
+    def time(self, models: list[Model], rounds: int, warmup: int) -> np.ndarray:
+        return measure.time_round_robin(list(models), self.device.settings, rounds, warmup)
 
     def runtime_version(self) -> str:
         return str(measure.ort.__version__)
@@ -159,10 +153,7 @@ class AdbTimer:
         level = {"disable": 0, "basic": 1, "extended": 2, "all": 99}[s["optimization"]]
         return f"-e {provider} -x {s['threads']} -y 1 -o {level} -I -m times"
 
-    def time(self, models: list[Model], rounds: int, warmup: int,
-             cold: Sequence[int] = ()) -> np.ndarray:
-        # ``cold`` cannot be honoured: perf_test runs each model back to back. A phone's
-        # caches (a few MiB) do not hold a network between runs, so its runs are cold.
+    def time(self, models: list[Model], rounds: int, warmup: int) -> np.ndarray:
         if not self._checked:
             self.check()
         with tempfile.TemporaryDirectory() as tmp:

@@ -69,7 +69,7 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
     for i in tqdm(range(0, n, per_chunk), disable=not progress, unit="chunk"):
         chunk = variants[i:i + per_chunk]
         models = [ref_model, seed_model] + [(network_model(v), shape) for v in chunk]
-        med = fast_ms(timer.time(models, rounds, warmup=2, cold=range(1, len(models))))
+        med = fast_ms(timer.time(models, rounds, warmup=2))
         for v, m in zip(chunk, med[2:]):
             rows.append({"variant": v.name, "predicted_ms": table.predict_ms(v),
                          "measured_ms": m / med[1] * anchor_ms,
@@ -137,8 +137,7 @@ def validate_seeds(table: LatencyTable, device: Device, seeds: Sequence[NetworkS
 def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable | None,
                 timer: Timer | None = None, bursts: int = 5, rounds: int = 20,
                 beside: NetworkSpec | None = None) -> dict[str, Any]:
-    """``spec`` end to end from cold caches (as a whole network is always timed:
-    measure.time_round_robin), now: ``raw_ms`` (fast-tail time, median over bursts), and
+    """``spec`` end to end, now: ``raw_ms`` (fast-tail time, median over bursts), and
     ``vs_seed_ms`` (relative to the table's seed of the same structure timed in the same
     round-robin, x that seed's latency at calibration: drift cancels) with that seed's
     name as ``seed``, when the table has such a seed. ``beside``: another network (a
@@ -154,7 +153,7 @@ def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable | None,
     raw: list[float] = []
     ratios: dict[int, list[float]] = {i: [] for i in range(1, len(models))}
     for _ in range(bursts):
-        med = fast_ms(timer.time(models, rounds, warmup=2, cold=range(len(models))))
+        med = fast_ms(timer.time(models, rounds, warmup=2))
         raw.append(med[0])
         for i in ratios:
             ratios[i].append(med[0] / med[i])
