@@ -254,14 +254,24 @@ def tightened(predicted: float, vs_seed: float, goal: float,
     the ratio rule alone under-corrects (Large at 64 px took 4 checks). The secant goes
     at most MAX_SECANT_STRETCH times as far below ``predicted`` as the ratio rule."""
     ratio_target = predicted * goal / vs_seed
-    if previous is None or previous.predicted_ms <= predicted:
-        return ratio_target
-    slope = (previous.vs_seed - vs_seed) / (previous.predicted_ms - predicted)
-    if slope <= 0:  # noise, or latency not monotone in the prediction: no line to follow
+    slope = _secant_slope(previous, predicted, vs_seed)
+    if slope is None:
         return ratio_target
     secant = predicted - (vs_seed - goal) / slope
     stretch = predicted - MAX_SECANT_STRETCH * (predicted - ratio_target)
     return min(ratio_target, max(secant, stretch))
+
+
+def _secant_slope(before: MeasuredRecord | None, predicted: float, vs_seed: float
+                  ) -> float | None:
+    """The measured ratio lost per predicted ms from an earlier check of a network
+    predicted higher to a network predicted at ``predicted`` that ran at ``vs_seed``;
+    None without such a check, or where the ratio did not fall (noise, or latency not
+    monotone in the prediction: no line to follow)."""
+    if before is None or before.predicted_ms <= predicted:
+        return None
+    slope = (before.vs_seed - vs_seed) / (before.predicted_ms - predicted)
+    return slope if slope > 0 else None
 
 
 def expected_vs_seed(predicted: float, seed_predicted: float,
@@ -275,11 +285,10 @@ def expected_vs_seed(predicted: float, seed_predicted: float,
         return predicted / seed_predicted
     last = checks[-1]
     expected = last.vs_seed * predicted / last.predicted_ms
-    if len(checks) > 1 and checks[-2].predicted_ms > last.predicted_ms:
-        before = checks[-2]
-        slope = (before.vs_seed - last.vs_seed) / (before.predicted_ms - last.predicted_ms)
-        if slope > 0:
-            expected = max(expected, last.vs_seed + slope * (predicted - last.predicted_ms))
+    slope = _secant_slope(checks[-2] if len(checks) > 1 else None, last.predicted_ms,
+                          last.vs_seed)
+    if slope is not None:
+        expected = max(expected, last.vs_seed + slope * (predicted - last.predicted_ms))
     return expected
 
 
