@@ -290,10 +290,10 @@ def _smaller(ctx: SearchContext, make: Make, found: BaselineSpec,
 
 def _check_line(found: BaselineSpec, t: Timed, device: str,
                 smaller: BaselineSpec | None) -> str:
+    from .measured import timed_text
+
     head = (f"measured check: baseline {found.name} {found.knob} "
-            f"{found.resources['latency_ms']:.3f} ms predicted, {t.measured_ms:.3f} ms "
-            f"measured on {device} ({100 * t.vs_seed:.1f}% of the seed timed beside it), "
-            f"budget {t.budget_ms:.3f} ms")
+            + timed_text(found.resources["latency_ms"], t, device))
     if t.met:
         return f"{head}: met"
     if smaller is not None:

@@ -135,14 +135,10 @@ def table_latency(device: str) -> Latency:
 def injected_latency(predict_ms: Predict, device: str) -> Latency:
     """Latency from an injected predictor standing in for ``device``'s table; an
     ESTIMATE table there still means no device to time the result on."""
-    import json
+    from .latency.table import is_estimate_table
 
-    from .latency.table import find_table
-
-    found = find_table(device)
-    estimate = found is not None and bool(
-        json.loads(found[1].read_text(encoding="utf-8")).get("estimate", False))
-    return Latency(predict_ms, f"{device} (injected predictor)", estimate=estimate)
+    return Latency(predict_ms, f"{device} (injected predictor)",
+                   estimate=is_estimate_table(device))
 
 
 def open_context(config: SearchConfig, run: RunDir, seed_spec: NetworkSpec,

@@ -292,12 +292,19 @@ def expected_vs_seed(predicted: float, seed_predicted: float,
     return expected
 
 
+def timed_text(predicted_ms: float, t: Timed | MeasuredRecord, device: str,
+               expected: str = "") -> str:
+    """A network timed beside the seed, in words: predicted beside measured, as a share
+    of the seed, and the budget on the same scale (a check's line, a baseline's)."""
+    return (f"{predicted_ms:.3f} ms predicted{expected}, {t.measured_ms:.3f} ms measured "
+            f"on {device} ({100 * t.vs_seed:.1f}% of the seed timed beside it), budget "
+            f"{t.budget_ms:.3f} ms")
+
+
 def check_line(r: MeasuredRecord) -> str:
     """One line on a check: the network, predicted beside measured, and what follows."""
     head = (f"measured check {r.round}: iteration {r.iteration}'s network "
-            f"{r.predicted_ms:.3f} ms predicted{_expected(r)}, {r.measured_ms:.3f} ms "
-            f"measured on {r.device} ({100 * r.vs_seed:.1f}% of the seed timed beside it), "
-            f"budget {r.budget_ms:.3f} ms")
+            + timed_text(r.predicted_ms, r, r.device, _expected(r)))
     if r.met:
         return f"{head}: met"
     if r.next_target_ms is not None:

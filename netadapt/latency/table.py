@@ -347,6 +347,17 @@ def find_table(device: str, root: Path | None = None) -> tuple[Path, Path] | Non
     return None
 
 
+def is_estimate_table(device: str, root: Path | None = None) -> bool:
+    """Whether DEVICE's table (the user's own, else the shipped one) is an ESTIMATE,
+    read from its meta.json alone; False where there is none or it cannot be read."""
+    found = find_table(device, root)
+    try:
+        return found is not None and bool(
+            json.loads(found[1].read_text(encoding="utf-8")).get("estimate", False))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def table_bytes(text: str) -> bytes:
     """The table file's bytes for its CSV text (gzip without a timestamp: the same rows
     give the same file)."""
