@@ -126,9 +126,11 @@ def search(args: argparse.Namespace) -> None:
     config = SearchConfig(budgets=(args.budget,), spec=str(args.search_spec), step=0.05,
                           short_term_steps=args.steps, long_term_steps=0, deploy_steps=0,
                           seed_steps=args.seed_steps, holdout=args.holdout,
-                          torch_device="cpu", threads=1, racing=args.racing)
+                          torch_device="cpu", threads=1, racing=args.racing,
+                          finalists=args.finalists)
+    racing = f"racing to {args.finalists}" if args.racing else "every proposal all T steps"
     print(f"\n== search: {args.search_spec.name}, budget {args.budget}, T={args.steps}, "
-          f"{'racing' if args.racing else 'every proposal all T steps'}, "
+          f"{racing}, "
           f"seed {args.seed_steps} steps (cached after the first run) -> {out}")
     modes: list[tuple[str, int]] = [("serial", 1), ("workers2", 2)]
     if not args.skip_ray:
@@ -188,6 +190,8 @@ def main() -> None:
     parser.add_argument("--budget", default="85%")
     parser.add_argument("--racing", action=argparse.BooleanOptionalAction, default=True,
                         help="race each iteration's proposals, as a search does by default")
+    parser.add_argument("--finalists", type=int, default=1,
+                        help="with racing: proposals that get all T steps (--finalists)")
     parser.add_argument("--seed-steps", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-workers"))
     parser.add_argument("--keep", action="store_true", help="keep the search runs")

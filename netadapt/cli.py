@@ -87,6 +87,9 @@ _RacingOpt = Annotated[bool | None, typer.Option(
     "--racing/--no-racing", help="Race each iteration's proposals: score all with "
     "inherited weights and re-estimated BN, give the best third more steps, ... only the "
     "last ones get all T [default: racing]; --no-racing: every proposal gets all T")]
+_FinalistsOpt = Annotated[int | None, typer.Option(
+    help="With racing: how many proposals of an iteration get all T steps [default: 1]; "
+    "with --workers N, N finalists take no longer than one and pick better")]
 _MeasuredCheckOpt = Annotated[bool | None, typer.Option(
     "--measured-check/--no-measured-check", help="When the device can be timed (a "
     "measured table, not an ESTIMATE): time the loop's result end to end before the "
@@ -143,6 +146,7 @@ def search(
     step: _StepOpt = None,
     short_term_steps: _ShortTermStepsOpt = None,
     racing: _RacingOpt = None,
+    finalists: _FinalistsOpt = None,
     measured_check: _MeasuredCheckOpt = None,
     long_term_steps: _LongTermStepsOpt = None,
     deploy_steps: _DeployStepsOpt = None,

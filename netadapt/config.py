@@ -35,6 +35,10 @@ class SearchConfig:
     # race each iteration's proposals (successive halving, racing.py): most get a few of
     # the short_term_steps; the chosen one all of them
     racing: bool = True
+    # proposals that get all T steps in a race: one is successive halving; on N workers
+    # N cost no more wall time than one (the last rung runs them side by side) and pick
+    # better (docs/benchmarks.md, Scale). A result depends on this, not on the workers.
+    finalists: int = 1
     long_term_steps: int = 500
     # Training at the spec's (deployed) input size after a search at a smaller
     # --resolution, for the result and every baseline alike; 0: none (a network trained at
@@ -82,7 +86,8 @@ class SearchConfig:
                 raise NetadaptError(f"--{name.replace('_', '-')}: must be >= 0")
         if not self.deploy_lr > 0:
             raise NetadaptError(f"--deploy-lr {self.deploy_lr}: must be positive")
-        for name in ("resolution", "input_size", "batch_size", "holdout", "deploy_batch_size"):
+        for name in ("resolution", "input_size", "batch_size", "holdout", "deploy_batch_size",
+                     "finalists"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise NetadaptError(f"--{name.replace('_', '-')}: must be positive")
         if self.weights is None and self.seed_steps == 0:

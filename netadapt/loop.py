@@ -85,7 +85,8 @@ def run_loop(ctx: SearchContext, executor: Executor, start: Start, history: list
         yield from _evaluate(ctx, executor, parent, rung, children)
 
     cfg = ctx.config
-    racing = Racing(lambda a, b: _paired(ctx, a, b)) if cfg.racing else None
+    racing = Racing(lambda a, b: _paired(ctx, a, b), finalists=cfg.finalists) \
+        if cfg.racing else None
     chosen: list[Iteration] = []
     started = time.perf_counter()
     for event in netadapt(start, ctx.budgets, ctx.predict_ms, evaluate_many,

@@ -89,8 +89,8 @@ class Racing:
 
     def survivors(self, ranked: Sequence[Proposal]) -> list[Proposal]:
         """The proposals of a finished rung that go on, best first: the top 1/eta
-        (at least one), and every other one within noise of the leader."""
-        count = max(1, math.ceil(len(ranked) / self.eta))
+        (at least ``finalists``), and every other one within noise of the leader."""
+        count = max(self.finalists, math.ceil(len(ranked) / self.eta))
         leader = ranked[0]
         kept = list(ranked[:count])
         for p in ranked[count:]:

@@ -104,6 +104,7 @@ def test_python_dash_m_runs_the_cli():
     (["--budget", "20ms", "--criterion", "best"], "--criterion 'best'"),
     (["--budget", "20ms", "--schedule", "linear"], "unknown schedule 'linear'"),
     (["--budget", "20ms", "--preset", "huge"], "unknown preset 'huge'"),
+    (["--budget", "20ms", "--finalists", "0"], "--finalists: must be positive"),
     (["--budget", "20ms", "--preset", "paper"], "no --weights and --seed-steps 0"),
 ])
 def test_bad_search_options_are_refused_before_any_work(tmp_path, args, fragment):

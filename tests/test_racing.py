@@ -38,6 +38,15 @@ def test_three_finalists_is_the_schedule_that_lets_eta_or_fewer_go_unraced():
     assert racing.rung(2, 7, 2, T) == Rung(2, 7, T, True)
 
 
+def test_two_finalists_both_get_all_steps_and_the_last_cut_keeps_two():
+    racing = Racing(no_noise, finalists=2)
+    assert racing.rung(0, 0, 2, T) == Rung(0, 0, T, True)
+    assert racing.rung(0, 0, 3, T) == Rung(0, 0, 7, False)  # one cut, at T / 3
+    assert racing.rung(1, 0, 5, T) == Rung(1, 0, 7, False)
+    assert [p.group for p in racing.survivors(proposals(0.8, 0.7, 0.6))] == ["g0", "g1"]
+    assert racing.rung(2, 7, 2, T) == Rung(2, 7, T, True)
+
+
 def proposals(*accuracies: float) -> list[Proposal]:
     return [Proposal(1, f"g{i}", 16, 8, None, {}, a) for i, a in enumerate(accuracies)]
 
