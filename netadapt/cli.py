@@ -89,7 +89,7 @@ _RacingOpt = Annotated[bool | None, typer.Option(
     "last ones get all T [default: racing]; --no-racing: every proposal gets all T")]
 _FinalistsOpt = Annotated[int | None, typer.Option(
     help="With racing: how many proposals of an iteration get all T steps [default: 1]; "
-    "with --workers N, N finalists take no longer than one and pick better")]
+    "N workers train N finalists side by side")]
 _MeasuredCheckOpt = Annotated[bool | None, typer.Option(
     "--measured-check/--no-measured-check", help="When the device can be timed (a "
     "measured table, not an ESTIMATE): time the loop's result end to end before the "

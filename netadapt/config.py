@@ -35,9 +35,9 @@ class SearchConfig:
     # race each iteration's proposals (successive halving, racing.py): most get a few of
     # the short_term_steps; the chosen one all of them
     racing: bool = True
-    # proposals that get all T steps in a race: one is successive halving; on N workers
-    # N cost no more wall time than one (the last rung runs them side by side) and pick
-    # better (docs/benchmarks.md, Scale). A result depends on this, not on the workers.
+    # proposals that get all T steps in a race: one is successive halving; N workers
+    # train N side by side, and more finalists pick full evaluation's choice more often
+    # (docs/benchmarks.md, Racing). A result depends on this, never on the workers.
     finalists: int = 1
     long_term_steps: int = 500
     # Training at the spec's (deployed) input size after a search at a smaller

@@ -135,6 +135,11 @@ def _start_worker(threads: int, device: str | None, parent: int | None = None) -
         threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
 
+def _warm_up() -> None:
+    """Sent to a new worker before any job: unpickling it imports this module, and with
+    it torch and the job code, which is the slow part of a worker's start."""
+
+
 def _exit_with(parent: int) -> None:
     """End this worker when the driver is gone (kill -9 gives it no chance to say so;
     an orphan would keep its memory, and its job's CPU, forever)."""
@@ -164,6 +169,15 @@ class ProcessExecutor(Executor):
         # not with every job: which iteration's each slot's worker holds.
         self._holds: list[int | None] = [None] * workers
         self._iterations = itertools.count()
+        self._parent: dict[str, torch.Tensor] | None = None
+        self._key = -1
+
+    def __enter__(self) -> ProcessExecutor:
+        """Start the workers now: each spawns and imports torch (seconds) while the driver
+        prepares the seed, instead of when the first iteration's jobs wait for it."""
+        for slot in range(self.workers):
+            self._pool(slot).submit(_warm_up)
+        return self
 
     def _pool(self, slot: int) -> ProcessPoolExecutor:
         pool = self._pools[slot]
@@ -183,7 +197,9 @@ class ProcessExecutor(Executor):
         return self._free_slot() is not None
 
     def _share(self, parent_state: dict[str, torch.Tensor]) -> Any:
-        return next(self._iterations), parent_state
+        if parent_state is not self._parent:  # a new iteration; its rungs share one parent
+            self._parent, self._key = parent_state, next(self._iterations)
+        return self._key, parent_state
 
     def _submit(self, index: int, job: ProposalJob, shared: Any) -> None:
         slot = self._free_slot()
