@@ -187,3 +187,42 @@ def test_a_raced_search_interrupted_in_a_later_rung_resumes_from_saved_progress(
         (tmp_path / "full" / "best.yaml").read_text()
     assert same_weights(tmp_path / "cut" / "best.pt", tmp_path / "full" / "best.pt")
     assert full.iterations == resumed.iterations
+
+
+def test_a_search_with_two_finalists_trains_two_proposals_to_t_in_every_race(tmp_path):
+    """--finalists reaches the loop: every iteration with two or more proposals ends with
+    at least two of them trained all T steps (with one finalist, one would be)."""
+    import collections
+    import dataclasses
+    import json
+
+    from netadapt.driver import start_search
+    from netadapt.executors import Executor
+    from netadapt.jobs import run_proposal
+
+    from .conftest import fake_ms, tiny_search
+
+    def distinct(job, parent_state):  # clear gaps: nothing is kept on noise
+        result = run_proposal(job, parent_state)
+        n = len(result.correct)
+        right = n // 2 + int(hashlib.sha256(job.group.encode()).hexdigest(), 16) % (n // 2)
+        correct = torch.arange(n) < right
+        return dataclasses.replace(result, accuracy=right / n, correct=correct)
+
+    def finals_per_race(finalists: int) -> list[tuple[int, int]]:
+        config = tiny_search(tmp_path, 0.8, finalists=finalists, long_term_steps=0,
+                             deploy_steps=0)
+        run = tmp_path / f"finalists{finalists}"
+        start_search(config, run, predict_ms=fake_ms, executor=Executor(distinct))
+        groups, finals = collections.defaultdict(set), collections.Counter()
+        for line in (run / "history.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r["type"] == "proposal":
+                groups[r["iteration"]].add(r["group"])
+                finals[r["iteration"]] += r["steps"] == config.short_term_steps
+        return [(len(groups[i]), finals[i]) for i in groups]
+
+    two = finals_per_race(2)
+    assert any(field >= 3 for field, _ in two)  # real races ran
+    assert all(finals == min(2, field) for field, finals in two)
+    assert all(finals == 1 for _, finals in finals_per_race(1))
