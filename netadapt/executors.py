@@ -12,7 +12,6 @@ threads per job the results are bit-identical (tests/test_executors.py).
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import os
 import threading
@@ -168,9 +167,8 @@ class ProcessExecutor(Executor):
         # The parent's weights (22 MB for Large) go to each worker once per iteration,
         # not with every job: which iteration's each slot's worker holds.
         self._holds: list[int | None] = [None] * workers
-        self._iterations = itertools.count()
-        self._parent: dict[str, torch.Tensor] | None = None
-        self._key = -1
+        self._parent: dict[str, torch.Tensor] | None = None  # the current iteration's
+        self._key = -1  # ... and its key
 
     def __enter__(self) -> ProcessExecutor:
         """Start the workers now: each spawns and imports torch (seconds) while the driver
@@ -198,7 +196,7 @@ class ProcessExecutor(Executor):
 
     def _share(self, parent_state: dict[str, torch.Tensor]) -> Any:
         if parent_state is not self._parent:  # a new iteration; its rungs share one parent
-            self._parent, self._key = parent_state, next(self._iterations)
+            self._parent, self._key = parent_state, self._key + 1
         return self._key, parent_state
 
     def _submit(self, index: int, job: ProposalJob, shared: Any) -> None:

@@ -194,11 +194,11 @@ def test_a_search_with_two_finalists_trains_two_proposals_to_t_in_every_race(tmp
     at least two of them trained all T steps (with one finalist, one would be)."""
     import collections
     import dataclasses
-    import json
 
     from netadapt.driver import start_search
     from netadapt.executors import Executor
     from netadapt.jobs import run_proposal
+    from netadapt.rundir import RunDir
 
     from .conftest import fake_ms, tiny_search
 
@@ -215,8 +215,7 @@ def test_a_search_with_two_finalists_trains_two_proposals_to_t_in_every_race(tmp
         run = tmp_path / f"finalists{finalists}"
         start_search(config, run, predict_ms=fake_ms, executor=Executor(distinct))
         groups, finals = collections.defaultdict(set), collections.Counter()
-        for line in (run / "history.jsonl").read_text().splitlines():
-            r = json.loads(line)
+        for r in RunDir.open(run).records():
             if r["type"] == "proposal":
                 groups[r["iteration"]].add(r["group"])
                 finals[r["iteration"]] += r["steps"] == config.short_term_steps
