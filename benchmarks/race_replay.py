@@ -4,6 +4,7 @@ training steps it spends, and its regret (the full-T holdout accuracy of full
 evaluation's pick minus that of racing's pick), on the same parents, batches and holdout.
 
     python benchmarks/race_replay.py RUN [--eta 2 3] [--z 0 1 1.96] [--finalists 1 3]
+        [--rung-holdout 1 3]
 
 A raced proposal's score after k steps is what its first k steps of the T-step
 fine-tune give (the race continues that fine-tune bit for bit), so each iteration's
@@ -12,6 +13,8 @@ BN re-estimated) with the run's own iteration seed; their T-step scores and per-
 correctness are the run's. z is the noise rule's: a proposal whose paired margin behind
 the rung's leader is at most z SE is kept beyond the top 1/eta (z = 0: only exact ties).
 finalists: how many proposals the rungs cut down to before the last gets all T steps.
+rung-holdout k: the rungs before the final one score every k-th holdout image (the final
+rung always scores the whole holdout); 1 means all.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Scores:
             self.parent = ctx.run.read_spec(f"{name}.yaml")
             state = read_state_dict(ctx.run.path / f"{name}.pt")
         self.state = state
+        self.rung_holdout = 1  # a rung short of T scores every k-th holdout image
         self.cache: dict[tuple[str, int], tuple[float, torch.Tensor]] = {}
 
     def __call__(self, group: str, steps: int) -> tuple[float, torch.Tensor]:
@@ -66,7 +70,11 @@ class Scores:
                                            cfg.threads), self.ctx.data_source, until=steps)
                 result = run_proposal(job, self.state)
                 self.cache[(group, steps)] = (result.accuracy, result.correct)
-        return self.cache[(group, steps)]
+        accuracy, correct = self.cache[(group, steps)]
+        if self.rung_holdout > 1 and steps < T:  # every k-th image, as the search does
+            correct = correct[::self.rung_holdout]
+            accuracy = float(correct.float().mean())
+        return accuracy, correct
 
     def paired(self, a: Proposal, b: Proposal) -> tuple[float, float]:
         """a's holdout margin over b at the steps each has had, paired on the images."""
@@ -76,18 +84,20 @@ class Scores:
 
 def race(scores: Scores, proposals: list[Proposal], racing: Racing, criterion: str,
          parent_accuracy: float, parent_resources: dict[str, float], resource: str
-         ) -> tuple[str, int]:
-    """The group racing picks and the training steps it spends: the search's own race
-    (search.Race), its proposals scored from ``scores``."""
+         ) -> tuple[str, int, int]:
+    """The group racing picks, the training steps it spends and the holdout images it
+    scores: the search's own race (search.Race), its proposals scored from ``scores``."""
     T = scores.ctx.config.short_term_steps
-    spent = 0
+    spent = scored = 0
 
     def evaluate_many(iteration: int, rung: Rung, children: Sequence[Child]
                       ) -> Iterator[Evaluated]:
-        nonlocal spent
+        nonlocal spent, scored
         spent += len(children) * (rung.until - rung.start)
         for child in children:
-            yield child.group, scores(child.group, rung.until)[0], None
+            accuracy, correct = scores(child.group, rung.until)
+            scored += len(correct)
+            yield child.group, accuracy, None
 
     candidates = [(p.group, p.width_to, p.spec, p.resources[resource]) for p in proposals]
     running = Race(scores.it.iteration, scores.parent, parent_resources, candidates,
@@ -95,7 +105,7 @@ def race(scores: Scores, proposals: list[Proposal], racing: Racing, criterion: s
                                                    criterion, parent_accuracy, resource)
     finals = yield_all(running)
     best = rank(finals, criterion, parent_accuracy, parent_resources, resource)[0][0]
-    return best.group, spent
+    return best.group, spent, scored
 
 
 def yield_all(generator: Generator[Proposal, None, list[Proposal]]) -> list[Proposal]:
@@ -113,6 +123,7 @@ def main() -> None:
     parser.add_argument("--eta", type=int, nargs="+", default=[3])
     parser.add_argument("--z", type=float, nargs="+", default=[0.0, 1.0, 1.96])
     parser.add_argument("--finalists", type=int, nargs="+", default=[1])
+    parser.add_argument("--rung-holdout", type=int, nargs="+", default=[1])
     args = parser.parse_args()
     run = RunDir.open(args.run)
     config = SearchConfig.from_json(run.config["search"])
@@ -128,24 +139,31 @@ def main() -> None:
         scores = Scores(ctx, it, proposals)
         resource = next(iter(it.target))
         best_T, full_steps = max(p.accuracy for p in proposals), len(proposals) * T
+        full_scored = len(proposals) * len(scores(proposals[0].group, T)[1])
 
-        for eta, z, finalists in itertools.product(args.eta, args.z, args.finalists):
-            pick, spent = race(scores, proposals, Racing(scores.paired, eta, z, finalists),
+        for eta, z, finalists, rung_holdout in itertools.product(
+                args.eta, args.z, args.finalists, args.rung_holdout):
+            scores.rung_holdout = rung_holdout
+            pick, spent, scored = race(scores, proposals, Racing(scores.paired, eta, z, finalists),
                                config.criterion, accuracy, resources, resource)
             rows.append({"iteration": it.iteration, "proposals": len(proposals),
                          "eta": eta, "z": z, "finalists": finalists,
+                         "rung_holdout": rung_holdout,
                          "full_pick": it.chosen.group, "pick": pick,
                          "same": pick == it.chosen.group,
                          "regret": round(best_T - scores.by_group[pick].accuracy, 4),
-                         "steps": spent, "full_steps": full_steps})
+                         "steps": spent, "full_steps": full_steps,
+                         "scored_images": scored, "full_scored": full_scored})
         accuracy, resources = it.chosen.accuracy, it.chosen.resources
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     print("\nover the run's iterations:")
-    summary = table.groupby(["eta", "z", "finalists"]).agg(
+    summary = table.groupby(["eta", "z", "finalists", "rung_holdout"]).agg(
         iterations=("same", "size"), same=("same", "sum"), mean_regret=("regret", "mean"),
-        max_regret=("regret", "max"), steps=("steps", "sum"), full_steps=("full_steps", "sum"))
+        max_regret=("regret", "max"), steps=("steps", "sum"), full_steps=("full_steps", "sum"),
+        scored_images=("scored_images", "sum"), full_scored=("full_scored", "sum"))
     summary["steps_share"] = (summary["steps"] / summary["full_steps"]).round(3)
+    summary["scoring_share"] = (summary["scored_images"] / summary["full_scored"]).round(3)
     print(summary.to_string())
 
 

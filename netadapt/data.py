@@ -79,6 +79,13 @@ class Split:
         size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         return dataclasses.replace(self, size=(int(size[0]), int(size[-1])))
 
+    def every(self, stride: int) -> Split:
+        """Every ``stride``-th item: a subset that spans a split stored class by class."""
+        if stride == 1:
+            return self
+        return dataclasses.replace(self, images=self.images[::stride],
+                                   labels=self.labels[::stride])
+
     def batches(self, batch_size: int,
                 device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
         """Every item once, in order (for evaluation)."""

@@ -74,7 +74,8 @@ class ProposalJob:
     """One proposal: the parent with ``group`` cut to the child's width, fine-tuned with
     the iteration's seed (every proposal of an iteration sees the same batches). Raced,
     a job trains one rung: up to ``until`` of the T steps, continuing from ``progress``
-    (the proposal's fine-tune as the previous rung left it) when that is given."""
+    (the proposal's fine-tune as the previous rung left it) when that is given, and
+    scores every ``holdout_stride``-th holdout image."""
 
     iteration: int
     group: str
@@ -85,6 +86,7 @@ class ProposalJob:
     data: DataSource
     until: int | None = None  # None: all T (training.steps) steps
     progress: bytes | None = field(default=None, repr=False)
+    holdout_stride: int = 1
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,8 @@ def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> Pro
              checkpoint=progress, until=job.until)
     evaluated = time.perf_counter()
     recalibrated(model, data, settings.batch_size, job.seed, device)
-    score, correct, _ = score_model(model, data.holdout, data.num_classes,
-                                    batch_size=EVAL_BATCH, device=device)
+    score, correct, _ = score_model(model, data.holdout.every(job.holdout_stride),
+                                    data.num_classes, batch_size=EVAL_BATCH, device=device)
     done = time.perf_counter()
     return ProposalResult(job.iteration, job.group, score, correct,
                           {k: v.cpu() for k, v in model.state_dict().items()},

@@ -115,7 +115,8 @@ def _evaluate(ctx: SearchContext, executor: Executor, parent: _Parent, rung: Run
     jobs = [ProposalJob(iteration, c.group, parent.spec, c.spec, ctx.seed_for(iteration),
                         training, ctx.data_source,
                         until=rung.until if cfg.racing else None,
-                        progress=_progress(ctx, c.previous) if rung.start else None)
+                        progress=_progress(ctx, c.previous) if rung.start else None,
+                        holdout_stride=rung.stride)
             for c in children]
     try:
         for result in executor.run(jobs, parent.state):
@@ -203,6 +204,7 @@ def _save_proposal(ctx: SearchContext, event: Proposal, best_saved: dict[int, fl
             ctx.run.save_state(name, job.state)
             best_saved[event.iteration] = max(best, event.accuracy)
     ctx.journal(ProposalRecord.of(event, holdout_px=ctx.data.resolution,
+                                  holdout_images=len(job.correct),
                                   seconds=round(job.seconds, 3), worker=job.worker,
                                   attempts=job.attempts))
 

@@ -75,6 +75,7 @@ class ProposalRecord(Record):
     attempts: int = 1
     rung: int = 0  # of the iteration's race (racing.py); 0 without racing
     steps: int | None = None  # short-term steps it had when scored
+    holdout_images: int | None = None  # scored on (a rung short of T scores a subset)
 
     @classmethod
     def of(cls, p: Proposal, **facts: Any) -> ProposalRecord:

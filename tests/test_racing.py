@@ -7,7 +7,7 @@ import hashlib
 
 import torch
 
-from netadapt.racing import Racing, Rung
+from netadapt.racing import STRIDE, Racing, Rung
 from netadapt.search import Budget, Iteration, Proposal, Start, netadapt, resources_of
 
 from .conftest import fake_accuracy, fake_ms
@@ -21,28 +21,28 @@ def no_noise(a: Proposal, b: Proposal) -> tuple[float, float]:
 
 def test_twelve_proposals_race_zero_then_a_ninth_a_third_and_all_steps():
     racing = Racing(no_noise)
-    assert racing.rung(0, 0, 12, T) == Rung(0, 0, 0, False)  # inherited weights, BN only
-    assert racing.rung(1, 0, 4, T) == Rung(1, 0, 2, False)  # two more cuts: T / 9
-    assert racing.rung(2, 2, 2, T) == Rung(2, 2, 7, False)  # one more: T / 3
+    assert racing.rung(0, 0, 12, T) == Rung(0, 0, 0, False, STRIDE)  # inherited weights, BN only
+    assert racing.rung(1, 0, 4, T) == Rung(1, 0, 2, False, STRIDE)  # two more cuts: T / 9
+    assert racing.rung(2, 2, 2, T) == Rung(2, 2, 7, False, STRIDE)  # one more: T / 3
     assert racing.rung(3, 7, 1, T) == Rung(3, 7, T, True)  # the last one gets all T
     assert racing.rung(2, 7, 2, T) == Rung(2, 7, T, True)  # kept on noise at T / 3
     assert racing.rung(0, 0, 1, T) == Rung(0, 0, T, True)  # nothing to race
-    assert racing.rung(0, 0, 3, T) == Rung(0, 0, 7, False)  # eta or fewer: no zero-step cut
+    assert racing.rung(0, 0, 3, T) == Rung(0, 0, 7, False, STRIDE)  # eta or fewer: no zero-step cut
     assert racing.rung(1, 0, 5, T, dropped=False) == Rung(1, 0, T, True)  # no shrinking
 
 
 def test_three_finalists_is_the_schedule_that_lets_eta_or_fewer_go_unraced():
     racing = Racing(no_noise, finalists=3)
     assert racing.rung(0, 0, 3, T) == Rung(0, 0, T, True)
-    assert racing.rung(1, 0, 4, T) == Rung(1, 0, 7, False)
+    assert racing.rung(1, 0, 4, T) == Rung(1, 0, 7, False, STRIDE)
     assert racing.rung(2, 7, 2, T) == Rung(2, 7, T, True)
 
 
 def test_two_finalists_both_get_all_steps_and_the_last_cut_keeps_two():
     racing = Racing(no_noise, finalists=2)
     assert racing.rung(0, 0, 2, T) == Rung(0, 0, T, True)
-    assert racing.rung(0, 0, 3, T) == Rung(0, 0, 7, False)  # one cut, at T / 3
-    assert racing.rung(1, 0, 5, T) == Rung(1, 0, 7, False)
+    assert racing.rung(0, 0, 3, T) == Rung(0, 0, 7, False, STRIDE)  # one cut, at T / 3
+    assert racing.rung(1, 0, 5, T) == Rung(1, 0, 7, False, STRIDE)
     assert [p.group for p in racing.survivors(proposals(0.8, 0.7, 0.6))] == ["g0", "g1"]
     assert racing.rung(2, 7, 2, T) == Rung(2, 7, T, True)
 
@@ -202,16 +202,18 @@ def test_a_search_with_two_finalists_trains_two_proposals_to_t_in_every_race(tmp
 
     from .conftest import fake_ms, tiny_search
 
-    def distinct(job, parent_state):  # clear gaps: nothing is kept on noise
+    def distinct(job, parent_state):  # gaps of a tenth of the images: none kept on noise
         result = run_proposal(job, parent_state)
+        groups = sorted((g.name for g in job.parent.groups),
+                        key=lambda name: hashlib.sha256(name.encode()).hexdigest())
         n = len(result.correct)
-        right = n // 2 + int(hashlib.sha256(job.group.encode()).hexdigest(), 16) % (n // 2)
+        right = n - (groups.index(job.group) + 1) * (n // 10)
         correct = torch.arange(n) < right
         return dataclasses.replace(result, accuracy=right / n, correct=correct)
 
     def finals_per_race(finalists: int) -> list[tuple[int, int]]:
         config = tiny_search(tmp_path, 0.8, finalists=finalists, long_term_steps=0,
-                             deploy_steps=0)
+                             deploy_steps=0, holdout=120)
         run = tmp_path / f"finalists{finalists}"
         start_search(config, run, predict_ms=fake_ms, executor=Executor(distinct))
         groups, finals = collections.defaultdict(set), collections.Counter()
@@ -225,3 +227,18 @@ def test_a_search_with_two_finalists_trains_two_proposals_to_t_in_every_race(tmp
     assert any(field >= 3 for field, _ in two)  # real races ran
     assert all(finals == min(2, field) for field, finals in two)
     assert all(finals == 1 for _, finals in finals_per_race(1))
+
+
+def test_rungs_short_of_t_score_every_third_holdout_image_and_the_choice_all(tmp_path):
+    """A rung that only decides who goes on scores a third of the holdout; the proposals
+    the iteration chooses among are scored on all of it."""
+    from netadapt.driver import start_search
+    from netadapt.rundir import RunDir
+
+    from .conftest import fake_ms, tiny_search
+
+    config = tiny_search(tmp_path, 0.8, long_term_steps=0, deploy_steps=0)
+    start_search(config, tmp_path / "run", predict_ms=fake_ms)
+    scored = {(r["steps"] == config.short_term_steps, r["holdout_images"])
+              for r in RunDir.open(tmp_path / "run").records() if r["type"] == "proposal"}
+    assert scored == {(True, config.holdout), (False, len(range(0, config.holdout, STRIDE)))}
