@@ -7,6 +7,11 @@ the networks, and what a network's training and scoring cost at each size.
 
     python benchmarks/proxy_fidelity.py RUN [--iteration 1] [--sizes 32 64 96 224]
         [--steps 60] [--seed-steps 200] [--test 2000] [--out runs/proxy-fidelity.csv]
+        [--networks best baselines/uniform_pruning ...]
+
+``--networks`` replaces the fixed set with the run's own networks (spec names relative
+to RUN): whether the architectures a search and its baselines ended at rank at the
+deployed size as at the proxy when all inherit from the same seed and train alike.
 
 The same training at every size s: the run's seed (trained at the run's resolution) gets
 ``--seed-steps`` at s (the search's own deploy recipe: batch 16, LR 0.02), then each
@@ -35,7 +40,7 @@ from netadapt.rundir import RunDir
 from netadapt.scoring import score_model
 from netadapt.search import Proposal, resolve_budgets
 from netadapt.spec import NetworkSpec
-from netadapt.train import finetune
+from netadapt.train import finetune, paired_margin
 
 BATCH, LR = 16, 0.02  # the search's deploy recipe (config.py deploy_batch_size, deploy_lr)
 
@@ -104,14 +109,17 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/proxy-fidelity.csv"))
+    parser.add_argument("--networks", nargs="+", help="the run's specs instead of the set")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = RunDir.open(args.run)
     config = SearchConfig.from_json(run.config["search"])
     seed, nets = networks(run, args.iteration)
+    if args.networks:
+        nets = {name: run.read_spec(f"{name}.yaml") for name in args.networks}
     seed_state = read_state_dict(run.path / "seed.pt")
     data_source = Path(config.data) if config.data else None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix("").mkdir(parents=True, exist_ok=True)
     done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame(
         columns=["size", "network"])
     for size in args.sizes:
@@ -126,13 +134,33 @@ def main() -> None:
             t = time.perf_counter()
             finetune(model, data, args.steps, lr=LR, batch_size=BATCH, seed=2)
             trained = time.perf_counter()
-            accuracy = score_model(model, data.test, data.num_classes, 256)[0]
+            accuracy, correct, _ = score_model(model, data.test, data.num_classes, 256)
+            torch.save(correct, correct_path(args.out, size, name))
             row = {"size": size, "network": name, "test_accuracy": accuracy,
                    "train_s": trained - t, "score_s": time.perf_counter() - trained}
             done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
             done.to_csv(args.out, index=False)
             print(f"{size:4d} px  {name:<40} {accuracy:.4f}  train {row['train_s']:.0f} s")
     report(done, max(args.sizes))
+    if args.networks:
+        margins(args.out, args.sizes, args.networks)
+
+
+def correct_path(out: Path, size: int, name: str) -> Path:
+    """Where a network's per-test-image correctness at ``size`` is kept."""
+    return out.with_suffix("") / f"{size}px_{name.replace('/', '_')}.pt"
+
+
+def margins(out: Path, sizes: list[int], names: list[str]) -> None:
+    """At each size, the first network's test accuracy minus each other's, paired on the
+    same test images (+- 1.96 SE)."""
+    for size in sizes:
+        first = torch.load(correct_path(out, size, names[0]))
+        line = [f"{size:4d} px, {names[0]} minus:"]
+        for name in names[1:]:
+            margin, se = paired_margin(first, torch.load(correct_path(out, size, name)))
+            line.append(f"{name} {100 * margin:+.2f} +- {196 * se:.2f} pt;")
+        print(" ".join(line))
 
 
 def report(rows: pd.DataFrame, deployed: int) -> None:
