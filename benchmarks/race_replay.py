@@ -14,7 +14,7 @@ correctness are the run's. z is the noise rule's: a proposal whose paired margin
 the rung's leader is at most z SE is kept beyond the top 1/eta (z = 0: only exact ties).
 finalists: how many proposals the rungs cut down to before the last gets all T steps.
 rung-holdout k: the rungs before the final one score every k-th holdout image (the final
-rung always scores the whole holdout); 1 means all.
+rung always scores the whole holdout); 1 means all; the default is the search's own.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from netadapt.context import SearchContext, open_context
 from netadapt.jobs import ProposalJob, Training, run_proposal
 from netadapt.loop import correct_name
 from netadapt.model import read_state_dict
-from netadapt.racing import Racing, Rung
+from netadapt.racing import STRIDE, Racing, Rung
 from netadapt.rundir import RunDir, iteration_name, proposal_name
 from netadapt.search import Child, Evaluated, Iteration, Proposal, Race, rank
 from netadapt.spec import spec_from_dict
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--eta", type=int, nargs="+", default=[3])
     parser.add_argument("--z", type=float, nargs="+", default=[0.0, 1.0, 1.96])
     parser.add_argument("--finalists", type=int, nargs="+", default=[1])
-    parser.add_argument("--rung-holdout", type=int, nargs="+", default=[1])
+    parser.add_argument("--rung-holdout", type=int, nargs="+", default=[STRIDE])
     args = parser.parse_args()
     run = RunDir.open(args.run)
     config = SearchConfig.from_json(run.config["search"])
