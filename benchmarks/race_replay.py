@@ -52,7 +52,7 @@ class Scores:
             self.parent = ctx.run.read_spec(f"{name}.yaml")
             state = read_state_dict(ctx.run.path / f"{name}.pt")
         self.state = state
-        self.rung_holdout = 1  # a rung short of T scores every k-th holdout image
+        self.stride = 1  # a rung short of T scores every stride-th holdout image
         self.cache: dict[tuple[str, int], tuple[float, torch.Tensor]] = {}
 
     def __call__(self, group: str, steps: int) -> tuple[float, torch.Tensor]:
@@ -71,8 +71,8 @@ class Scores:
                 result = run_proposal(job, self.state)
                 self.cache[(group, steps)] = (result.accuracy, result.correct)
         accuracy, correct = self.cache[(group, steps)]
-        if self.rung_holdout > 1 and steps < T:  # every k-th image, as the search does
-            correct = correct[::self.rung_holdout]
+        if steps < T:  # Split.every on the run's own per-image correctness
+            correct = correct[::self.stride]
             accuracy = float(correct.float().mean())
         return accuracy, correct
 
@@ -143,9 +143,10 @@ def main() -> None:
 
         for eta, z, finalists, rung_holdout in itertools.product(
                 args.eta, args.z, args.finalists, args.rung_holdout):
-            scores.rung_holdout = rung_holdout
-            pick, spent, scored = race(scores, proposals, Racing(scores.paired, eta, z, finalists),
-                               config.criterion, accuracy, resources, resource)
+            scores.stride = rung_holdout
+            racing = Racing(scores.paired, eta, z, finalists, stride=rung_holdout)
+            pick, spent, scored = race(scores, proposals, racing, config.criterion,
+                                       accuracy, resources, resource)
             rows.append({"iteration": it.iteration, "proposals": len(proposals),
                          "eta": eta, "z": z, "finalists": finalists,
                          "rung_holdout": rung_holdout,
