@@ -4,7 +4,7 @@ training steps it spends, and its regret (the full-T holdout accuracy of full
 evaluation's pick minus that of racing's pick), on the same parents, batches and holdout.
 
     python benchmarks/race_replay.py RUN [--eta 2 3] [--z 0 1 1.96] [--finalists 1 3]
-        [--rung-holdout 1 3]
+        [--rung-holdout 1 3] [--none-dropped final climb]
 
 A raced proposal's score after k steps is what its first k steps of the T-step
 fine-tune give (the race continues that fine-tune bit for bit), so each iteration's
@@ -15,6 +15,8 @@ the rung's leader is at most z SE is kept beyond the top 1/eta (z = 0: only exac
 finalists: how many proposals the rungs cut down to before the last gets all T steps.
 rung-holdout k: the rungs before the final one score every k-th holdout image (the final
 rung always scores the whole holdout); 1 means all; the default is the search's own.
+none-dropped: after a rung that dropped no proposal, "final" sends them all to T steps,
+"climb" goes on to the next rung of the schedule (T / eta^j).
 """
 
 from __future__ import annotations
@@ -82,6 +84,15 @@ class Scores:
         return paired_margin(self(a.group, a.steps)[1], self(b.group, b.steps)[1])
 
 
+class Climbing(Racing):
+    """Racing that, after a rung that dropped none, goes on to the schedule's next rung
+    instead of sending the whole field to T."""
+
+    def rung(self, index: int, start: int, survivors: int, steps: int,
+             dropped: bool = True) -> Rung:
+        return super().rung(index, start, survivors, steps, True)
+
+
 def race(scores: Scores, proposals: list[Proposal], racing: Racing, criterion: str,
          parent_accuracy: float, parent_resources: dict[str, float], resource: str
          ) -> tuple[str, int, int]:
@@ -124,6 +135,8 @@ def main() -> None:
     parser.add_argument("--z", type=float, nargs="+", default=[0.0, 1.0, 1.96])
     parser.add_argument("--finalists", type=int, nargs="+", default=[1])
     parser.add_argument("--rung-holdout", type=int, nargs="+", default=[STRIDE])
+    parser.add_argument("--none-dropped", nargs="+", choices=["final", "climb"],
+                        default=["final"])
     args = parser.parse_args()
     run = RunDir.open(args.run)
     config = SearchConfig.from_json(run.config["search"])
@@ -141,15 +154,16 @@ def main() -> None:
         best_T, full_steps = max(p.accuracy for p in proposals), len(proposals) * T
         full_scored = len(proposals) * len(scores(proposals[0].group, T)[1])
 
-        for eta, z, finalists, rung_holdout in itertools.product(
-                args.eta, args.z, args.finalists, args.rung_holdout):
+        for eta, z, finalists, rung_holdout, none_dropped in itertools.product(
+                args.eta, args.z, args.finalists, args.rung_holdout, args.none_dropped):
             scores.stride = rung_holdout
-            racing = Racing(scores.paired, eta, z, finalists, stride=rung_holdout)
+            kind = Climbing if none_dropped == "climb" else Racing
+            racing = kind(scores.paired, eta, z, finalists, stride=rung_holdout)
             pick, spent, scored = race(scores, proposals, racing, config.criterion,
                                        accuracy, resources, resource)
             rows.append({"iteration": it.iteration, "proposals": len(proposals),
                          "eta": eta, "z": z, "finalists": finalists,
-                         "rung_holdout": rung_holdout,
+                         "rung_holdout": rung_holdout, "none_dropped": none_dropped,
                          "full_pick": it.chosen.group, "pick": pick,
                          "same": pick == it.chosen.group,
                          "regret": round(best_T - scores.by_group[pick].accuracy, 4),
@@ -159,7 +173,7 @@ def main() -> None:
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     print("\nover the run's iterations:")
-    summary = table.groupby(["eta", "z", "finalists", "rung_holdout"]).agg(
+    summary = table.groupby(["eta", "z", "finalists", "rung_holdout", "none_dropped"]).agg(
         iterations=("same", "size"), same=("same", "sum"), mean_regret=("regret", "mean"),
         max_regret=("regret", "max"), steps=("steps", "sum"), full_steps=("full_steps", "sum"),
         scored_images=("scored_images", "sum"), full_scored=("full_scored", "sum"))

@@ -83,13 +83,13 @@ class Racing:
     finalists: int = FINALISTS
     stride: int = STRIDE
 
-    def rung(self, index: int, start: int, survivors: int, steps: int,
-             dropped: bool = True) -> Rung:
+    def rung(self, index: int, start: int, survivors: int, steps: int) -> Rung:
         """The next rung for ``survivors`` proposals that have had ``start`` of the T =
         ``steps`` short-term steps. Only a field of more than eta starts with the
-        zero-step rung. When the previous rung dropped none (all within noise of each
-        other), more rungs would only cost more scoring: the next one is final."""
-        if survivors <= self.finalists or not dropped:
+        zero-step rung. A rung that dropped none (all within noise of each other) is
+        followed by the schedule's next, longer rung, not by all T steps for the whole
+        field: replayed, that saved steps without a worse pick (docs/benchmarks.md)."""
+        if survivors <= self.finalists:
             return Rung(index, start, steps, True)
         if index == 0 and steps > 0 and survivors > self.eta:
             return Rung(0, 0, 0, False, self.stride)

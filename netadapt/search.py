@@ -335,10 +335,10 @@ class Race:
         """Yield every new proposal result; return those of the final rung, in the
         candidates' order (whatever order results came in: ties rank the same)."""
         children = [Child(child, group) for group, _, child, _ in self.candidates]
-        start, index, dropped = 0, 0, True
+        start, index = 0, 0
         while True:
             rung = full_rung(steps) if racing is None else \
-                racing.rung(index, start, len(children), steps, dropped)
+                racing.rung(index, start, len(children), steps)
             results = yield from self._rung(evaluate_many, rung, children)
             if rung.final:
                 return results
@@ -346,7 +346,6 @@ class Race:
             ranked = [p for p, _ in rank(results, criterion, accuracy, self.resources,
                                           resource)]
             kept = {p.group for p in racing.survivors(ranked)}
-            dropped = len(kept) < len(results)
             children = [Child(p.spec, p.group, p) for p in results if p.group in kept]
             start, index = rung.until, index + 1
 

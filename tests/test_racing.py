@@ -28,7 +28,12 @@ def test_twelve_proposals_race_zero_then_a_ninth_a_third_and_all_steps():
     assert racing.rung(2, 7, 2, T) == Rung(2, 7, T, True)  # kept on noise at T / 3
     assert racing.rung(0, 0, 1, T) == Rung(0, 0, T, True)  # nothing to race
     assert racing.rung(0, 0, 3, T) == Rung(0, 0, 7, False, STRIDE)  # eta or fewer: no zero-step cut
-    assert racing.rung(1, 0, 5, T, dropped=False) == Rung(1, 0, T, True)  # no shrinking
+
+def test_a_rung_that_dropped_none_is_followed_by_the_next_longer_rung_not_by_all_t():
+    racing = Racing(no_noise)
+    assert racing.rung(1, 0, 5, T) == Rung(1, 0, 2, False, STRIDE)  # five kept at zero steps
+    assert racing.rung(2, 2, 5, T) == Rung(2, 2, 7, False, STRIDE)  # and again at T / 9
+    assert racing.rung(3, 7, 5, T) == Rung(3, 7, T, True)  # and at T / 3: all of them to T
 
 
 def test_three_finalists_is_the_schedule_that_lets_eta_or_fewer_go_unraced():
