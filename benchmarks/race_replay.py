@@ -16,7 +16,7 @@ finalists: how many proposals the rungs cut down to before the last gets all T s
 rung-holdout k: the rungs before the final one score every k-th holdout image (the final
 rung always scores the whole holdout); 1 means all; the default is the search's own.
 none-dropped: after a rung that dropped no proposal, "final" sends them all to T steps,
-"climb" goes on to the next rung of the schedule (T / eta^j).
+"climb" (the search's own) goes on to the next rung of the schedule (T / eta^j).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -84,13 +85,22 @@ class Scores:
         return paired_margin(self(a.group, a.steps)[1], self(b.group, b.steps)[1])
 
 
-class Climbing(Racing):
-    """Racing that, after a rung that dropped none, goes on to the schedule's next rung
-    instead of sending the whole field to T."""
+@dataclass(frozen=True)
+class AllToT(Racing):
+    """The earlier rule: after a rung that dropped none (every proposal within noise of
+    the leader), the whole field goes to T. The search now goes on to the schedule's next
+    rung instead (racing.Racing.rung)."""
 
-    def rung(self, index: int, start: int, survivors: int, steps: int,
-             dropped: bool = True) -> Rung:
-        return super().rung(index, start, survivors, steps, True)
+    last: list[int] = field(default_factory=list)  # survivors of this race's rungs so far
+
+    def rung(self, index: int, start: int, survivors: int, steps: int) -> Rung:
+        if index == 0:
+            self.last.clear()
+        none_dropped = bool(self.last) and self.last[-1] == survivors
+        self.last.append(survivors)
+        if none_dropped:
+            return Rung(index, start, steps, True)
+        return super().rung(index, start, survivors, steps)
 
 
 def race(scores: Scores, proposals: list[Proposal], racing: Racing, criterion: str,
@@ -136,7 +146,7 @@ def main() -> None:
     parser.add_argument("--finalists", type=int, nargs="+", default=[1])
     parser.add_argument("--rung-holdout", type=int, nargs="+", default=[STRIDE])
     parser.add_argument("--none-dropped", nargs="+", choices=["final", "climb"],
-                        default=["final"])
+                        default=["climb"])
     args = parser.parse_args()
     run = RunDir.open(args.run)
     config = SearchConfig.from_json(run.config["search"])
@@ -157,7 +167,7 @@ def main() -> None:
         for eta, z, finalists, rung_holdout, none_dropped in itertools.product(
                 args.eta, args.z, args.finalists, args.rung_holdout, args.none_dropped):
             scores.stride = rung_holdout
-            kind = Climbing if none_dropped == "climb" else Racing
+            kind = AllToT if none_dropped == "final" else Racing
             racing = kind(scores.paired, eta, z, finalists, stride=rung_holdout)
             pick, spent, scored = race(scores, proposals, racing, config.criterion,
                                        accuracy, resources, resource)
