@@ -97,7 +97,9 @@ class ProposalResult:
     group: str
     accuracy: float  # on the holdout split: top-1, or mIoU for segmentation
     correct: torch.Tensor  # per holdout image: correct (bool), or pixel accuracy
-    state: dict[str, torch.Tensor]  # the fine-tuned child's weights (CPU)
+    # the fine-tuned child's weights (CPU); empty for a rung short of T, whose weights go
+    # on only inside ``progress`` (a worker would otherwise send the network back twice)
+    state: dict[str, torch.Tensor]
     seconds: float
     worker: str  # host:pid of the process that ran it
     attempts: int = 1
@@ -164,8 +166,9 @@ def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> Pro
     score, correct, _ = score_model(model, data.holdout.every(job.holdout_stride),
                                     data.num_classes, batch_size=EVAL_BATCH, device=device)
     done = time.perf_counter()
+    short = job.until is not None and job.until < settings.steps
     return ProposalResult(job.iteration, job.group, score, correct,
-                          {k: v.cpu() for k, v in model.state_dict().items()},
+                          {} if short else {k: v.cpu() for k, v in model.state_dict().items()},
                           done - started, worker_name(),
                           cpu_seconds=time.process_time() - cpu_started,
                           train_seconds=evaluated - trained, eval_seconds=done - evaluated,

@@ -145,8 +145,9 @@ def test_a_survivor_continues_its_fine_tune_to_the_same_bits(tiny_spec, tmp_path
                                        "progress": first.progress}), state)
     assert rest.accuracy == whole.accuracy and rest.progress is None
     assert all(torch.equal(rest.state[k], whole.state[k]) for k in whole.state)
+    assert first.state == {}  # short of T: its weights travel in its progress only
     zero = run_proposal(ProposalJob(**{**job.__dict__, "until": 0}), state)
-    assert zero.progress is None  # nothing trained: the next rung inherits again
+    assert zero.progress is None and zero.state == {}  # the next rung inherits again
 
 
 def test_a_raced_search_interrupted_in_a_later_rung_resumes_from_saved_progress(tmp_path):
