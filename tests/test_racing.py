@@ -29,6 +29,7 @@ def test_twelve_proposals_race_zero_then_a_ninth_a_third_and_all_steps():
     assert racing.rung(0, 0, 1, T) == Rung(0, 0, T, True)  # nothing to race
     assert racing.rung(0, 0, 3, T) == Rung(0, 0, 7, False, STRIDE)  # eta or fewer: no zero-step cut
 
+
 def test_a_rung_that_dropped_none_is_followed_by_the_next_longer_rung_not_by_all_t():
     racing = Racing(no_noise)
     assert racing.rung(1, 0, 5, T) == Rung(1, 0, 2, False, STRIDE)  # five kept at zero steps
