@@ -25,6 +25,7 @@ import argparse
 import itertools
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -55,10 +56,11 @@ class Scores:
             self.parent = ctx.run.read_spec(f"{name}.yaml")
             state = read_state_dict(ctx.run.path / f"{name}.pt")
         self.state = state
-        self.stride = 1  # a rung short of T scores every stride-th holdout image
         self.cache: dict[tuple[str, int], tuple[float, torch.Tensor]] = {}
 
-    def __call__(self, group: str, steps: int) -> tuple[float, torch.Tensor]:
+    def __call__(self, group: str, steps: int, stride: int = 1
+                 ) -> tuple[float, torch.Tensor]:
+        """``group``'s score after ``steps``; short of T, on every ``stride``-th image."""
         cfg, T = self.ctx.config, self.ctx.config.short_term_steps
         if (group, steps) not in self.cache:
             p = self.by_group[group]
@@ -75,14 +77,16 @@ class Scores:
                 self.cache[(group, steps)] = (result.accuracy, result.correct)
         accuracy, correct = self.cache[(group, steps)]
         if steps < T:  # Split.every on the run's own per-image correctness
-            correct = correct[::self.stride]
+            correct = correct[::stride]
             accuracy = float(correct.float().mean())
         return accuracy, correct
 
-    def paired(self, a: Proposal, b: Proposal) -> tuple[float, float]:
-        """a's holdout margin over b at the steps each has had, paired on the images."""
+    def paired(self, a: Proposal, b: Proposal, stride: int) -> tuple[float, float]:
+        """a's holdout margin over b at the steps each has had, paired on the images a
+        rung with ``stride`` scores."""
         assert a.steps is not None and b.steps is not None
-        return paired_margin(self(a.group, a.steps)[1], self(b.group, b.steps)[1])
+        return paired_margin(self(a.group, a.steps, stride)[1],
+                             self(b.group, b.steps, stride)[1])
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ def race(scores: Scores, proposals: list[Proposal], racing: Racing, criterion: s
         nonlocal spent, scored
         spent += len(children) * (rung.until - rung.start)
         for child in children:
-            accuracy, correct = scores(child.group, rung.until)
+            accuracy, correct = scores(child.group, rung.until, rung.stride)
             scored += len(correct)
             yield child.group, accuracy, None
 
@@ -166,9 +170,9 @@ def main() -> None:
 
         for eta, z, finalists, rung_holdout, none_dropped in itertools.product(
                 args.eta, args.z, args.finalists, args.rung_holdout, args.none_dropped):
-            scores.stride = rung_holdout
             kind = AllToT if none_dropped == "final" else Racing
-            racing = kind(scores.paired, eta, z, finalists, stride=rung_holdout)
+            racing = kind(partial(scores.paired, stride=rung_holdout), eta, z, finalists,
+                          stride=rung_holdout)
             pick, spent, scored = race(scores, proposals, racing, config.criterion,
                                        accuracy, resources, resource)
             rows.append({"iteration": it.iteration, "proposals": len(proposals),

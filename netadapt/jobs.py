@@ -154,7 +154,9 @@ def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> Pro
     model = build_model(job.child, init=False)  # the inherited weights replace it all
     if job.progress is None:
         model.load_state_dict(inherit_weights(job.parent, parent_state, job.child))
-    stops = job.until is not None and 0 < job.until < settings.steps
+    until = settings.steps if job.until is None else job.until
+    short = until < settings.steps  # a rung short of T
+    stops = short and until > 0  # ... that trains: its progress goes on
     progress = MemoryCheckpoint(data=job.progress, keep=stops) if stops or job.progress \
         else None
     trained = time.perf_counter()
@@ -166,7 +168,6 @@ def run_proposal(job: ProposalJob, parent_state: dict[str, torch.Tensor]) -> Pro
     score, correct, _ = score_model(model, data.holdout.every(job.holdout_stride),
                                     data.num_classes, batch_size=EVAL_BATCH, device=device)
     done = time.perf_counter()
-    short = job.until is not None and job.until < settings.steps
     return ProposalResult(job.iteration, job.group, score, correct,
                           {} if short else {k: v.cpu() for k, v in model.state_dict().items()},
                           done - started, worker_name(),
