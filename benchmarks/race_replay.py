@@ -4,7 +4,7 @@ training steps it spends, and its regret (the full-T holdout accuracy of full
 evaluation's pick minus that of racing's pick), on the same parents, batches and holdout.
 
     python benchmarks/race_replay.py RUN [--eta 2 3] [--z 0 1 1.96] [--finalists 1 3]
-        [--rung-holdout 1 3] [--none-dropped final climb]
+        [--rung-holdout 1 3] [--none-dropped final climb] [--small-field deep shallow]
 
 A raced proposal's score after k steps is what its first k steps of the T-step
 fine-tune give (the race continues that fine-tune bit for bit), so each iteration's
@@ -15,6 +15,8 @@ the rung's leader is at most z SE is kept beyond the top 1/eta (z = 0: only exac
 finalists: how many proposals the rungs cut down to before the last gets all T steps.
 rung-holdout k: the rungs before the final one score every k-th holdout image (the final
 rung always scores the whole holdout); 1 means all; the default is the search's own.
+small-field: "deep" (the search's own) starts a field of eta or fewer one rung earlier
+than its j cuts need, at T / eta^(j+1); "shallow" (the earlier rule) at T / eta^j.
 none-dropped: after a rung that dropped no proposal, "final" sends them all to T steps,
 "climb" (the search's own) goes on to the next rung of the schedule (T / eta^j).
 """
@@ -90,7 +92,20 @@ class Scores:
 
 
 @dataclass(frozen=True)
-class AllToT(Racing):
+class ShallowStart(Racing):
+    """The earlier rule: a field of eta or fewer starts at T / eta^j, where its j cuts
+    need it; the search now starts it one rung earlier (racing.Racing.rung)."""
+
+    def rung(self, index: int, start: int, survivors: int, steps: int) -> Rung:
+        first = super().rung(index, start, survivors, steps)
+        if index > 0 or first.final or survivors > self.eta:
+            return first
+        until = round(steps / self.eta ** self.cuts(survivors))
+        return Rung(index, start, until, False, self.stride)
+
+
+@dataclass(frozen=True)
+class AllToT(ShallowStart):
     """The earlier rule: after a rung that dropped none (every proposal within noise of
     the leader), the whole field goes to T. The search now goes on to the schedule's next
     rung instead (racing.Racing.rung)."""
@@ -151,6 +166,8 @@ def main() -> None:
     parser.add_argument("--rung-holdout", type=int, nargs="+", default=[STRIDE])
     parser.add_argument("--none-dropped", nargs="+", choices=["final", "climb"],
                         default=["climb"])
+    parser.add_argument("--small-field", nargs="+", choices=["deep", "shallow"],
+                        default=["deep"])
     args = parser.parse_args()
     run = RunDir.open(args.run)
     config = SearchConfig.from_json(run.config["search"])
@@ -168,9 +185,13 @@ def main() -> None:
         best_T, full_steps = max(p.accuracy for p in proposals), len(proposals) * T
         full_scored = len(proposals) * len(scores(proposals[0].group, T)[1])
 
-        for eta, z, finalists, rung_holdout, none_dropped in itertools.product(
-                args.eta, args.z, args.finalists, args.rung_holdout, args.none_dropped):
-            kind = AllToT if none_dropped == "final" else Racing
+        for eta, z, finalists, rung_holdout, none_dropped, small_field in itertools.product(
+                args.eta, args.z, args.finalists, args.rung_holdout, args.none_dropped,
+                args.small_field):
+            if none_dropped == "final" and small_field == "deep":
+                continue  # AllToT replays the earlier rules only as they were
+            kind = (AllToT if none_dropped == "final"
+                    else ShallowStart if small_field == "shallow" else Racing)
             racing = kind(partial(scores.paired, stride=rung_holdout), eta, z, finalists,
                           stride=rung_holdout)
             pick, spent, scored = race(scores, proposals, racing, config.criterion,
@@ -178,6 +199,7 @@ def main() -> None:
             rows.append({"iteration": it.iteration, "proposals": len(proposals),
                          "eta": eta, "z": z, "finalists": finalists,
                          "rung_holdout": rung_holdout, "none_dropped": none_dropped,
+                         "small_field": small_field,
                          "full_pick": it.chosen.group, "pick": pick,
                          "same": pick == it.chosen.group,
                          "regret": round(best_T - scores.by_group[pick].accuracy, 4),
@@ -187,7 +209,8 @@ def main() -> None:
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     print("\nover the run's iterations:")
-    summary = table.groupby(["eta", "z", "finalists", "rung_holdout", "none_dropped"]).agg(
+    summary = table.groupby(["eta", "z", "finalists", "rung_holdout", "none_dropped",
+                             "small_field"]).agg(
         iterations=("same", "size"), same=("same", "sum"), mean_regret=("regret", "mean"),
         max_regret=("regret", "max"), steps=("steps", "sum"), full_steps=("full_steps", "sum"),
         scored_images=("scored_images", "sum"), full_scored=("full_scored", "sum"))

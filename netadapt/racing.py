@@ -3,7 +3,8 @@ steps each proposal gets before the iteration chooses. Decisions only; nothing h
 trains.
 
     rung 0   more than eta proposals: inherited weights, BN re-estimated, no
-             fine-tuning (EagleEye's adaptive-BN score); keep the best 1/eta
+             fine-tuning (EagleEye's adaptive-BN score); keep the best 1/eta.
+             eta or fewer: a few steps (T / eta^(j+1)), never zero
     rung k   the survivors continue from their own weights, up to T / eta^j steps, where
              j more cuts are still needed to leave ``finalists``; keep the best 1/eta ...
     final    the finalists reach T steps; the iteration chooses among them only
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
 
 ETA = 3  # keep the best third at each rung (the successive-halving default)
 # Proposals that all get T steps: one, as in successive halving. A field of eta or fewer
-# is cut at T / eta steps, never at zero: the zero-step score alone dropped the T-step
-# winner of a two-proposal race by 8 points (docs/benchmarks.md, Racing).
+# is first cut after a few steps (T / eta^2 for two or three), never at zero: the
+# zero-step score alone dropped the T-step winner of a two-proposal race by 8 points
+# (docs/benchmarks.md, Racing).
 FINALISTS = 1
 # Within one standard error of the leader is noise. Replayed on a default run
 # (docs/benchmarks.md, Racing), z = 1.96 cost 46% of full evaluation's steps and z = 1
@@ -86,14 +88,18 @@ class Racing:
     def rung(self, index: int, start: int, survivors: int, steps: int) -> Rung:
         """The next rung for ``survivors`` proposals that have had ``start`` of the T =
         ``steps`` short-term steps. Only a field of more than eta starts with the
-        zero-step rung. A rung that dropped none (all within noise of each other) is
+        zero-step rung; a smaller one starts a rung earlier than its cuts need (two
+        proposals at T / 9, not T / 3): replayed, that spent fewer steps on the same
+        picks (docs/benchmarks.md). A rung that dropped none (all within noise of each other) is
         followed by the schedule's next, longer rung, not by all T steps for the whole
         field: replayed, that saved steps without a worse pick (docs/benchmarks.md)."""
         if survivors <= self.finalists:
             return Rung(index, start, steps, True)
         if index == 0 and steps > 0 and survivors > self.eta:
             return Rung(0, 0, 0, False, self.stride)
-        cuts = math.ceil(math.log(survivors / self.finalists) / math.log(self.eta) - 1e-9)
+        cuts = self.cuts(survivors)
+        if index == 0:  # too few for the zero-step rung: start one rung earlier instead
+            cuts += 1
         until = round(steps / self.eta ** cuts)
         while until <= start and cuts > 0:  # a rung kept more than its 1/eta (noise)
             cuts -= 1
@@ -101,6 +107,10 @@ class Racing:
         until = max(start + 1, until)
         final = until >= steps
         return Rung(index, start, min(until, steps), final, 1 if final else self.stride)
+
+    def cuts(self, survivors: int) -> int:
+        """How many 1/eta cuts take ``survivors`` proposals down to the finalists."""
+        return math.ceil(math.log(survivors / self.finalists) / math.log(self.eta) - 1e-9)
 
     def survivors(self, ranked: Sequence[Proposal]) -> list[Proposal]:
         """The proposals of a finished rung that go on, best first: the top 1/eta

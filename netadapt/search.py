@@ -352,8 +352,12 @@ class Race:
     def _rung(self, evaluate_many: EvaluateMany, rung: Rung, children: list[Child]
               ) -> Generator[Proposal, None, list[Proposal]]:
         widths = {group: width for group, width, _, _ in self.candidates}
-        found = {c.group: self.done[(self.iteration, c.group, rung.index)] for c in children
-                 if (self.iteration, c.group, rung.index) in self.done}
+        journaled = {c.group: self.done.get((self.iteration, c.group, rung.index))
+                     for c in children}
+        # a record of another schedule's rung (a run journaled by another version) is
+        # evaluated again, not taken for this rung's
+        found = {group: p for group, p in journaled.items()
+                 if p is not None and p.steps in (None, rung.until)}
         todo = [c for c in children if c.group not in found]
         for group, child_accuracy, result in evaluate_many(self.iteration, rung, todo):
             child = next(c for c in todo if c.group == group)

@@ -3,6 +3,7 @@ the loop's choices and resume, and a survivor's fine-tune continuing to the bit.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import torch
@@ -27,7 +28,10 @@ def test_twelve_proposals_race_zero_then_a_ninth_a_third_and_all_steps():
     assert racing.rung(3, 7, 1, T) == Rung(3, 7, T, True)  # the last one gets all T
     assert racing.rung(2, 7, 2, T) == Rung(2, 7, T, True)  # kept on noise at T / 3
     assert racing.rung(0, 0, 1, T) == Rung(0, 0, T, True)  # nothing to race
-    assert racing.rung(0, 0, 3, T) == Rung(0, 0, 7, False, STRIDE)  # eta or fewer: no zero-step cut
+    # eta or fewer: no zero-step cut, but one at T / 9, a rung before its one cut needs
+    assert racing.rung(0, 0, 3, T) == Rung(0, 0, 2, False, STRIDE)
+    assert racing.rung(0, 0, 2, T) == Rung(0, 0, 2, False, STRIDE)
+    assert racing.rung(1, 2, 2, T) == Rung(1, 2, 7, False, STRIDE)  # both kept: T / 3
 
 
 def test_a_rung_that_dropped_none_is_followed_by_the_next_longer_rung_not_by_all_t():
@@ -47,7 +51,7 @@ def test_three_finalists_is_the_schedule_that_lets_eta_or_fewer_go_unraced():
 def test_two_finalists_both_get_all_steps_and_the_last_cut_keeps_two():
     racing = Racing(no_noise, finalists=2)
     assert racing.rung(0, 0, 2, T) == Rung(0, 0, T, True)
-    assert racing.rung(0, 0, 3, T) == Rung(0, 0, 7, False, STRIDE)  # one cut, at T / 3
+    assert racing.rung(0, 0, 3, T) == Rung(0, 0, 2, False, STRIDE)  # one cut, started at T / 9
     assert racing.rung(1, 0, 5, T) == Rung(1, 0, 7, False, STRIDE)
     assert [p.group for p in racing.survivors(proposals(0.8, 0.7, 0.6))] == ["g0", "g1"]
     assert racing.rung(2, 7, 2, T) == Rung(2, 7, T, True)
@@ -124,6 +128,17 @@ def test_a_race_cut_mid_rung_resumes_without_evaluating_anything_twice(tiny_spec
         [e for e in full if isinstance(e, Iteration)]
 
 
+def test_a_journaled_rung_of_another_schedule_is_evaluated_again(tiny_spec):
+    full = race(tiny_spec)
+    first = [e for e in full if isinstance(e, Proposal) and e.iteration == 1]
+    stale = [dataclasses.replace(p, steps=p.steps + 1) for p in first if p.rung == 0]
+    log: list = []
+    rest = race(tiny_spec, history=stale, log=log)
+    assert {g for i, g, k, _, _ in log if (i, k) == (1, 0)} == {p.group for p in stale}
+    assert [e for e in rest if isinstance(e, Iteration)] == \
+        [e for e in full if isinstance(e, Iteration)]
+
+
 def test_a_survivor_continues_its_fine_tune_to_the_same_bits(tiny_spec, tmp_path):
     """Trained to step 2 in one job and continued to T in another (as a rung does, maybe
     on another worker), a proposal ends with exactly the weights and score of one job
@@ -156,7 +171,6 @@ def test_a_raced_search_interrupted_in_a_later_rung_resumes_from_saved_progress(
     rung of T/3 steps leaves each survivor's progress on disk; interrupted in the next
     rung and resumed in a new session, the search continues from those files (nothing in
     memory) and ends with the uninterrupted run's bits."""
-    import dataclasses
 
     from netadapt.driver import resume_search, start_search
     from netadapt.executors import Executor
@@ -200,7 +214,6 @@ def test_a_search_with_two_finalists_trains_two_proposals_to_t_in_every_race(tmp
     """--finalists reaches the loop: every iteration with two or more proposals ends with
     at least two of them trained all T steps (with one finalist, one would be)."""
     import collections
-    import dataclasses
 
     from netadapt.driver import start_search
     from netadapt.executors import Executor
