@@ -90,9 +90,9 @@ class Racing:
         ``steps`` short-term steps. Only a field of more than eta starts with the
         zero-step rung; a smaller one starts a rung earlier than its cuts need (two
         proposals at T / 9, not T / 3): replayed, that spent fewer steps on the same
-        picks (docs/benchmarks.md). A rung that dropped none (all within noise of each other) is
-        followed by the schedule's next, longer rung, not by all T steps for the whole
-        field: replayed, that saved steps without a worse pick (docs/benchmarks.md)."""
+        picks. A rung that dropped none (all within noise of each other) is followed by
+        the schedule's next, longer rung, not by all T steps for the whole field:
+        replayed, that saved steps without a worse pick (docs/benchmarks.md, Racing)."""
         if survivors <= self.finalists:
             return Rung(index, start, steps, True)
         if index == 0 and steps > 0 and survivors > self.eta:
