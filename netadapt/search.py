@@ -290,8 +290,10 @@ def netadapt(
         raise BudgetError("no budget given; e.g. --budget 20ms")
     measures = _measures(predict_ms)
     done_iterations = {e.iteration: e for e in history if isinstance(e, Iteration)}
-    done_proposals = {(e.iteration, e.group, e.rung): e for e in history
-                      if isinstance(e, Proposal)}
+    # a result counts for the rung it was scored in only at the steps it had (a record
+    # without steps had all T): a run journaled under another schedule is evaluated again
+    done_proposals = {(e.iteration, e.group, e.rung, steps if e.steps is None else e.steps): e
+                      for e in history if isinstance(e, Proposal)}
     spec, accuracy, resources = start.spec, start.accuracy, dict(start.resources)
     for iteration in range(1, max_iterations + 1):
         pending = unmet(resources, budgets)
@@ -327,7 +329,8 @@ class Race:
     resources: dict[str, float]
     candidates: list[tuple[str, int, NetworkSpec, float]]
     predict_ms: Callable[[NetworkSpec], float]
-    done: dict[tuple[int, str, int], Proposal]  # from the journal: not evaluated again
+    # from the journal, by (iteration, group, rung, steps): not evaluated again
+    done: dict[tuple[int, str, int, int], Proposal]
 
     def run(self, evaluate_many: EvaluateMany, racing: Racing | None, steps: int,
             criterion: str, accuracy: float, resource: str
@@ -352,12 +355,8 @@ class Race:
     def _rung(self, evaluate_many: EvaluateMany, rung: Rung, children: list[Child]
               ) -> Generator[Proposal, None, list[Proposal]]:
         widths = {group: width for group, width, _, _ in self.candidates}
-        journaled = {c.group: self.done.get((self.iteration, c.group, rung.index))
-                     for c in children}
-        # a record of another schedule's rung (a run journaled by another version) is
-        # evaluated again, not taken for this rung's
-        found = {group: p for group, p in journaled.items()
-                 if p is not None and p.steps in (None, rung.until)}
+        keys = {c.group: (self.iteration, c.group, rung.index, rung.until) for c in children}
+        found = {group: self.done[key] for group, key in keys.items() if key in self.done}
         todo = [c for c in children if c.group not in found]
         for group, child_accuracy, result in evaluate_many(self.iteration, rung, todo):
             child = next(c for c in todo if c.group == group)
