@@ -263,8 +263,8 @@ def baseline(
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A search run directory")],
     measure: Annotated[bool, typer.Option(
-        help="Also time every network end to end on this machine (onnxruntime, "
-        "interleaved; a few seconds)")] = True,
+        help="Also time every network end to end on this machine (onnxruntime), each "
+        "beside the seed as the search's measured check times it (about 2 s a network)")] = True,
 ) -> None:
     """The seed, the search's result and the baselines of a run in one table, and
     where the run's wall time went."""

@@ -21,6 +21,8 @@ from .search import Budget
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from .spec import NetworkSpec
+
 
 def plot_history(history: pd.DataFrame, path: Path, budgets: Sequence[Budget] = ()) -> None:
     """Holdout accuracy vs predicted latency: every proposal (grey), the network of each
@@ -165,22 +167,29 @@ def compare_run(path: Path, measure: bool) -> Comparison:
                       verdict(table, metric))
 
 
-def measure_here_ms(specs: Sequence[object], bursts: int = 5, rounds: int = 20) -> list[float]:
+def measure_here_ms(specs: Sequence[NetworkSpec], bursts: int = 11, rounds: int = 30) -> list[float]:
     """End-to-end latency of each spec on this machine's CPU (the ``local`` device
-    profile), all timed in one round-robin so host drift hits them alike; the median
-    over ``bursts`` bursts of ``rounds`` runs each."""
+    profile), timed as the search's measured check times a network: each spec beside
+    the first (the seed) in its own round-robin of ``bursts`` bursts of ``rounds`` runs
+    (the fast tail), so its figure is its median ratio to the seed, x the seed's time.
+    Not all in one round-robin: on a machine whose cache holds a small network between
+    runs, a network's time depends on what else the round-robin holds (by up to 13% at
+    64 px here; docs/latency.md), and a baseline held to its budget by its own check
+    must be timed in the same company here."""
     import numpy as np
 
-    from .latency import load_device
-    from .latency.graphs import entry_keys, input_shape, network_model
+    from .latency import load_device, measure_e2e
     from .latency.timers import make_timer
 
-    timer = make_timer(load_device("local"))
+    device = load_device("local")
+    timer = make_timer(device)
     timer.check()
-    models = [(network_model(s), input_shape(entry_keys(s)[0][1]))  # type: ignore[arg-type]
-              for s in specs]
-    medians = [np.median(timer.time(models, rounds, warmup=2), axis=1) for _ in range(bursts)]
-    return [float(v) for v in np.median(np.stack(medians), axis=0)]
+    seed, *others = specs
+    timed = [measure_e2e(s, device, None, timer, bursts=bursts, rounds=rounds, beside=seed)
+             for s in others]
+    seed_ms = (float(np.median([t["raw_ms"] / t["beside_ratio"] for t in timed])) if timed
+               else measure_e2e(seed, device, None, timer, bursts=bursts, rounds=rounds)["raw_ms"])
+    return [seed_ms] + [t["beside_ratio"] * seed_ms for t in timed]
 
 
 def comparison_text(table: pd.DataFrame) -> str:
