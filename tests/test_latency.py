@@ -171,6 +171,21 @@ def test_head_for_another_number_of_classes_swaps_the_last_gemm(tiny_spec):
     assert head == pytest.approx(1.0 - 0.01 + 0.55)  # seed has 10 classes
 
 
+def test_a_head_for_other_classes_ignores_one_low_timing_among_its_widths(tiny_spec):
+    table = fake_table(tiny_spec, 1.0)
+    for key in list(table._entries):
+        if key.kind == "classifier":
+            table._entries[key] = key.out / 1000
+        elif key.kind == "head":  # cost grows with the head width
+            table._entries[key] = 0.5 + key.exp / 1000
+    head = dict(entry_keys(tiny_spec))["head"]
+    width = head.exp - 3 * 8
+    table._entries[head._replace(exp=width)] = 0.05  # one noisy timing, far too low
+    other = dataclasses.replace(tiny_spec, num_classes=550).with_group_width("head.width", width)
+    derived = {n: ms for n, ms in table.breakdown_ms(other)}["head"]
+    assert derived == pytest.approx(0.5 + width / 1000 - 0.01 + 0.55, rel=0.02)
+
+
 def test_prediction_is_a_sum_of_the_breakdown_times_the_calibration(tiny_spec):
     table = fake_table(tiny_spec, 0.5)
     table._calibration = {k: 1.2 for k in table._calibration}

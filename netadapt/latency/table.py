@@ -39,7 +39,7 @@ import pandas as pd
 from ..errors import LatencyError, NetadaptError
 from ..files import write_bytes_atomic, write_text_atomic
 from ..resources import search_roots, user_dir
-from ..spec import ClassifierHead, Layer, NetworkSpec, spec_from_dict, walk
+from ..spec import WIDTH_STEP, ClassifierHead, Layer, NetworkSpec, spec_from_dict, walk
 from .graphs import BLANK, FIELD_TYPES, KEY_FIELDS, EntryKey, classifier_key, entry_key, entry_keys
 
 FORMAT = 1
@@ -192,16 +192,28 @@ class LatencyTable:
         return value
 
     def _other_classes(self, key: EntryKey) -> float | None:
-        """head(c, w, k) = head(c, w, k0) - classifier(w, k0) + classifier(w, k)."""
+        """head(c, w, k) = head(c, w, k0) - classifier(w, k0) + classifier(w, k), the
+        median of that over w and the timed head widths up to two steps on either side.
+
+        One such difference of two timed Gemms scatters 2-4x more than a timed entry
+        (on a 64 px table, -90% to +60% of its neighbours' at a head width), and a
+        search picks exactly the widths where it came out low: a search's first cut,
+        head.width 1280 -> 904, was priced at 19% of the seed's latency and saved 3%
+        (docs/latency.md). The head's cost is smooth in its width, so the median of
+        five neighbouring widths keeps the level and drops a lone outlier."""
         for k0 in self._seed_classes:
-            head = self._entries.get(key._replace(out=k0))
-            old = self.entry_ms(classifier_key(key.exp, k0))
-            new = self.entry_ms(classifier_key(key.exp, key.out))
-            if head is not None and old is not None and new is not None:
-                # Lower bound: the head holds the new classifier. (A guard of half the
-                # head bound here and inflated 10-class heads: measured head(10) /
-                # head(1000) is 0.31 on local-ref.)
-                return max(head - old + new, new)
+            values = []
+            for w in range(key.exp - 2 * WIDTH_STEP, key.exp + 2 * WIDTH_STEP + 1, WIDTH_STEP):
+                head = self._entries.get(key._replace(exp=w, out=k0))
+                old = self.entry_ms(classifier_key(w, k0)) if head is not None else None
+                new = self.entry_ms(classifier_key(w, key.out)) if old is not None else None
+                if head is not None and old is not None and new is not None:
+                    # Lower bound: the head holds the new classifier. (A guard of half
+                    # the head bound here and inflated 10-class heads: measured
+                    # head(10) / head(1000) is 0.31 on local-ref.)
+                    values.append(max(head - old + new, new))
+            if values:
+                return float(np.median(values))
         return None
 
     def _interpolated_classes(self, key: EntryKey) -> float | None:
