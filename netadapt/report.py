@@ -198,12 +198,14 @@ def comparison_text(table: pd.DataFrame) -> str:
     shown = table.copy()
     shown["params"] = (shown["params"] / 1e6).round(3)
     shown["macs"] = (shown["macs"] / 1e6).round(1)
-    shown["latency_ms"] = shown["latency_ms"].round(2)
+    # three significant digits: a 64 px network runs in half a millisecond
+    ms_digits = 3 if shown["latency_ms"].max() < 10 else 2
+    shown["latency_ms"] = shown["latency_ms"].round(ms_digits)
     for column in ("accuracy", "test_accuracy", "margin", "margin_se"):
         if column in shown:
             shown[column] = shown[column].round(4)
     if "measured_ms" in shown:
-        shown["measured_ms"] = shown["measured_ms"].round(2)
+        shown["measured_ms"] = shown["measured_ms"].round(ms_digits)
     shown = shown.rename(columns={"latency_ms": "pred_ms", "params": "params_M",
                                   "macs": "MACs_M", "accuracy": "holdout", "test_accuracy": "test"})
     return shown.astype(object).where(shown.notna(), "").to_string(index=False)
