@@ -171,16 +171,30 @@ def test_head_for_another_number_of_classes_swaps_the_last_gemm(tiny_spec):
     assert head == pytest.approx(1.0 - 0.01 + 0.55)  # seed has 10 classes
 
 
-def test_a_head_for_other_classes_ignores_one_low_timing_among_its_widths(tiny_spec):
+def _smooth_heads(tiny_spec):
+    """A table whose heads cost 0.5 ms + 1 us per unit of width, classifiers 1 us a class."""
     table = fake_table(tiny_spec, 1.0)
     for key in list(table._entries):
         if key.kind == "classifier":
             table._entries[key] = key.out / 1000
-        elif key.kind == "head":  # cost grows with the head width
+        elif key.kind == "head":
             table._entries[key] = 0.5 + key.exp / 1000
-    head = dict(entry_keys(tiny_spec))["head"]
+    return table, dict(entry_keys(tiny_spec))["head"]
+
+
+def test_a_head_ignores_one_low_timing_among_its_widths(tiny_spec):
+    table, head = _smooth_heads(tiny_spec)
     width = head.exp - 3 * 8
     table._entries[head._replace(exp=width)] = 0.05  # one noisy timing, far too low
+    # a neighbour's price, a step of the trend away
+    assert table.entry_ms(head._replace(exp=width)) == pytest.approx(0.5 + width / 1000, rel=0.02)
+    assert table.entry_ms(head) == pytest.approx(0.5 + head.exp / 1000)  # the seed's: alone
+
+
+def test_a_head_for_other_classes_ignores_one_low_timing_among_its_widths(tiny_spec):
+    table, head = _smooth_heads(tiny_spec)
+    width = head.exp - 3 * 8
+    table._entries[head._replace(exp=width)] = 0.05
     other = dataclasses.replace(tiny_spec, num_classes=550).with_group_width("head.width", width)
     derived = {n: ms for n, ms in table.breakdown_ms(other)}["head"]
     assert derived == pytest.approx(0.5 + width / 1000 - 0.01 + 0.55, rel=0.02)

@@ -184,36 +184,50 @@ class LatencyTable:
                 if a is not None and b is not None and ab is not None:
                     value = max(a + b - ab, 0.5 * min(a, b))
                     break
-        if value is None and key.kind == "head":
-            value = self._other_classes(key)
+        if key.kind == "head":
+            value = self._head_ms(key)
         if value is None and key.kind == "classifier":
             value = self._interpolated_classes(key)
         self._resolved[key] = value
         return value
 
-    def _other_classes(self, key: EntryKey) -> float | None:
-        """head(c, w, k) = head(c, w, k0) - classifier(w, k0) + classifier(w, k), the
-        median of that over w and the timed head widths up to two steps on either side.
+    def _head_ms(self, key: EntryKey) -> float | None:
+        """A head's ms: the median over the widest symmetric window of head widths
+        (w, w +- 8, w +- 16) that the table prices, timed for the key's classes or
+        derived from another class count (_other_classes).
 
-        One such difference of two timed Gemms scatters 2-4x more than a timed entry
-        (on a 64 px table, -90% to +60% of its neighbours' at a head width), and a
-        search picks exactly the widths where it came out low: a search's first cut,
-        head.width 1280 -> 904, was priced at 19% of the seed's latency and saved 3%
-        (docs/latency.md). The head's cost is smooth in its width, so the median of
-        five neighbouring widths keeps the level and drops a lone outlier."""
+        A head's cost is smooth in its width (no 8-versus-16 alignment step in its
+        Gemms, within 1.5% here), but one timing of a weight-bound Gemm scatters, and a
+        derived head, a difference of two timed Gemms, 2-4x more (on a 64 px table,
+        -90% to +60% of its neighbours'). A search picks exactly the widths where a
+        timing came out low: a search's first cut, head.width 1280 -> 904, was priced
+        at 19% of the seed's latency and saved 3% (docs/latency.md). A symmetric window
+        keeps a trend's level and drops a lone outlier."""
+        values: list[float] = []
+        for step in range(3):
+            pair = [self._head_at(key._replace(exp=key.exp + sign * step * WIDTH_STEP))
+                    for sign in ((1,) if step == 0 else (-1, 1))]
+            if any(v is None for v in pair):
+                break
+            values += [v for v in pair if v is not None]
+        return float(np.median(values)) if values else None
+
+    def _head_at(self, key: EntryKey) -> float | None:
+        """A head as timed for its classes, else derived from another class count."""
+        value = self._entries.get(key)
+        return value if value is not None else self._other_classes(key)
+
+    def _other_classes(self, key: EntryKey) -> float | None:
+        """head(c, w, k) = head(c, w, k0) - classifier(w, k0) + classifier(w, k)."""
         for k0 in self._seed_classes:
-            values = []
-            for w in range(key.exp - 2 * WIDTH_STEP, key.exp + 2 * WIDTH_STEP + 1, WIDTH_STEP):
-                head = self._entries.get(key._replace(exp=w, out=k0))
-                old = self.entry_ms(classifier_key(w, k0)) if head is not None else None
-                new = self.entry_ms(classifier_key(w, key.out)) if old is not None else None
-                if head is not None and old is not None and new is not None:
-                    # Lower bound: the head holds the new classifier. (A guard of half
-                    # the head bound here and inflated 10-class heads: measured
-                    # head(10) / head(1000) is 0.31 on local-ref.)
-                    values.append(max(head - old + new, new))
-            if values:
-                return float(np.median(values))
+            head = self._entries.get(key._replace(out=k0))
+            old = self.entry_ms(classifier_key(key.exp, k0))
+            new = self.entry_ms(classifier_key(key.exp, key.out))
+            if head is not None and old is not None and new is not None:
+                # Lower bound: the head holds the new classifier. (A guard of half the
+                # head bound here and inflated 10-class heads: measured head(10) /
+                # head(1000) is 0.31 on local-ref.)
+                return max(head - old + new, new)
         return None
 
     def _interpolated_classes(self, key: EntryKey) -> float | None:
