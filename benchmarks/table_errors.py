@@ -23,7 +23,7 @@ Run on a quiet machine; about 3 minutes for six runs.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import random
 import time
 from collections.abc import Sequence
@@ -33,7 +33,8 @@ import numpy as np
 
 from netadapt.latency import LatencyTable, load_device, load_table, measure_e2e
 from netadapt.latency.build import reference_key
-from netadapt.latency.calibrate import calibration_variants, mixed_variants
+from netadapt.latency.calibrate import _time_bursts, calibration_variants, mixed_variants
+from netadapt.latency.devices import Protocol
 from netadapt.latency.graphs import (
     entry_keys,
     entry_model,
@@ -41,8 +42,10 @@ from netadapt.latency.graphs import (
     network_input_shape,
     network_model,
 )
-from netadapt.latency.measure import Model, fast_ms, session
+from netadapt.latency.measure import Model, fast_ms, session, time_round_robin
 from netadapt.latency.timers import Timer, make_timer
+from netadapt.records import MeasuredRecord, of_type
+from netadapt.rundir import RunDir
 from netadapt.spec import WIDTH_STEP, NetworkSpec, load_spec
 
 BASELINES = ("width_multiplier", "uniform_pruning", "torch_pruning")
@@ -72,23 +75,16 @@ def thin_networks(seed: NetworkSpec, n: int, rng_seed: int = 5) -> list[NetworkS
 
 
 def in_calibration_company(nets: dict[str, NetworkSpec], seed: NetworkSpec, timer: Timer,
-                           passes: int = 3) -> dict[str, float]:
+                           protocol: Protocol, passes: int = 3) -> dict[str, float]:
     """Each network's median time relative to ``seed``, timed as a calibration times its
-    variants: round-robins of the reference block, the seed and 8 networks."""
+    variants (calibrate._time_bursts: the reference block, the seed and 8 networks a
+    round-robin), each network in ``passes`` bursts."""
     ref_key = reference_key(seed)
     ref: Model = (entry_model(ref_key), input_shape(ref_key))
-    seed_model: Model = (network_model(seed), network_input_shape(seed))
-    order = list(nets) * passes
-    random.Random(1).shuffle(order)
-    ratios: dict[str, list[float]] = {n: [] for n in nets}
-    for b in range(0, len(order), 8):
-        names = order[b:b + 8]
-        models = [ref, seed_model] + [(network_model(nets[n]), network_input_shape(nets[n]))
-                                      for n in names]
-        ms = fast_ms(timer.time(models, 20, 2))
-        for n, m in zip(names, ms[2:]):
-            ratios[n].append(float(m / ms[1]))
-    return {n: float(np.median(v)) for n, v in ratios.items()}
+    names = list(nets)
+    proto = dataclasses.replace(protocol, calibration_bursts=-(-passes * len(names) // 8))
+    bursts = _time_bursts(seed, [nets[n] for n in names], timer, ref, proto)
+    return {names[i]: float(np.median(v)) for i, v in bursts.relative.items()}
 
 
 def table_errors(runs: Sequence[Path], table: LatencyTable, device: str) -> None:
@@ -103,7 +99,7 @@ def table_errors(runs: Sequence[Path], table: LatencyTable, device: str) -> None
     for run in runs:
         nets.update({f"{kind}/{run}:{n}": s for n, s in run_networks(run).items()
                      for kind in ["search" if n == "result" else "baseline"]})
-    measured = in_calibration_company(nets, seed, timer)
+    measured = in_calibration_company(nets, seed, timer, dev.protocol)
     seed_ms = table.predict_ms(seed)
     errors: dict[str, list[float]] = {}
     for name, spec in nets.items():
@@ -118,9 +114,8 @@ def table_errors(runs: Sequence[Path], table: LatencyTable, device: str) -> None
     print("as the measured check times them (beside the run's seed, 3 passes):")
     for run in runs:
         run_seed = load_spec(run / "seed.yaml")
-        checks = [json.loads(line) for line in open(run / "history.jsonl", encoding="utf-8")
-                  if '"type": "measured"' in line]
-        last = f"; its last check {checks[-1]['vs_seed']:.3f}" if checks else ""
+        checks = of_type(RunDir.open(run).records(), MeasuredRecord)
+        last = f"; its last check {checks[-1].vs_seed:.3f}" if checks else ""
         print(f"  {run}{last}")
         for name, spec in run_networks(run).items():
             passes = [measure_e2e(spec, dev, table, timer, bursts=11, rounds=30,
@@ -130,15 +125,20 @@ def table_errors(runs: Sequence[Path], table: LatencyTable, device: str) -> None
                   f"({' '.join(f'{p:.3f}' for p in passes)})")
 
 
+SETTINGS = {"threads": 1, "spinning": False, "optimization": "all", "clock": "thread"}
+
+
 def time_rounds(models: list[Model], rounds: int, cold: bool) -> np.ndarray:
-    """Like measure.time_round_robin, thread clock; ``cold``: every cache evicted before
-    each timed run of models 1.., model 0 run once more untimed to be timed warm."""
-    evict = np.zeros(EVICT_BYTES if cold else 0, dtype=np.uint8)
-    settings = {"threads": 1, "spinning": False, "optimization": "all"}
+    """measure.time_round_robin, or with ``cold`` every cache evicted before each timed
+    run of models 1.. (model 0, the reference, run once more untimed to be timed warm):
+    the product times warm only."""
+    if not cold:
+        return time_round_robin(list(models), SETTINGS, rounds)  # type: ignore[arg-type]
+    evict = np.zeros(EVICT_BYTES, dtype=np.uint8)
     rng = np.random.default_rng(0)
     runs = []
     for model, shape in models:
-        sess = session(model, settings)
+        sess = session(model, SETTINGS)
         feed = {sess.get_inputs()[0].name: rng.standard_normal(shape).astype(np.float32)}
         for _ in range(2):
             sess.run(None, feed)
@@ -146,9 +146,9 @@ def time_rounds(models: list[Model], rounds: int, cold: bool) -> np.ndarray:
     times = np.empty((len(runs), rounds))
     for r in range(rounds):
         for i, (sess, feed) in enumerate(runs):
-            if cold and i > 0:
+            if i > 0:
                 np.add(evict, 1, out=evict)
-            elif cold:
+            else:
                 sess.run(None, feed)
             t0 = time.thread_time()
             sess.run(None, feed)

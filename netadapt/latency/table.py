@@ -30,6 +30,7 @@ import gzip
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,32 +186,11 @@ class LatencyTable:
                     value = max(a + b - ab, 0.5 * min(a, b))
                     break
         if key.kind == "head":
-            value = self._head_ms(key)
+            value = _width_window_median(self._head_at, key)
         if value is None and key.kind == "classifier":
-            value = self._interpolated_classes(key)
+            value = _interpolated_classes(self._entries, key)
         self._resolved[key] = value
         return value
-
-    def _head_ms(self, key: EntryKey) -> float | None:
-        """A head's ms: the median over the widest symmetric window of head widths
-        (w, w +- 8, w +- 16) that the table prices, timed for the key's classes or
-        derived from another class count (_other_classes).
-
-        A head's cost is smooth in its width (no 8-versus-16 alignment step in its
-        Gemms, within 1.5% here), but one timing of a weight-bound Gemm scatters, and a
-        derived head, a difference of two timed Gemms, 2-4x more (on a 64 px table,
-        -90% to +60% of its neighbours'). A search picks exactly the widths where a
-        timing came out low: a search's first cut, head.width 1280 -> 904, was priced
-        at 19% of the seed's latency and saved 3% (docs/latency.md). A symmetric window
-        keeps a trend's level and drops a lone outlier."""
-        values: list[float] = []
-        for step in range(3):
-            pair = [self._head_at(key._replace(exp=key.exp + sign * step * WIDTH_STEP))
-                    for sign in ((1,) if step == 0 else (-1, 1))]
-            if any(v is None for v in pair):
-                break
-            values += [v for v in pair if v is not None]
-        return float(np.median(values)) if values else None
 
     def _head_at(self, key: EntryKey) -> float | None:
         """A head as timed for its classes, else derived from another class count."""
@@ -229,16 +209,6 @@ class LatencyTable:
                 # head(1000) is 0.31 on local-ref.)
                 return max(head - old + new, new)
         return None
-
-    def _interpolated_classes(self, key: EntryKey) -> float | None:
-        known = sorted((k.out, ms) for k, ms in self._entries.items()
-                       if k.kind == "classifier" and k.c_in == key.c_in)
-        if len(known) < 2:
-            return None
-        ks = [k for k, _ in known]
-        i = min(max(1, int(np.searchsorted(ks, key.out))), len(ks) - 1)
-        (k0, m0), (k1, m1) = known[i - 1], known[i]
-        return max(m0 + (m1 - m0) * (key.out - k0) / (k1 - k0), 0.0)
 
     def calibration(self, spec: NetworkSpec) -> tuple[float, float, float]:
         """(factor, boundary, per_entry) of the spec's seed structure: prediction =
@@ -353,6 +323,43 @@ def _missing_message(table: LatencyTable, spec: NetworkSpec, name: str, key: Ent
 # neighbour); ``table.csv`` is read too (tables written before). meta.json's sha256 is
 # the CSV text's either way.
 TABLE_FILE, LEGACY_TABLE_FILE = "table.csv.gz", "table.csv"
+
+
+def _interpolated_classes(entries: dict[EntryKey, float], key: EntryKey) -> float | None:
+    """A classifier Gemm for a class count not timed: linear between the two timed
+    counts around it (at the same width)."""
+    known = sorted((k.out, ms) for k, ms in entries.items()
+                   if k.kind == "classifier" and k.c_in == key.c_in)
+    if len(known) < 2:
+        return None
+    ks = [k for k, _ in known]
+    i = min(max(1, int(np.searchsorted(ks, key.out))), len(ks) - 1)
+    (k0, m0), (k1, m1) = known[i - 1], known[i]
+    return max(m0 + (m1 - m0) * (key.out - k0) / (k1 - k0), 0.0)
+
+
+def _width_window_median(price: Callable[[EntryKey], float | None], key: EntryKey
+                         ) -> float | None:
+    """A head's ms: the median of ``price`` over the widest symmetric window of head
+    widths (w, w +- 8, w +- 16) that it prices; None where it does not price w.
+
+    A head's cost is smooth in its width (no 8-versus-16 alignment step in its Gemms,
+    within 1.5% here), but one timing of a weight-bound Gemm scatters, and a derived
+    head, a difference of two timed Gemms, 2-4x more (on a 64 px table, -90% to +60% of
+    its neighbours'). A search picks exactly the widths where a timing came out low: a
+    search's first cut, head.width 1280 -> 904, was priced at 19% of the seed's latency
+    and saved 3% (docs/latency.md). A symmetric window keeps a trend's level and drops a
+    lone outlier."""
+    own = price(key)
+    if own is None:
+        return None
+    values = [own]
+    for step in (WIDTH_STEP, 2 * WIDTH_STEP):
+        below, above = (price(key._replace(exp=key.exp + d)) for d in (-step, step))
+        if below is None or above is None:
+            break
+        values += [below, above]
+    return float(np.median(values))
 
 
 def table_paths(device: str, root: Path | None = None) -> tuple[Path, Path]:
