@@ -95,7 +95,7 @@ def summarise(everything: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def time_networks(run: Path, table: pd.DataFrame, bursts: int = 9) -> None:
+def time_networks(run: Path, table: pd.DataFrame, bursts: int = 10) -> None:
     """Add measured_ms (end to end here, each of the run's networks beside its seed as
     the search's check times it, the median of ``bursts`` bursts), measured_vs_seed and
     pred_vs_seed to a run's comparison table: is the comparison at matched latency on

@@ -88,7 +88,7 @@ class MeasuredLatency:
             if not self.measure:
                 raise SystemExit(f"error: {self.path} has no timing for {spec.name}; run "
                                  f"`plan` first, on a quiet machine")
-            s, m = measure_here_ms([self.seed, spec], bursts=9, rounds=30)
+            s, m = measure_here_ms([self.seed, spec], bursts=10, rounds=30)
             self.known[key] = self.seed_ms * m / s
         return self.known[key]
 
@@ -136,7 +136,7 @@ def train(run: Path) -> None:
 def time_all(run: Path) -> None:
     target = run.with_name(run.name + "-measured")
     table = comparison(target)
-    time_networks(target, table, bursts=45)  # sub-ms networks: 9 bursts moved ratios ~3%
+    time_networks(target, table, bursts=46)  # sub-ms networks: 9 bursts moved ratios ~3%
     write_text_atomic(target / TIMED, table.to_csv(index=False))
     print(f"{target}:\n{comparison_text(table.drop(columns='spec'))}\n{verdict(table)}",
           flush=True)

@@ -118,7 +118,7 @@ def table_errors(runs: Sequence[Path], table: LatencyTable, device: str) -> None
         last = f"; its last check {checks[-1].vs_seed:.3f}" if checks else ""
         print(f"  {run}{last}")
         for name, spec in run_networks(run).items():
-            passes = [measure_e2e(spec, dev, table, timer, bursts=11, rounds=30,
+            passes = [measure_e2e(spec, dev, table, timer, bursts=12, rounds=30,
                                   beside=run_seed)["beside_ratio"] for _ in range(3)]
             pred = table.predict_ms(spec) / table.predict_ms(run_seed)
             print(f"    {name:17s} table {pred:.3f}  measured {np.median(passes):.3f} "

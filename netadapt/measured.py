@@ -44,10 +44,10 @@ if TYPE_CHECKING:
 MAX_ROUNDS = 4  # checks of one run, the first included
 MIN_MARGIN = 0.01  # the tightened target's least margin below the budget
 MAX_SECANT_STRETCH = 4.0  # see tightened
-# Each check: 11 bursts of 30 round-robin runs of the network and the seed (and the
+# Each check: 12 bursts of 30 round-robin runs of the network and the seed (and the
 # table's seed). A host's speed drifts by 25% within minutes (the Large seed: 1.58 ms at
 # calibration, 1.96 ms later); the ratio to the seed timed in the same burst does not.
-BURSTS = 11
+BURSTS = 12  # even: half of them in each order (latency.timers.balanced_order)
 ROUNDS = 30
 
 

@@ -167,7 +167,7 @@ def compare_run(path: Path, measure: bool) -> Comparison:
                       verdict(table, metric))
 
 
-def measure_here_ms(specs: Sequence[NetworkSpec], bursts: int = 11,
+def measure_here_ms(specs: Sequence[NetworkSpec], bursts: int = 12,
                     rounds: int = 30) -> list[float]:
     """End-to-end latency of each spec on this machine's CPU (the ``local`` device
     profile), timed as the search's measured check times a network: each spec beside

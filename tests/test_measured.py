@@ -18,6 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -403,3 +404,44 @@ def test_a_network_is_timed_beside_a_seed_of_another_input_size_at_its_own():
     small = at_size(seed, SIZE // 2)
     got = measure_e2e(small, load_device("local"), None, bursts=3, rounds=10, beside=seed)
     assert 0 < got["beside_ratio"] < 1
+
+
+class _FirstCreatedSlow:
+    """A timer whose first model of each call runs 3% slow, as an onnxruntime session
+    created first does here; every model is otherwise as fast as the next."""
+
+    def check(self) -> None:
+        pass
+
+    def time(self, models, rounds, warmup):
+        ms = np.ones((len(models), rounds))
+        ms[0] *= 1.03
+        return ms
+
+
+def test_a_network_beside_a_copy_of_itself_reads_one_whatever_is_created_first():
+    """The check's ratio to the seed must not depend on which session is created first:
+    the bursts alternate the order (timers.balanced_order)."""
+    from netadapt.latency import load_device
+    from netadapt.latency.validate import measure_e2e
+
+    seed = at_size(spec_from_dict(TINY), SIZE)
+    copy = dataclasses.replace(seed, name="copy")
+    got = measure_e2e(copy, load_device("local"), None, _FirstCreatedSlow(), bursts=12,
+                      rounds=5, beside=seed)
+    assert got["beside_ratio"] == pytest.approx(1.0, abs=0.002)  # in one order: 1.03
+
+
+@pytest.mark.parametrize("n", [2, 3, 10])
+def test_balanced_orders_put_every_pair_both_ways_and_every_model_everywhere(n):
+    from netadapt.latency.timers import balanced_order
+
+    orders = [balanced_order(n, b) for b in range(2 * n)]
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    for b in range(0, 2 * n, 2):  # two bursts in a row: each pair once each way
+        first, second = orders[b], orders[b + 1]
+        for i in range(n):
+            for j in range(i + 1, n):
+                assert (first.index(i) < first.index(j)) != (second.index(i) < second.index(j))
+    for model in range(n):  # 2n bursts: each model twice at every position
+        assert sorted(o.index(model) for o in orders) == sorted(list(range(n)) * 2)

@@ -24,7 +24,7 @@ from .devices import Protocol
 from .graphs import entry_keys, network_input_shape, network_model
 from .measure import Model, fast_ms, fast_spread
 from .table import LatencyTable, input_elements_m
-from .timers import Timer
+from .timers import Timer, balanced_order, time_in_order
 
 # Fewer networks than this fit the factor alone (a seed covered at its multipliers only).
 MIN_BOUNDARY_FIT = 12
@@ -143,14 +143,17 @@ class SeedBursts:
                  ref_model: Model, seeds: dict[str, NetworkSpec], rounds: int) -> None:
         self.record, self.timer, self.ref_model = record, timer, ref_model
         self.seeds, self.rounds = seeds, rounds
+        self.count = 0  # bursts so far: the order alternates (timers.balanced_order)
 
     def burst(self) -> None:
         """Time every seed once, round-robin with the reference block."""
         for name, seed in self.seeds.items():
             shape = network_input_shape(seed)
-            med = fast_ms(self.timer.time(
-                [self.ref_model, (network_model(seed), shape)], self.rounds, 2))
+            med = fast_ms(time_in_order(
+                self.timer, [self.ref_model, (network_model(seed), shape)], self.rounds, 2,
+                balanced_order(2, self.count)))
             self.record(name, float(med[1] / med[0]))
+        self.count += 1
 
 
 @dataclasses.dataclass
@@ -168,7 +171,8 @@ def _time_bursts(seed: NetworkSpec, variants: Sequence[NetworkSpec], timer: Time
                  ref_model: Model, proto: Protocol) -> _Bursts:
     """``proto.calibration_bursts`` round-robins of the reference block, the seed and
     8 of the variants (in turn): a variant is timed beside the seed, so it is known
-    relative to the seed with the host's drift cancelled."""
+    relative to the seed with the host's drift cancelled. Each variant is in two bursts
+    of opposite order (timers.balanced_order; 8 a burst, 24 variants, 6 bursts)."""
     shape = network_input_shape(seed)
     seed_model = (network_model(seed), shape)
     bursts = _Bursts([], [], {})
@@ -176,7 +180,8 @@ def _time_bursts(seed: NetworkSpec, variants: Sequence[NetworkSpec], timer: Time
         idx = [(b * 8 + j) % len(variants) for j in range(min(8, len(variants)))] \
             if variants else []
         models = [ref_model, seed_model] + [(network_model(variants[i]), shape) for i in idx]
-        med = fast_ms(timer.time(models, proto.calibration_rounds, 2))
+        med = fast_ms(time_in_order(timer, models, proto.calibration_rounds, 2,
+                                    balanced_order(len(models), b)))
         bursts.ratios.append(float(med[1] / med[0]))
         bursts.raw.append(float(med[1]))
         for i, m in zip(idx, med[2:]):

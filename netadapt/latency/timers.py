@@ -45,6 +45,29 @@ class Timer(TypingProtocol):
         """The device's CPU, for the table's meta.json."""
 
 
+def balanced_order(n: int, burst: int) -> list[int]:
+    """The order to create and run ``n`` models in, in burst number ``burst``: rotation
+    burst // 2, reversed in odd bursts. Two bursts in a row put every pair of models in
+    both orders, 2n bursts every model at every position equally often.
+
+    Why: an onnxruntime session created earlier in a process runs slower than the same
+    model's session created after it, by 1-3% here (Large at 64 px, a copy timed beside
+    itself: 1.014-1.031), so a fixed order biases every ratio of a round-robin
+    (docs/latency.md, "Timing protocol")."""
+    rotation = [(i + burst // 2) % n for i in range(n)]
+    return rotation[::-1] if burst % 2 else rotation
+
+
+def time_in_order(timer: Timer, models: list[Model], rounds: int, warmup: int,
+                  order: list[int]) -> np.ndarray:
+    """``timer.time`` with the models created and run in ``order`` (a permutation of
+    their indices); rows returned in the models' own order."""
+    ms = timer.time([models[i] for i in order], rounds, warmup)
+    out = np.empty_like(ms)
+    out[order] = ms
+    return out
+
+
 def local_cpu_model() -> str:
     """This machine's CPU model name."""
     try:

@@ -25,7 +25,7 @@ from .devices import Device
 from .graphs import EntryKey, entry_model, input_shape, network_input_shape, network_model
 from .measure import fast_ms
 from .table import LatencyTable, signature, table_paths
-from .timers import Timer, make_timer
+from .timers import Timer, balanced_order, make_timer, time_in_order
 
 
 def seed_e2e_ms(table: LatencyTable, seed: NetworkSpec) -> float:
@@ -66,10 +66,10 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
     ref_model = (entry_model(ref), input_shape(ref))
     shape = network_input_shape(seed)
     seed_model = (network_model(seed), shape)
-    for i in tqdm(range(0, n, per_chunk), disable=not progress, unit="chunk"):
+    for c, i in enumerate(tqdm(range(0, n, per_chunk), disable=not progress, unit="chunk")):
         chunk = variants[i:i + per_chunk]
         models = [ref_model, seed_model] + [(network_model(v), shape) for v in chunk]
-        med = fast_ms(timer.time(models, rounds, warmup=2))
+        med = fast_ms(time_in_order(timer, models, rounds, 2, balanced_order(len(models), c)))
         for v, m in zip(chunk, med[2:]):
             rows.append({"variant": v.name, "predicted_ms": table.predict_ms(v),
                          "measured_ms": m / med[1] * anchor_ms,
@@ -135,7 +135,7 @@ def validate_seeds(table: LatencyTable, device: Device, seeds: Sequence[NetworkS
 
 
 def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable | None,
-                timer: Timer | None = None, bursts: int = 5, rounds: int = 20,
+                timer: Timer | None = None, bursts: int = 6, rounds: int = 20,
                 beside: NetworkSpec | None = None) -> dict[str, Any]:
     """``spec`` end to end, now: ``raw_ms`` (fast-tail time, median over bursts), and
     ``vs_seed_ms`` (relative to the table's seed of the same structure timed in the same
@@ -143,7 +143,8 @@ def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable | None,
     name as ``seed``, when the table has such a seed. ``beside``: another network (a
     search's own seed) timed in the same round-robin too: ``beside_ratio`` = median over
     bursts of time(spec) / time(beside), and ``beside_ratio_se``, that median's relative
-    standard error from the bursts' interquartile range."""
+    standard error from the bursts' interquartile range. The bursts alternate the order
+    the models are created and run in (timers.balanced_order): give an even number."""
     timer = timer or make_timer(device)
     timer.check()
     seeds = [s for s in (table.seeds if table is not None else [])
@@ -152,8 +153,8 @@ def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable | None,
     models = [(network_model(s), network_input_shape(s)) for s in [spec, *others]]
     raw: list[float] = []
     ratios: dict[int, list[float]] = {i: [] for i in range(1, len(models))}
-    for _ in range(bursts):
-        med = fast_ms(timer.time(models, rounds, warmup=2))
+    for b in range(bursts):
+        med = fast_ms(time_in_order(timer, models, rounds, 2, balanced_order(len(models), b)))
         raw.append(med[0])
         for i in ratios:
             ratios[i].append(med[0] / med[i])
