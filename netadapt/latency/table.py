@@ -5,7 +5,9 @@ the head, at exact widths: onnxruntime fuses and re-lays-out the ops inside a bl
 (the expansion's activation into its conv, the depthwise conv's blocked layout), so a
 block timed whole predicts the network far better than the sum of its ops timed one by
 one, and latency is not monotone in width (the 8-vs-16 sawtooth), so nothing is
-interpolated (docs/latency.md).
+interpolated (docs/latency.md). A block's expansion, a last conv's output and a head's
+widths are priced as the median of their own timing and their neighbours' in the same
+alignment (SMOOTHED): a search picks the widths whose timing came out low.
 
 One exception keeps the grid small: a block without residual has three free widths
 (input, expansion, output). Its entries are measured on two exact slices through the
@@ -159,6 +161,7 @@ class LatencyTable:
         self._default_calibration = \
             calibrations[len(calibrations) // 2] if calibrations else (1.0, 0.0, 0.0)
         self._resolved: dict[EntryKey, float | None] = {}
+        self._windowed: dict[tuple[int, EntryKey], float | None] = {}  # see _smoothed
         self._specs: dict[NetworkSpec, float] = {}
         self._layers: dict[Layer, tuple[float, float]] = {}  # (ms, M input elements)
         self._factors: dict[tuple[Any, ...], tuple[float, float, float]] = {}
@@ -176,6 +179,25 @@ class LatencyTable:
         """Uncalibrated ms of one entry (exact, or composed from two slices), or None."""
         if key in self._resolved:
             return self._resolved[key]
+        value = self._smoothed(key, len(SMOOTHED.get(key.kind, ())))
+        if value is None and key.kind == "classifier":
+            value = _interpolated_classes(self._entries, key)
+        self._resolved[key] = value
+        return value
+
+    def _smoothed(self, key: EntryKey, windows: int) -> float | None:
+        """The entry with the first ``windows`` of its kind's SMOOTHED windows applied
+        (0: as timed or derived), cached: neighbouring entries share their windows."""
+        if not windows:
+            return self._head_at(key) if key.kind == "head" else self._timed(key)
+        if (windows, key) not in self._windowed:
+            field, step = SMOOTHED[key.kind][windows - 1]
+            self._windowed[(windows, key)] = _width_window_median(
+                lambda k: self._smoothed(k, windows - 1), key, field, step)
+        return self._windowed[(windows, key)]
+
+    def _timed(self, key: EntryKey) -> float | None:
+        """An entry as timed, or composed from two slices (module docstring)."""
         value = self._entries.get(key)
         if value is None and composed(key):
             for c0, o0 in self._anchors.get(_shape_class(key), []):
@@ -183,13 +205,7 @@ class LatencyTable:
                 b = self._entries.get(key._replace(c_in=c0))
                 ab = self._entries.get(key._replace(c_in=c0, out=o0))
                 if a is not None and b is not None and ab is not None:
-                    value = max(a + b - ab, 0.5 * min(a, b))
-                    break
-        if key.kind == "head":
-            value = _width_window_median(self._head_at, key)
-        if value is None and key.kind == "classifier":
-            value = _interpolated_classes(self._entries, key)
-        self._resolved[key] = value
+                    return max(a + b - ab, 0.5 * min(a, b))
         return value
 
     def _head_at(self, key: EntryKey) -> float | None:
@@ -338,28 +354,46 @@ def _interpolated_classes(entries: dict[EntryKey, float], key: EntryKey) -> floa
     return max(m0 + (m1 - m0) * (key.out - k0) / (k1 - k0), 0.0)
 
 
-def _width_window_median(price: Callable[[EntryKey], float | None], key: EntryKey
-                         ) -> float | None:
-    """A head's ms: the median of ``price`` over the widest symmetric window of head
-    widths (w, w +- 8, w +- 16) that it prices; None where it does not price w.
+# kind -> the windows of widths (field, step) over which its entries are priced as a
+# median (_width_window_median), in turn. A block's cost steps with its expansion's
+# alignment (a multiple of 16 ~4.5% under its two neighbours, an odd multiple of 8 ~4%
+# over, on two 64 px tables alike), so its window keeps to its phase; a head's Gemms do
+# not step with either width (within 1.5%).
+KEY_INDEX = {name: i for i, name in enumerate(EntryKey._fields)}
+SMOOTHED: dict[str, tuple[tuple[str, int], ...]] = {
+    "head": (("exp", WIDTH_STEP), ("c_in", WIDTH_STEP)),
+    "block": (("exp", 2 * WIDTH_STEP),),
+    "last_conv": (("out", 2 * WIDTH_STEP),),
+}
 
-    A head's cost is smooth in its width (no 8-versus-16 alignment step in its Gemms,
-    within 1.5% here), but one timing of a weight-bound Gemm scatters, and a derived
-    head, a difference of two timed Gemms, 2-4x more (on a 64 px table, -90% to +60% of
-    its neighbours'). A search picks exactly the widths where a timing came out low: a
-    search's first cut, head.width 1280 -> 904, was priced at 19% of the seed's latency
-    and saved 3% (docs/latency.md). A symmetric window keeps a trend's level and drops a
-    lone outlier."""
+
+def _width_window_median(price: Callable[[EntryKey], float | None], key: EntryKey,
+                         field: str, step: int) -> float | None:
+    """An entry's ms: the median of ``price`` over the widest symmetric window of widths
+    ``field`` +- step, +- 2 step that it prices; None where it does not price the
+    entry's own.
+
+    One timing of a small entry scatters (two tables built one after the other: block
+    entries at 64 px differ by a median 3.6%, by over 15% one time in twenty), a derived
+    head, a difference of two timed Gemms, 2-4x more; and a search picks exactly the
+    widths where a timing came out low: a cut head.width 1280 -> 904 was priced at 19%
+    of the seed's latency and saved 3%, a cut blocks[11].exp 672 -> 232 at 9.1% and
+    saved 5.6% (docs/latency.md). On a trend the median of a symmetric window is the
+    entry's own timing; a lone outlier is dropped."""
     own = price(key)
     if own is None:
         return None
     values = [own]
-    for step in (WIDTH_STEP, 2 * WIDTH_STEP):
-        below, above = (price(key._replace(exp=key.exp + d)) for d in (-step, step))
+    i = KEY_INDEX[field]
+    head, width, tail = key[:i], int(key[i]), key[i + 1:]
+    for d in (step, 2 * step):
+        # tuple.__new__, not _replace: a first prediction resolves thousands of windows
+        below, above = (price(tuple.__new__(EntryKey, (*head, width + s, *tail)))
+                        for s in (-d, d))
         if below is None or above is None:
             break
         values += [below, above]
-    return float(np.median(values))
+    return sorted(values)[len(values) // 2]  # odd count: the median (np.median: 10x slower)
 
 
 def table_paths(device: str, root: Path | None = None) -> tuple[Path, Path]:

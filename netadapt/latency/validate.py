@@ -141,10 +141,11 @@ def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable | None,
     ``vs_seed_ms`` (relative to the table's seed of the same structure timed in the same
     round-robin, x that seed's latency at calibration: drift cancels) with that seed's
     name as ``seed``, when the table has such a seed. ``beside``: another network (a
-    search's own seed) timed in the same round-robin too: ``beside_ratio`` = median over
-    bursts of time(spec) / time(beside), and ``beside_ratio_se``, that median's relative
-    standard error from the bursts' interquartile range. The bursts alternate the order
-    the models are created and run in (timers.balanced_order): give an even number."""
+    search's own seed) timed in the same round-robin too: ``beside_ratio`` = median of
+    time(spec) / time(beside) over pairs of bursts (order_pairs), and
+    ``beside_ratio_se``, that median's relative standard error from their interquartile
+    range. The bursts alternate the order the models are created and run in
+    (timers.balanced_order): give an even number."""
     timer = timer or make_timer(device)
     timer.check()
     seeds = [s for s in (table.seeds if table is not None else [])
@@ -160,13 +161,22 @@ def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable | None,
             ratios[i].append(med[0] / med[i])
     out: dict[str, Any] = {"raw_ms": float(np.median(raw))}
     if beside is not None:
-        out["beside_ratio"] = float(np.median(ratios[1]))
-        out["beside_ratio_se"] = median_se(ratios[1])
+        out["beside_ratio"] = float(np.median(order_pairs(ratios[1])))
+        out["beside_ratio_se"] = median_se(order_pairs(ratios[1]))
     if seeds and table is not None:
-        out["vs_seed_ms"] = float(np.median(ratios[len(models) - 1])) * seed_e2e_ms(
-            table, seeds[0])
+        out["vs_seed_ms"] = float(np.median(order_pairs(ratios[len(models) - 1]))) * \
+            seed_e2e_ms(table, seeds[0])
         out["seed"] = seeds[0].name
     return out
+
+
+def order_pairs(ratios: Sequence[float]) -> list[float]:
+    """Ratios of bursts timed in balanced orders, two bursts at a time (each pair of
+    models once each way): their geometric means, in which the order's own effect
+    cancels. Its 2-3% would otherwise count as timing noise in a median's SE. An odd
+    last burst stands alone."""
+    pairs = [float(np.sqrt(a * b)) for a, b in zip(ratios[::2], ratios[1::2])]
+    return pairs + ([float(ratios[-1])] if len(ratios) % 2 else [])
 
 
 def median_se(values: Sequence[float]) -> float:
