@@ -2,6 +2,7 @@
 
     python benchmarks/table_errors.py RUN [RUN ...] [--device local]
     python benchmarks/table_errors.py RUN [RUN ...] --additivity
+    python benchmarks/table_errors.py RUN [RUN ...] --cuts
 
 For finished search runs on a table measured here (a 64 px `local` table in
 docs/latency.md): every run's seed, result and baselines, the table seed's calibration
@@ -9,7 +10,7 @@ and validation variants and 16 thin networks (every group at 30-70% of its width
 a group), each timed relative to the table's seed in the calibration's own company (the
 reference block, the seed and 8 networks a round-robin, 3 bursts each), against the
 table's ratio; then each run's result and baselines timed as the measured check times
-them (beside the run's seed, 11 bursts), three passes, beside what the run's last check
+them (beside the run's seed, 12 bursts), three passes, beside what the run's last check
 measured.
 
 ``--additivity``: the entries of the runs' networks and of 8 thin and 12 calibration
@@ -18,6 +19,12 @@ networks themselves beside the seed, warm and cold; the entry sums fitted (end t
 = a x sum + c, relative to the seed) to the thin and calibration networks, and the
 fit's errors on the runs' networks: is a network the sum of its entries, warm or cold?
 Run on a quiet machine; about 3 minutes for six runs.
+
+``--cuts``: from the seed to each measured check's network, and from each check to the
+next, every cut the search made, applied alone to the earlier network, and all of them:
+the saving the table prices and the one measured beside the earlier network (points of
+the seed's latency). Which cuts a first check that came out over its prediction owes it
+to. About 1 minute a run.
 """
 
 from __future__ import annotations
@@ -209,15 +216,44 @@ def _beside_seed(seed_model: Model, spec: NetworkSpec, cold: bool, passes: int =
     return float(np.median(ratios))
 
 
+def cuts(runs: Sequence[Path], table: LatencyTable, device: str) -> None:
+    """Part three of the module docstring (--cuts)."""
+    dev = load_device(device)
+    timer = make_timer(dev)
+    for run in runs:
+        seed = load_spec(run / "seed.yaml")
+        checked = [c.iteration for c in of_type(RunDir.open(run).records(), MeasuredRecord)]
+        stops = [seed] + [load_spec(run / "iterations" / f"iter_{i:03d}.yaml") for i in checked]
+        print(f"{run}: savings in points of the seed's latency, table / measured")
+        for i, (before, after) in enumerate(zip(stops, stops[1:])):
+            changed = [(g.name, after.group(g.name).width) for g in before.groups
+                       if after.group(g.name).width != g.width]
+            nets = [(f"{n} {before.group(n).width}->{w}", before.with_group_width(n, w))
+                    for n, w in changed] + [("all of them", after)]
+            scale = 100 * measure_e2e(before, dev, None, timer, bursts=12, rounds=30,
+                                      beside=seed)["beside_ratio"]
+            print(f"  {'seed' if i == 0 else f'check {i}'} -> check {i + 1}:")
+            for name, spec in nets:
+                priced = (table.predict_ms(before) - table.predict_ms(spec)) \
+                    / table.predict_ms(seed) * 100
+                got = measure_e2e(spec, dev, None, timer, bursts=12, rounds=30, beside=before)
+                print(f"    {name:34s} {priced:6.2f} / {(1 - got['beside_ratio']) * scale:6.2f}"
+                      f" (SE {got['beside_ratio_se'] * scale:.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--device", default="local")
-    parser.add_argument("--additivity", action="store_true")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--additivity", action="store_true")
+    mode.add_argument("--cuts", action="store_true")
     args = parser.parse_args()
     table = load_table(args.device)
     if args.additivity:
         additivity(args.runs, table)
+    elif args.cuts:
+        cuts(args.runs, table, args.device)
     else:
         table_errors(args.runs, table, args.device)
 
