@@ -354,12 +354,13 @@ def _interpolated_classes(entries: dict[EntryKey, float], key: EntryKey) -> floa
     return max(m0 + (m1 - m0) * (key.out - k0) / (k1 - k0), 0.0)
 
 
+KEY_INDEX = {name: i for i, name in enumerate(EntryKey._fields)}
+
 # kind -> the windows of widths (field, step) over which its entries are priced as a
 # median (_width_window_median), in turn. A block's cost steps with its expansion's
 # alignment (a multiple of 16 ~4.5% under its two neighbours, an odd multiple of 8 ~4%
 # over, on two 64 px tables alike), so its window keeps to its phase; a head's Gemms do
 # not step with either width (within 1.5%).
-KEY_INDEX = {name: i for i, name in enumerate(EntryKey._fields)}
 SMOOTHED: dict[str, tuple[tuple[str, int], ...]] = {
     "head": (("exp", WIDTH_STEP), ("c_in", WIDTH_STEP)),
     "block": (("exp", 2 * WIDTH_STEP),),
