@@ -22,9 +22,9 @@ from ..errors import LatencyError
 from ..spec import NetworkSpec
 from .devices import Protocol
 from .graphs import entry_keys, network_input_shape, network_model
-from .measure import Model, fast_ms, fast_spread
+from .measure import Model, fast_spread
 from .table import LatencyTable, input_elements_m
-from .timers import Timer, balanced_order, time_in_order
+from .timers import Timer, time_burst
 
 # Fewer networks than this fit the factor alone (a seed covered at its multipliers only).
 MIN_BOUNDARY_FIT = 12
@@ -149,9 +149,8 @@ class SeedBursts:
         """Time every seed once, round-robin with the reference block."""
         for name, seed in self.seeds.items():
             shape = network_input_shape(seed)
-            med = fast_ms(time_in_order(
-                self.timer, [self.ref_model, (network_model(seed), shape)], self.rounds, 2,
-                balanced_order(2, self.count)))
+            med = time_burst(self.timer, [self.ref_model, (network_model(seed), shape)],
+                             self.rounds, self.count)
             self.record(name, float(med[1] / med[0]))
         self.count += 1
 
@@ -180,8 +179,7 @@ def _time_bursts(seed: NetworkSpec, variants: Sequence[NetworkSpec], timer: Time
         idx = [(b * 8 + j) % len(variants) for j in range(min(8, len(variants)))] \
             if variants else []
         models = [ref_model, seed_model] + [(network_model(variants[i]), shape) for i in idx]
-        med = fast_ms(time_in_order(timer, models, proto.calibration_rounds, 2,
-                                    balanced_order(len(models), b)))
+        med = time_burst(timer, models, proto.calibration_rounds, b)
         bursts.ratios.append(float(med[1] / med[0]))
         bursts.raw.append(float(med[1]))
         for i, m in zip(idx, med[2:]):

@@ -58,14 +58,15 @@ def balanced_order(n: int, burst: int) -> list[int]:
     return rotation[::-1] if burst % 2 else rotation
 
 
-def time_in_order(timer: Timer, models: list[Model], rounds: int, warmup: int,
-                  order: list[int]) -> np.ndarray:
-    """``timer.time`` with the models created and run in ``order`` (a permutation of
-    their indices); rows returned in the models' own order."""
-    ms = timer.time([models[i] for i in order], rounds, warmup)
+def time_burst(timer: Timer, models: list[Model], rounds: int, burst: int) -> np.ndarray:
+    """Each model's fast-tail ms (measure.fast_ms) over ``rounds`` round-robin runs, the
+    models created and run in burst number ``burst``'s balanced_order; in the models'
+    own order."""
+    order = balanced_order(len(models), burst)
+    ms = timer.time([models[i] for i in order], rounds, 2)
     out = np.empty_like(ms)
     out[order] = ms
-    return out
+    return measure.fast_ms(out)
 
 
 def local_cpu_model() -> str:

@@ -23,9 +23,8 @@ from ..spec import NetworkSpec, at_size
 from .calibrate import mixed_variants
 from .devices import Device
 from .graphs import EntryKey, entry_model, input_shape, network_input_shape, network_model
-from .measure import fast_ms
 from .table import LatencyTable, signature, table_paths
-from .timers import Timer, balanced_order, make_timer, time_in_order
+from .timers import Timer, make_timer, time_burst
 
 
 def seed_e2e_ms(table: LatencyTable, seed: NetworkSpec) -> float:
@@ -69,7 +68,7 @@ def validate(table: LatencyTable, device: Device, seed: NetworkSpec, n: int,
     for c, i in enumerate(tqdm(range(0, n, per_chunk), disable=not progress, unit="chunk")):
         chunk = variants[i:i + per_chunk]
         models = [ref_model, seed_model] + [(network_model(v), shape) for v in chunk]
-        med = fast_ms(time_in_order(timer, models, rounds, 2, balanced_order(len(models), c)))
+        med = time_burst(timer, models, rounds, c)
         for v, m in zip(chunk, med[2:]):
             rows.append({"variant": v.name, "predicted_ms": table.predict_ms(v),
                          "measured_ms": m / med[1] * anchor_ms,
@@ -155,7 +154,7 @@ def measure_e2e(spec: NetworkSpec, device: Device, table: LatencyTable | None,
     raw: list[float] = []
     ratios: dict[int, list[float]] = {i: [] for i in range(1, len(models))}
     for b in range(bursts):
-        med = fast_ms(time_in_order(timer, models, rounds, 2, balanced_order(len(models), b)))
+        med = time_burst(timer, models, rounds, b)
         raw.append(med[0])
         for i in ratios:
             ratios[i].append(med[0] / med[i])
