@@ -65,10 +65,11 @@ class _Parent:
     state: State
 
 
-def run_loop(ctx: SearchContext, executor: Executor, start: Start, history: list[Event]
-             ) -> tuple[list[Iteration], float]:
-    """Run (or resume, after ``history``) the proposal loop until every budget is met.
-    Returns this session's iterations and the loop's wall time in seconds."""
+def run_loop(ctx: SearchContext, executor: Executor, start: Start, history: list[Event],
+             until: int | None = None) -> tuple[list[Iteration], float]:
+    """Run (or resume, after ``history``) the proposal loop until every budget is met,
+    or (``until``) that iteration is chosen. Returns this session's iterations and the
+    loop's wall time in seconds."""
     parent: _Parent | None = None  # the network the next iteration starts from
     best_saved = _best_saved(ctx, history)
     now = dict(start.resources)
@@ -99,6 +100,8 @@ def run_loop(ctx: SearchContext, executor: Executor, start: Start, history: list
             parent = _promote(ctx, event)
             chosen.append(event)
             ctx.observer.iteration(event)
+            if until is not None and event.iteration >= until:
+                break
     seconds = time.perf_counter() - started
     ctx.observer.loop_finished()
     return chosen, seconds

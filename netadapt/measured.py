@@ -8,15 +8,18 @@ table is measured, not an ESTIMATE), the loop's network is timed end to end once
 loop says every budget is met as predicted, beside the seed in the same round-robin
 (``latency.validate.measure_e2e``), before the latency budget counts as met.
 
-Over the budget, the loop goes on to a tighter predicted target, then is timed again,
-up to MAX_ROUNDS checks. The rule (``tightened``): a network predicted at P ms and
-measured at M ms, against a budget of B ms on the measured scale, says the table prices
-networks like it at P / M of what they cost; the next network must then be predicted at
-B x P / M, less a margin of twice the measured ratio's standard error (at least
-MIN_MARGIN), so that the next check is decided by the network and not by the timing
-noise. From the second check on, the secant through the last two checks is taken where
-it asks for more (the ratio rule alone under-corrects a mispricing that the further
-cuts do not shrink).
+Over the budget, the loop goes on one iteration at a time, each network timed, toward a
+tighter predicted target, up to MAX_ROUNDS checks. The rule (``tightened``): a network
+predicted at P ms that ran at a ratio M to the seed beside it must give up M - G more,
+G being the budget's ratio to that seed less a margin of twice the ratio's standard
+error (at least MIN_MARGIN), so that the next check is decided by the network and not
+by the timing noise; the measured ratio is taken to fall by ``slope`` per predicted ms.
+At the first check that is the ratio rule (M / P: the table prices the next networks as
+it priced this one); from the second, the secant through the last two checks, kept
+between MIN_SLOPE_SHARE of the ratio rule and the ratio rule: past the loop's first
+stop, a cut the table prices at one point of the seed saved a median 0.6 of a point
+(Large at 64 px, five seeds), and two checks a point apart carry as much noise as
+signal. Checking every iteration bounds how far the last one can overshoot.
 
 Each check is a ``MeasuredRecord`` in the journal, written before the loop goes on, so a
 resumed run takes the loop's target from the last record, replays the journal's
@@ -41,9 +44,9 @@ if TYPE_CHECKING:
     from .latency.timers import Timer
     from .spec import NetworkSpec
 
-MAX_ROUNDS = 4  # checks of one run, the first included
+MAX_ROUNDS = 6  # checks of one run, the first included
 MIN_MARGIN = 0.01  # the tightened target's least margin below the budget
-MAX_SECANT_STRETCH = 4.0  # see tightened
+MIN_SLOPE_SHARE = 0.5  # see slope
 # Each check: 12 bursts of 30 round-robin runs of the network and the seed (and the
 # table's seed). A host's speed drifts by 25% within minutes (the Large seed: 1.58 ms at
 # calibration, 1.96 ms later); the ratio to the seed timed in the same burst does not.
@@ -118,7 +121,9 @@ def run_measured_loop(ctx: SearchContext, executor: Executor, start: Start,
     seconds = 0.0
     for _ in range(MAX_ROUNDS + 1):  # each pass adds a check or returns
         history = ctx.run.events(ctx.seed_spec)
-        new, took = run_loop(loop_context(ctx, checks), executor, start, history)
+        # past the first check, one iteration between checks
+        until = checks[-1].iteration + 1 if checks else None
+        new, took = run_loop(loop_context(ctx, checks), executor, start, history, until)
         seconds += took
         iterations = [e for e in history if isinstance(e, Iteration)] + new
         if timing_on is None:
@@ -243,53 +248,40 @@ def tightened(predicted: float, vs_seed: float, goal: float,
               previous: MeasuredRecord | None) -> float:
     """Where the next network must be predicted for it to run at ``goal`` (a ratio to
     the seed timed beside it), after a network predicted at ``predicted`` ms ran at
-    ``vs_seed``.
-
-    The ratio rule: the table prices networks like this one at predicted / measured of
-    what they cost, so predicted x goal / vs_seed. With an earlier check of a network
-    predicted higher (``previous``), the secant through the two checks (what the
-    measured ratio lost per predicted ms between them, extrapolated to the goal) is
-    taken where it asks for more: the mispricing the first stop carries does not shrink
-    with the further cuts, so the measured ratio falls slower than the prediction and
-    the ratio rule alone under-corrects (Large at 64 px took 4 checks). The secant goes
-    at most MAX_SECANT_STRETCH times as far below ``predicted`` as the ratio rule."""
-    ratio_target = predicted * goal / vs_seed
-    slope = _secant_slope(previous, predicted, vs_seed)
-    if slope is None:
-        return ratio_target
-    secant = predicted - (vs_seed - goal) / slope
-    stretch = predicted - MAX_SECANT_STRETCH * (predicted - ratio_target)
-    return min(ratio_target, max(secant, stretch))
+    ``vs_seed`` (``previous``: the check before, predicted higher; see slope)."""
+    return predicted - (vs_seed - goal) / slope(previous, predicted, vs_seed)
 
 
-def _secant_slope(before: MeasuredRecord | None, predicted: float, vs_seed: float
-                  ) -> float | None:
-    """The measured ratio lost per predicted ms from an earlier check of a network
-    predicted higher to a network predicted at ``predicted`` that ran at ``vs_seed``;
-    None without such a check, or where the ratio did not fall (noise, or latency not
-    monotone in the prediction: no line to follow)."""
+def slope(before: MeasuredRecord | None, predicted: float, vs_seed: float) -> float:
+    """How fast the measured ratio to the seed falls per predicted ms below a network
+    predicted at ``predicted`` ms that ran at ``vs_seed``.
+
+    Without an earlier check (``before``, predicted higher), the ratio rule: vs_seed /
+    predicted, the table pricing the next networks as it priced this one. With one, the
+    secant through the two checks, kept between MIN_SLOPE_SHARE of the ratio rule and
+    the ratio rule: the mispricing the loop's first stop carries does not shrink with
+    the further cuts (Large at 64 px: they saved a median 0.6 of their price), and a
+    secant over a step of a point or two is mostly timing noise (a ratio that did not
+    fall, or fell ten times slower, is taken at the floor)."""
+    ratio = vs_seed / predicted
     if before is None or before.predicted_ms <= predicted:
-        return None
-    slope = (before.vs_seed - vs_seed) / (before.predicted_ms - predicted)
-    return slope if slope > 0 else None
+        return ratio
+    secant = (before.vs_seed - vs_seed) / (before.predicted_ms - predicted)
+    return min(ratio, max(MIN_SLOPE_SHARE * ratio, secant))
 
 
 def expected_vs_seed(predicted: float, seed_predicted: float,
                      checks: Sequence[MeasuredRecord]) -> float:
     """The ratio to the seed a network predicted at ``predicted`` ms should run at, said
     before it is timed: at the first check the table's (``predicted`` / the seed's
-    predicted ms); after, the run's earlier checks corrected for the table's mispricing,
-    as ``tightened`` corrects for it: the last check's ratio scaled by the predictions,
-    or the secant through the last two checks where that expects more."""
+    predicted ms); after, the last check's ratio moved along ``slope``, as ``tightened``
+    assumes when it sets the target."""
     if not checks:
         return predicted / seed_predicted
     last = checks[-1]
-    expected = last.vs_seed * predicted / last.predicted_ms
-    slope = _secant_slope(checks[-2] if len(checks) > 1 else None, last.predicted_ms,
-                          last.vs_seed)
-    if slope is not None:
-        expected = max(expected, last.vs_seed + slope * (predicted - last.predicted_ms))
-    return expected
+    before = checks[-2] if len(checks) > 1 else None
+    return last.vs_seed + slope(before, last.predicted_ms, last.vs_seed) * (
+        predicted - last.predicted_ms)
 
 
 def timed_text(predicted_ms: float, t: Timed | MeasuredRecord, device: str,
