@@ -226,7 +226,8 @@ class MeasuredRecord(Record):
     measured_ms: float  # vs_seed x the seed's latency it is scaled by (anchor)
     vs_seed: float  # time(network) / time(seed), median over the bursts
     vs_seed_se: float  # that ratio's relative standard error, from the bursts' spread
-    anchor: str  # what scales vs_seed to ms: the table's calibration, or the prediction
+    anchor: str  # what scales vs_seed to ms: the seed's predicted latency (earlier runs:
+    # the table seed's at calibration, timed in the same round-robin)
     raw_ms: float  # the network's fast time, median over the bursts (drift included)
     bursts: int
     budget_ms: float  # the latency budget on the measured scale

@@ -135,7 +135,7 @@ def test_every_check_is_a_record_and_each_tightened_target_is_the_next_loops(ful
     for r in records:  # a percentage of the seed timed beside it; the ratio x the anchor
         assert r.budget_ms == pytest.approx(0.8 * r.measured_ms / r.vs_seed)
         assert r.measured_ms == pytest.approx(r.vs_seed * seed_ms)
-        assert r.anchor == "seed predicted" and r.device == DEVICE and r.bursts > 5
+        assert r.anchor == "seed's predicted latency" and r.device == DEVICE and r.bursts > 5
     assert "measured" in (result.run / "history.csv").read_text()
     lines = "\n".join(result.latency_lines)
     assert "predicted" in lines and "measured on tiny-local" in lines and "met" in lines
