@@ -1,0 +1,102 @@
+"""What a network's measured ratio to its seed depends on: the company it is timed in.
+
+    python benchmarks/timing_company.py RUN [RUN ...] [--passes 3] [--device local]
+
+For each run's result and baselines, ``--passes`` times, interleaved:
+
+- ``pair``: beside the run's seed alone, as the search's check, the baselines' checks
+  and the comparison time it (``measure_e2e``, 12 bursts of 30 round-robin runs);
+- ``+table seed``: the same with the table's seed of that structure as a third network
+  in the round-robin (as the check timed it before);
+- ``alone``: the network and the seed each in its own session, 150 runs in a row (fast
+  tail), alternated six times: each keeps its weights in the caches between runs, as a
+  process running one network does.
+
+A round-robin runs every network once in turn, so each run finds the caches holding
+the others' weights; on a host with a large cache (this VM: 32 MiB L3) what else is in
+the round-robin changes how much of a network's weights survive between its runs.
+Run it on an otherwise quiet machine; about 1 minute a network per pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from table_errors import run_networks
+
+from netadapt.latency import load_device, load_table, measure_e2e
+from netadapt.latency.devices import Device
+from netadapt.latency.graphs import network_input_shape, network_model
+from netadapt.latency.measure import CLOCKS, fast_ms, session
+from netadapt.latency.table import signature
+from netadapt.latency.timers import make_timer
+from netadapt.spec import NetworkSpec, load_spec
+
+
+def alone_ms(spec: NetworkSpec, device: Device, runs: int = 150) -> float:
+    """Fast-tail ms of ``spec`` run ``runs`` times in a row in its own session."""
+    clock = CLOCKS[device.settings.get("clock", "wall")]
+    sess = session(network_model(spec), device.settings)
+    data = np.random.default_rng(0).standard_normal(network_input_shape(spec))
+    feed = {sess.get_inputs()[0].name: data.astype(np.float32)}
+    for _ in range(5):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = clock()
+        sess.run(None, feed)
+        times.append(clock() - t0)
+    return float(fast_ms(np.array([times]))[0])
+
+
+def alone_ratio(spec: NetworkSpec, seed: NetworkSpec, device: Device) -> float:
+    """Median over six alternations (which one runs first swapped each time)."""
+    ratios = []
+    for k in range(6):
+        if k % 2:
+            s, n = alone_ms(seed, device), alone_ms(spec, device)
+        else:
+            n, s = alone_ms(spec, device), alone_ms(seed, device)
+        ratios.append(n / s)
+    return float(np.median(ratios))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--device", default="local")
+    args = parser.parse_args()
+    device = load_device(args.device)
+    timer = make_timer(device)
+    table = load_table(args.device)
+    got: dict[tuple[str, str, str], list[float]] = {}
+    for p in range(args.passes):
+        for run in args.runs:
+            seed = load_spec(run / "seed.yaml")
+            if not any(signature(s) == signature(seed) for s in table.seeds):
+                raise SystemExit(f"{run}: the {args.device} table has no seed like its own")
+            for name, spec in run_networks(run).items():
+                pair = measure_e2e(spec, device, None, timer, bursts=12, rounds=30,
+                                   beside=seed)["beside_ratio"]
+                # with the table: its seed of this structure joins the round-robin
+                three = measure_e2e(spec, device, table, timer, bursts=12, rounds=30,
+                                    beside=seed)["beside_ratio"]
+                for company, ratio in (("pair", pair), ("+table seed", three),
+                                       ("alone", alone_ratio(spec, seed, device))):
+                    got.setdefault((run.name, name, company), []).append(ratio)
+        print(f"pass {p + 1} of {args.passes} done", flush=True)
+    print("ratio to the seed, % (median over passes; each pass)")
+    for run in args.runs:
+        for name in run_networks(run):
+            cells = [f"{company} {100 * np.median(v):5.1f} "
+                     f"({' '.join(f'{100 * x:.1f}' for x in v)})"
+                     for company in ("pair", "+table seed", "alone")
+                     for v in [got[(run.name, name, company)]]]
+            print(f"  {run.name:12s} {name:17s} " + "   ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
