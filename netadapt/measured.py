@@ -47,9 +47,9 @@ if TYPE_CHECKING:
 MAX_ROUNDS = 6  # checks of one run, the first included
 MIN_MARGIN = 0.01  # the tightened target's least margin below the budget
 MIN_SLOPE_SHARE = 0.5  # see slope
-# Each check: 12 bursts of 30 round-robin runs of the network and the seed (and the
-# table's seed). A host's speed drifts by 25% within minutes (the Large seed: 1.58 ms at
-# calibration, 1.96 ms later); the ratio to the seed timed in the same burst does not.
+# Each check: 12 bursts of 30 round-robin runs of the network and the seed. A host's
+# speed drifts by 25% within minutes (the Large seed: 1.58 ms at calibration, 1.96 ms
+# later); the ratio to the seed timed in the same burst does not.
 BURSTS = 12  # even: half of them in each order (latency.timers.balanced_order)
 ROUNDS = 30
 
@@ -200,8 +200,8 @@ def time_beside_seed(ctx: SearchContext, device: Device, timer: Timer, spec: Net
     latency budget on the same scale (measured_budget). The search's check, the
     baselines' (baseline.py) and the comparison (report.measure_here_ms) time alike: a
     third network in the round-robin (the table's seed, 17 MiB of weights at 64 px)
-    evicts more of the network's weights between its runs, which read the search's
-    results 5-7% faster and the baselines 1-3% slower than timed as a pair."""
+    evicts more of the network's weights between its runs: at 64 px here it read the
+    search's results 2-7% faster and the baselines up to 4% slower than the pair."""
     from .latency import measure_e2e
 
     with ctx.clock.phase("evaluate"):

@@ -450,3 +450,36 @@ def test_balanced_orders_put_every_pair_both_ways_and_every_model_everywhere(n):
                 assert (first.index(i) < first.index(j)) != (second.index(i) < second.index(j))
     for model in range(n):  # 2n bursts: each model twice at every position
         assert sorted(o.index(model) for o in orders) == sorted(list(range(n)) * 2)
+
+
+def test_the_check_times_the_network_beside_the_seed_and_nothing_else(table):
+    """The check, the baselines' checks and the comparison time the same pair: a third
+    network in the round-robin (the table's seed, at hand here) changes what the network
+    reads, by 2-7% for the search's results at 64 px (docs/latency.md)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from netadapt.latency import load_device
+    from netadapt.latency.table import signature
+    from netadapt.search import Budget, Start
+
+    class Counting(_FirstCreatedSlow):
+        def __init__(self) -> None:
+            self.models: list[int] = []
+
+        def time(self, models, rounds, warmup):
+            self.models.append(len(models))
+            return super().time(models, rounds, warmup)
+
+    seed = dataclasses.replace(at_size(spec_from_dict(TINY), SIZE), num_classes=7)
+    assert any(signature(s) == signature(seed) for s in table.seeds)
+    ctx = SimpleNamespace(clock=SimpleNamespace(phase=lambda _: nullcontext()),
+                          latency=SimpleNamespace(table=table), seed_spec=seed,
+                          config=SimpleNamespace(budgets=("80%",)),
+                          budgets=(Budget("latency_ms", 0.8),))
+    timer = Counting()
+    t = measured.time_beside_seed(ctx, load_device(DEVICE), timer,  # type: ignore[arg-type]
+                                  seed.with_group_width(seed.groups[0].name, 8),
+                                  Start(seed, 0.9, {"latency_ms": 1.0}))
+    assert timer.models == [2] * measured.BURSTS
+    assert t.vs_seed == pytest.approx(1.0, abs=1e-6) and t.measured_ms == pytest.approx(1.0)
