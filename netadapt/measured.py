@@ -121,11 +121,14 @@ def run_measured_loop(ctx: SearchContext, executor: Executor, start: Start,
     seconds = 0.0
     for _ in range(MAX_ROUNDS + 1):  # each pass adds a check or returns
         history = ctx.run.events(ctx.seed_spec)
-        # past the first check, one iteration between checks
-        until = checks[-1].iteration + 1 if checks else None
-        new, took = run_loop(loop_context(ctx, checks), executor, start, history, until)
-        seconds += took
-        iterations = [e for e in history if isinstance(e, Iteration)] + new
+        journaled = [e for e in history if isinstance(e, Iteration)]
+        until = _last_iteration(checks)
+        if until is not None and len(journaled) >= until:
+            new: list[Iteration] = []  # resumed: the journal holds it (the loop would go on)
+        else:
+            new, took = run_loop(loop_context(ctx, checks), executor, start, history, until)
+            seconds += took
+        iterations = journaled + new
         if timing_on is None:
             return iterations, seconds
         if not checks or checks[-1].iteration != len(iterations):
@@ -133,6 +136,16 @@ def run_measured_loop(ctx: SearchContext, executor: Executor, start: Start,
         if checks[-1].next_target_ms is None:
             return iterations, seconds
     raise AssertionError("a tightened target added no iteration")  # L' < P: cannot happen
+
+
+def _last_iteration(checks: Sequence[MeasuredRecord]) -> int | None:
+    """The iteration the loop stops at before its next check (None: where every budget
+    is met as predicted): past the first check, the one after the last check's; the
+    last check's own when that check closed the loop. A network met as measured may
+    still be over the predicted target, which a resumed loop would otherwise chase."""
+    if not checks:
+        return None
+    return checks[-1].iteration + (0 if checks[-1].next_target_ms is None else 1)
 
 
 def loop_context(ctx: SearchContext, checks: Sequence[MeasuredRecord]) -> SearchContext:

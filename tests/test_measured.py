@@ -195,6 +195,24 @@ def test_a_kill_after_the_last_check_resumes_without_timing_again(full, tmp_path
     assert (run / "best.yaml").read_text() == (result.run / "best.yaml").read_text()
 
 
+def test_a_check_met_above_the_predicted_target_ends_the_loop_when_resumed(full, tmp_path):
+    """One iteration between checks: the last check may meet the budget as measured with
+    a network still over the loop's predicted target. Resumed after it, the loop must
+    not chase that target (here made so by lowering the record's target)."""
+    _, _, result = full
+    last = checks(result.run)[-1]
+    run = tmp_path / "killed"
+    truncated_copy(result.run, run, last)
+    lines = (run / "history.jsonl").read_text().splitlines(keepends=True)
+    record = json.loads(lines[-1])
+    assert record["type"] == "measured" and record["met"]
+    record["target_ms"] = 0.9 * record["predicted_ms"]
+    (run / "history.jsonl").write_text("".join(lines[:-1]) + json.dumps(record) + "\n")
+    resumed = resume_search(run, predict_ms=underpricing_of(full))
+    assert resumed.iterations == last.iteration
+    assert (run / "best.yaml").read_text() == (result.run / "best.yaml").read_text()
+
+
 def test_an_estimate_device_says_its_latency_is_predicted_not_measured(tmp_path):
     config = tiny_search(tmp_path, device="pixel", deploy_steps=0)  # the shipped ESTIMATE
     result = start_search(config, tmp_path / "run", predict_ms=fake_ms)
