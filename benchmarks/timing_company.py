@@ -27,38 +27,27 @@ import numpy as np
 from table_errors import run_networks
 
 from netadapt.latency import load_device, load_table, measure_e2e
-from netadapt.latency.devices import Device
 from netadapt.latency.graphs import network_input_shape, network_model
-from netadapt.latency.measure import CLOCKS, fast_ms, session
+from netadapt.latency.measure import fast_ms
 from netadapt.latency.table import signature
-from netadapt.latency.timers import make_timer
+from netadapt.latency.timers import Timer, make_timer
 from netadapt.spec import NetworkSpec, load_spec
 
 
-def alone_ms(spec: NetworkSpec, device: Device, runs: int = 150) -> float:
+def alone_ms(spec: NetworkSpec, timer: Timer, runs: int = 150) -> float:
     """Fast-tail ms of ``spec`` run ``runs`` times in a row in its own session."""
-    clock = CLOCKS[device.settings.get("clock", "wall")]
-    sess = session(network_model(spec), device.settings)
-    data = np.random.default_rng(0).standard_normal(network_input_shape(spec))
-    feed = {sess.get_inputs()[0].name: data.astype(np.float32)}
-    for _ in range(5):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = clock()
-        sess.run(None, feed)
-        times.append(clock() - t0)
-    return float(fast_ms(np.array([times]))[0])
+    return float(fast_ms(timer.time([(network_model(spec), network_input_shape(spec))],
+                                    runs, 5))[0])
 
 
-def alone_ratio(spec: NetworkSpec, seed: NetworkSpec, device: Device) -> float:
+def alone_ratio(spec: NetworkSpec, seed: NetworkSpec, timer: Timer) -> float:
     """Median over six alternations (which one runs first swapped each time)."""
     ratios = []
     for k in range(6):
         if k % 2:
-            s, n = alone_ms(seed, device), alone_ms(spec, device)
+            s, n = alone_ms(seed, timer), alone_ms(spec, timer)
         else:
-            n, s = alone_ms(spec, device), alone_ms(seed, device)
+            n, s = alone_ms(spec, timer), alone_ms(seed, timer)
         ratios.append(n / s)
     return float(np.median(ratios))
 
@@ -85,7 +74,7 @@ def main() -> None:
                 three = measure_e2e(spec, device, table, timer, bursts=12, rounds=30,
                                     beside=seed)["beside_ratio"]
                 for company, ratio in (("pair", pair), ("+table seed", three),
-                                       ("alone", alone_ratio(spec, seed, device))):
+                                       ("alone", alone_ratio(spec, seed, timer))):
                     got.setdefault((run.name, name, company), []).append(ratio)
         print(f"pass {p + 1} of {args.passes} done", flush=True)
     print("ratio to the seed, % (median over passes; each pass)")
