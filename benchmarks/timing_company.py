@@ -12,6 +12,9 @@ For each run's result and baselines, ``--passes`` times, interleaved:
   tail), alternated six times: each keeps its weights in the caches between runs, as a
   process running one network does.
 
+And the seed's own time (fast-tail ms) in each pair against beside a copy of itself,
+timed in turn within each pass: does the seed run faster beside a small network?
+
 A round-robin runs every network once in turn, so each run finds the caches holding
 the others' weights; on a host with a large cache (this VM: 32 MiB L3) what else is in
 the round-robin changes how much of a network's weights survive between its runs.
@@ -27,6 +30,7 @@ import numpy as np
 from table_errors import run_networks
 
 from netadapt.latency import load_device, load_table, measure_e2e
+from netadapt.latency.devices import Device
 from netadapt.latency.graphs import network_input_shape, network_model
 from netadapt.latency.measure import fast_ms
 from netadapt.latency.table import signature
@@ -52,6 +56,12 @@ def alone_ratio(spec: NetworkSpec, seed: NetworkSpec, timer: Timer) -> float:
     return float(np.median(ratios))
 
 
+def seed_ms(seed: NetworkSpec, beside: NetworkSpec, device: Device, timer: Timer) -> float:
+    """The seed's fast-tail ms in a pair with ``beside``, timed as the check times."""
+    return float(measure_e2e(seed, device, None, timer, bursts=12, rounds=30,
+                             beside=beside)["raw_ms"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
@@ -67,9 +77,12 @@ def main() -> None:
             seed = load_spec(run / "seed.yaml")
             if not any(signature(s) == signature(seed) for s in table.seeds):
                 raise SystemExit(f"{run}: the {args.device} table has no seed like its own")
+            copy = seed_ms(seed, seed, device, timer)
             for name, spec in run_networks(run).items():
                 pair = measure_e2e(spec, device, None, timer, bursts=12, rounds=30,
                                    beside=seed)["beside_ratio"]
+                got.setdefault((run.name, name, "seed"), []).append(
+                    seed_ms(seed, spec, device, timer) / copy)
                 # with the table: its seed of this structure joins the round-robin
                 three = measure_e2e(spec, device, table, timer, bursts=12, rounds=30,
                                     beside=seed)["beside_ratio"]
@@ -85,6 +98,13 @@ def main() -> None:
                      for company in ("pair", "+table seed", "alone")
                      for v in [got[(run.name, name, company)]]]
             print(f"  {run.name:12s} {name:17s} " + "   ".join(cells))
+    print("the seed's own time beside each network / beside a copy of itself, % "
+          "(median over passes; each pass)")
+    for run in args.runs:
+        for name in run_networks(run):
+            v = got[(run.name, name, "seed")]
+            print(f"  {run.name:12s} {name:17s} {100 * np.median(v):5.1f} "
+                  f"({' '.join(f'{100 * x:.1f}' for x in v)})")
 
 
 if __name__ == "__main__":

@@ -194,8 +194,17 @@ def measure_here_ms(specs: Sequence[NetworkSpec], bursts: int = 12,
 
 
 def comparison_text(table: pd.DataFrame) -> str:
-    """The comparison table as aligned text, with units in the headers."""
+    """The comparison table as aligned text, with units in the headers; a baseline that
+    was not placed (no test accuracy) shows "not placed", its reason on a line below,
+    so that one long reason does not widen every row."""
     shown = table.copy()
+    unplaced = ~shown["network"].isin(["seed", "netadapt"]) & shown["test_accuracy"].isna()
+    reasons = [f"{row.network}: {row.setting}" for row in shown[unplaced].itertuples()
+               if row.setting]
+    shown.loc[unplaced, "setting"] = "not placed"
+    for column in ("steps", "deploy_steps", "holdout_px"):  # a blank must not make 700 "700.0"
+        if column in shown and pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = shown[column].astype("Int64")
     shown["params"] = (shown["params"] / 1e6).round(3)
     shown["macs"] = (shown["macs"] / 1e6).round(1)
     # three significant digits: a 64 px network runs in half a millisecond
@@ -208,7 +217,8 @@ def comparison_text(table: pd.DataFrame) -> str:
         shown["measured_ms"] = shown["measured_ms"].round(ms_digits)
     shown = shown.rename(columns={"latency_ms": "pred_ms", "params": "params_M",
                                   "macs": "MACs_M", "accuracy": "holdout", "test_accuracy": "test"})
-    return shown.astype(object).where(shown.notna(), "").to_string(index=False)
+    text = shown.astype(object).where(shown.notna(), "").to_string(index=False)
+    return "\n".join([text, *reasons])
 
 
 Z95 = 1.96  # a 95% interval is the margin +- 1.96 standard errors

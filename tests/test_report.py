@@ -43,3 +43,22 @@ def test_paired_margin_and_its_standard_error():
     assert margin == pytest.approx(1 / 8)
     assert se == pytest.approx(float(d.std()) / 8 ** 0.5)
     assert paired_margin(a, a) == (0.0, 0.0)
+
+
+def test_a_baseline_not_placed_gives_its_reason_below_the_table():
+    from netadapt.report import comparison_text
+
+    reason = "no input size meets the budgets: the smallest, 32x32, is over latency_ms <= 0.65 ms"
+    rows = [
+        {"network": "seed", "setting": "", "latency_ms": 1.3, "params": 4.2e6, "macs": 2e7,
+         "steps": 0, "holdout_px": 64, "test_accuracy": 0.906},
+        {"network": "netadapt", "setting": "10 iterations", "latency_ms": 0.57,
+         "params": 0.8e6, "macs": 1.2e7, "steps": 700, "holdout_px": 64, "test_accuracy": 0.911},
+        {"network": "resolution", "setting": reason},
+    ]
+    lines = comparison_text(pd.DataFrame(rows)).splitlines()
+    assert lines[-1] == f"resolution: {reason}"
+    table_lines = lines[:-1]
+    assert all(reason not in line for line in table_lines)
+    assert "not placed" in table_lines[-1]
+    assert "700.0" not in "\n".join(table_lines) and " 700 " in table_lines[2]
