@@ -16,10 +16,12 @@ error (at least MIN_MARGIN), so that the next check is decided by the network an
 by the timing noise; the measured ratio is taken to fall by ``slope`` per predicted ms.
 At the first check that is the ratio rule (M / P: the table prices the next networks as
 it priced this one); from the second, the secant through the last two checks, kept
-between MIN_SLOPE_SHARE of the ratio rule and the ratio rule: past the loop's first
-stop, a cut the table prices at one point of the seed saved a median 0.6 of a point
-(Large at 64 px, five seeds), and two checks a point apart carry as much noise as
-signal. Checking every iteration bounds how far the last one can overshoot.
+between MIN_SLOPE_SHARE of the ratio rule and the ratio rule: two checks a minute apart
+differ by the host's drift as well as by the cut (Large at 64 px: cuts priced at 1.6-1.9
+points of the seed read -0.6 to -0.1 between checks and saved 1.1-2.4 re-timed in one
+sitting), so a secant over a point or two is as much noise as signal, and a flat one
+must not stop the loop. Checking every iteration bounds how far the last one can
+overshoot.
 
 Each check is a ``MeasuredRecord`` in the journal, written before the loop goes on, so a
 resumed run takes the loop's target from the last record, replays the journal's
@@ -273,10 +275,9 @@ def slope(before: MeasuredRecord | None, predicted: float, vs_seed: float) -> fl
     Without an earlier check (``before``, predicted higher), the ratio rule: vs_seed /
     predicted, the table pricing the next networks as it priced this one. With one, the
     secant through the two checks, kept between MIN_SLOPE_SHARE of the ratio rule and
-    the ratio rule: the mispricing the loop's first stop carries does not shrink with
-    the further cuts (Large at 64 px: they saved a median 0.6 of their price), and a
-    secant over a step of a point or two is mostly timing noise (a ratio that did not
-    fall, or fell ten times slower, is taken at the floor)."""
+    the ratio rule: a secant over a step of a point or two carries the host's drift
+    between the two checks (a ratio that did not fall, or fell ten times slower, is
+    taken at the floor, so the loop still moves)."""
     ratio = vs_seed / predicted
     if before is None or before.predicted_ms <= predicted:
         return ratio
