@@ -195,12 +195,12 @@ def measure_here_ms(specs: Sequence[NetworkSpec], bursts: int = 12,
 
 def comparison_text(table: pd.DataFrame) -> str:
     """The comparison table as aligned text, with units in the headers; a baseline that
-    was not placed (no test accuracy) shows "not placed", its reason on a line below,
-    so that one long reason does not widen every row."""
+    was not placed (no network, so no latency) shows "not placed", its reason on a line
+    below, so that one long reason does not widen every row."""
     shown = table.copy()
-    unplaced = ~shown["network"].isin(["seed", "netadapt"]) & shown["test_accuracy"].isna()
+    unplaced = ~shown["network"].isin(["seed", "netadapt"]) & shown["latency_ms"].isna()
     reasons = [f"{row.network}: {row.setting}" for row in shown[unplaced].itertuples()
-               if row.setting]
+               if isinstance(row.setting, str) and row.setting]
     shown.loc[unplaced, "setting"] = "not placed"
     for column in ("steps", "deploy_steps", "holdout_px"):  # a blank must not make 700 "700.0"
         if column in shown and pd.api.types.is_float_dtype(shown[column]):
