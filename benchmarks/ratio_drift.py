@@ -10,9 +10,9 @@ each condition in turn, ``--rounds`` times interleaved:
 - ``after training``: right after training the result with torch (one thread, batch
   32, random 64 px images) for ``--train-s`` seconds in this process, as a check follows
   an iteration's training;
-- ``after scoring``: right after a two-thread onnxruntime session ran the exported
-  ``best.onnx`` on batches of 64 for 15 s in this process, as the comparison follows
-  the exported files' scoring;
+- ``after scoring``: right after ``scoring.score_onnx`` scored the exported
+  ``best.onnx`` on two threads for 15 s in this process (random images), as the
+  comparison follows the exported files' scoring;
 - ``cache pressure``: while another process adds 1 to a 96 MiB buffer on the other
   core, over and over;
 - ``cold``: every cache evicted before each run (``table_errors._beside_seed``).
@@ -31,13 +31,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from table_errors import _beside_seed
 
+from netadapt.data import Split
 from netadapt.latency.graphs import network_input_shape, network_model
 from netadapt.model import build_model
 from netadapt.report import measure_here_ms
+from netadapt.scoring import score_onnx
 from netadapt.spec import NetworkSpec, load_spec
 
 THRASH = ("import numpy as np, time, sys\n"
@@ -61,19 +62,15 @@ def train_for(spec: NetworkSpec, seconds: float) -> None:
 
 
 def score_for(onnx_path: Path, spec: NetworkSpec, seconds: float) -> None:
-    """Run the exported file in a two-thread onnxruntime session on batches of 64 for
-    ``seconds``, as score_onnx does."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal(
-        (64, *network_input_shape(spec)[1:])).astype(np.float32)
-    name = session.get_inputs()[0].name
+    """Score the exported file with ``scoring.score_onnx`` on two threads, as the run
+    scores its exported files, over random images until ``seconds`` have passed."""
+    split = Split("random", torch.randint(0, 256, (640, spec.in_channels, *spec.input_size),
+                                          dtype=torch.uint8),
+                  torch.randint(0, spec.num_classes, (640,)), spec.in_channels,
+                  (0.5,) * spec.in_channels, (0.25,) * spec.in_channels)
     t0 = time.time()
     while time.time() - t0 < seconds:
-        session.run(None, {name: x})
+        score_onnx(onnx_path, split, spec.num_classes, threads=2)
 
 
 def under_pressure(specs: list[NetworkSpec]) -> list[float]:

@@ -16,8 +16,9 @@ And the seed's own time (fast-tail ms) in each pair against beside a copy of its
 timed in turn within each pass: does the seed run faster beside a small network?
 
 A round-robin runs every network once in turn, so each run finds the caches holding
-the others' weights; on a host with a large cache (this VM: 32 MiB L3) what else is in
-the round-robin changes how much of a network's weights survive between its runs.
+the others' weights; on a host whose cache is near a network's size (the VM of
+2026-12-07: 32 MiB L3) what else is in the round-robin changes how much of a network's
+weights survive between its runs.
 Run it on an otherwise quiet machine; about 1 minute a network per pass.
 """
 
@@ -30,7 +31,6 @@ import numpy as np
 from table_errors import run_networks
 
 from netadapt.latency import load_device, load_table, measure_e2e
-from netadapt.latency.devices import Device
 from netadapt.latency.graphs import network_input_shape, network_model
 from netadapt.latency.measure import fast_ms
 from netadapt.latency.table import signature
@@ -56,10 +56,10 @@ def alone_ratio(spec: NetworkSpec, seed: NetworkSpec, timer: Timer) -> float:
     return float(np.median(ratios))
 
 
-def seed_ms(seed: NetworkSpec, beside: NetworkSpec, device: Device, timer: Timer) -> float:
-    """The seed's fast-tail ms in a pair with ``beside``, timed as the check times."""
-    return float(measure_e2e(seed, device, None, timer, bursts=12, rounds=30,
-                             beside=beside)["raw_ms"])
+def seed_ms(timed: dict[str, float]) -> float:
+    """The seed's fast-tail ms in a pair timed by measure_e2e (as measure_here_ms
+    derives it): the network's ms over its ratio to the seed."""
+    return timed["raw_ms"] / timed["beside_ratio"]
 
 
 def main() -> None:
@@ -77,12 +77,13 @@ def main() -> None:
             seed = load_spec(run / "seed.yaml")
             if not any(signature(s) == signature(seed) for s in table.seeds):
                 raise SystemExit(f"{run}: the {args.device} table has no seed like its own")
-            copy = seed_ms(seed, seed, device, timer)
+            copy = seed_ms(measure_e2e(seed, device, None, timer, bursts=12, rounds=30,
+                                       beside=seed))
             for name, spec in run_networks(run).items():
-                pair = measure_e2e(spec, device, None, timer, bursts=12, rounds=30,
-                                   beside=seed)["beside_ratio"]
-                got.setdefault((run.name, name, "seed"), []).append(
-                    seed_ms(seed, spec, device, timer) / copy)
+                timed = measure_e2e(spec, device, None, timer, bursts=12, rounds=30,
+                                    beside=seed)
+                pair = timed["beside_ratio"]
+                got.setdefault((run.name, name, "seed"), []).append(seed_ms(timed) / copy)
                 # with the table: its seed of this structure joins the round-robin
                 three = measure_e2e(spec, device, table, timer, bursts=12, rounds=30,
                                     beside=seed)["beside_ratio"]
